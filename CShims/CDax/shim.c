@@ -1,0 +1,47 @@
+/* Out-of-line helpers and layout guards for CDax.h. */
+#define _GNU_SOURCE
+#include "CDax.h"
+#include <sys/syscall.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sched.h>
+
+/* struct dax_page is shared between C and Swift and stands for struct page:
+ * keep its layout fixed. */
+_Static_assert(sizeof(struct dax_page) == DAX_PAGE_SIZE_BYTES, "struct dax_page must be 64 bytes");
+_Static_assert(offsetof(struct dax_page, flags) == 0, "flags at 0");
+_Static_assert(offsetof(struct dax_page, compound_head) == 8, "compound_head at 8");
+_Static_assert(offsetof(struct dax_page, refcount) == 16, "refcount at 16");
+_Static_assert(offsetof(struct dax_page, mapcount) == 20, "mapcount at 20");
+_Static_assert(offsetof(struct dax_page, pgmap) == 24, "pgmap at 24");
+_Static_assert(offsetof(struct dax_page, mapping) == 32, "mapping at 32");
+_Static_assert(offsetof(struct dax_page, index) == 40, "index at 40");
+_Static_assert(offsetof(struct dax_page, large_mapcount) == 48, "large_mapcount at 48");
+_Static_assert(offsetof(struct dax_page, entire_mapcount) == 52, "entire_mapcount at 52");
+_Static_assert(offsetof(struct dax_page, pincount) == 56, "pincount at 56");
+_Static_assert(offsetof(struct dax_page, nr_pages_mapped) == 60, "nr_pages_mapped at 60");
+_Static_assert(DAX_PG_head < 64 && DAX_PG_reserved < 64 && DAX_PG_zone_device < 64, "flag bits fit");
+/* The order lives in the low byte of page[1].flags: no flag bit may sit there
+ * that page[1] needs. Only DAX_PG_* bits below 8 would collide, and page[1]
+ * (a tail) never carries them. */
+_Static_assert(MAP_SHARED_VALIDATE == 0x03, "MAP_SHARED_VALIDATE value");
+_Static_assert(MAP_SYNC == 0x80000, "MAP_SYNC value");
+
+int dax_memfd_create(const char *name, unsigned int flags)
+{
+	return (int)syscall(SYS_memfd_create, name, flags);
+}
+
+int dax_errno(void)
+{
+	return errno;
+}
+
+size_t dax_page_sizeof(void) { return sizeof(struct dax_page); }
+size_t dax_page_offsetof_refcount(void) { return offsetof(struct dax_page, refcount); }
+size_t dax_page_offsetof_pincount(void) { return offsetof(struct dax_page, pincount); }
+
+int dax_stat(const char *path, struct stat *st) { return stat(path, st); }
+unsigned int dax_dev_major(dev_t dev) { return major(dev); }
+unsigned int dax_dev_minor(dev_t dev) { return minor(dev); }
+int dax_sched_getcpu(void) { return sched_getcpu(); }
