@@ -60,17 +60,26 @@ public enum PatternCheck {
             base[i] = word(offset: devOffset + UInt64(i) * 8, seed: seed)
         }
         let t2 = now()
-        for i in 0..<words {
-            let expect = word(offset: devOffset + UInt64(i) * 8, seed: seed)
-            let got = base[i]
-            if got != expect {
-                throw PatternMismatch(device: mapping.device.name, offset: devOffset + UInt64(i) * 8,
-                                      expected: expect, found: got)
-            }
-        }
+        try verify(mapping, bytes: len, seed: seed)
         let t3 = now()
         return PatternCheckResult(bytes: len, alignPages: Int((len + step - 1) / step),
                                   firstTouchNanos: t1 - t0, writeNanos: t2 - t1, verifyNanos: t3 - t2)
+    }
+
+    /// Reads back what `run` wrote; throws at the first word that differs.
+    public static func verify(_ mapping: DeviceMapping, bytes: UInt64? = nil, seed: UInt64 = 0x6461_786d_6d00)
+        throws(PatternMismatch)
+    {
+        let len = min(bytes ?? mapping.length, mapping.length)
+        let base = mapping.baseAddress.assumingMemoryBound(to: UInt64.self)
+        for i in 0..<Int(len / 8) {
+            let offset = mapping.offset + UInt64(i) * 8
+            let expect = word(offset: offset, seed: seed)
+            let got = base[i]
+            if got != expect {
+                throw PatternMismatch(device: mapping.device.name, offset: offset, expected: expect, found: got)
+            }
+        }
     }
 
     static func now() -> UInt64 {
