@@ -11,6 +11,7 @@ let package = Package(
     name: "daxmm",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "MMCore", targets: ["MMCore"]),
         .library(name: "DAXDevice", targets: ["DAXDevice"]),
         .executable(name: "daxmm", targets: ["daxmm"]),
     ],
@@ -30,6 +31,13 @@ let package = Package(
                 .linkedLibrary("numa"),
                 .linkedLibrary("uring"),
             ]
+        ),
+        // mm/ ported: memremap, page tables, inserts, rmap, zap, faults, GUP.
+        // Knows nothing of devices.
+        .target(
+            name: "MMCore",
+            dependencies: ["CDax"],
+            swiftSettings: hotPathSwiftSettings
         ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
         .target(
@@ -51,6 +59,10 @@ let package = Package(
         .testTarget(
             name: "DAXDeviceTests",
             dependencies: ["DAXDevice", "CDax"]
+        ),
+        .testTarget(
+            name: "MMCoreTests",
+            dependencies: ["MMCore", "CDax"]
         ),
     ]
 )

@@ -41,6 +41,8 @@
 
 #define CDAX_INLINE static inline __attribute__((__always_inline__))
 
+#include "dax_mm.h"
+
 /* ------------------------------------------------------------------------ */
 /* struct dax_page: one record per 4 KiB pfn                                  */
 /* ------------------------------------------------------------------------ */

@@ -1,0 +1,346 @@
+/*
+ * dax_mm.h: the C-layout records of the mm port.
+ *
+ * Everything the fault and pin hot paths touch is a plain C record reached
+ * through a pointer: no Swift class, closure or existential sits on those
+ * paths, so they can run from a signal handler and never touch ARC.
+ *
+ *   struct dax_kernel   one "machine": vmemmap, sections, counters, reports
+ *   struct dax_pgmap    struct dev_pagemap's hot part
+ *   struct dax_mm       struct mm_struct's hot part (page tables, VMAs, rss)
+ *   struct dax_vma      struct vm_area_struct
+ *   struct dax_vm_fault struct vm_fault
+ *
+ * Locks are tiny spin/futex locks that allocate nothing.
+ */
+#ifndef DAX_MM_H
+#define DAX_MM_H
+
+#include <stdint.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <limits.h>
+#include <time.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define DAX_MM_INLINE static inline __attribute__((__always_inline__))
+
+struct dax_page;
+
+/* ------------------------------------------------------------------ */
+/* futex, spinlock, rwsem                                              */
+/* ------------------------------------------------------------------ */
+
+/* Wait while *word == val, at most timeout_ns (negative: forever).
+ * Returns 0 when woken or the value changed, -ETIMEDOUT on timeout. */
+int dax_futex_wait(uint32_t *word, uint32_t val, int64_t timeout_ns);
+void dax_futex_wake(uint32_t *word, int nr);
+
+DAX_MM_INLINE uint32_t dax_load_u32(const uint32_t *w) { return __atomic_load_n(w, __ATOMIC_ACQUIRE); }
+DAX_MM_INLINE void dax_store_u32(uint32_t *w, uint32_t v) { __atomic_store_n(w, v, __ATOMIC_RELEASE); }
+DAX_MM_INLINE uint32_t dax_inc_u32(uint32_t *w) { return __atomic_add_fetch(w, 1, __ATOMIC_SEQ_CST); }
+
+DAX_MM_INLINE int64_t dax_atomic64_read(const int64_t *v) { return __atomic_load_n(v, __ATOMIC_RELAXED); }
+DAX_MM_INLINE void dax_atomic64_set(int64_t *v, int64_t i) { __atomic_store_n(v, i, __ATOMIC_RELAXED); }
+DAX_MM_INLINE void dax_atomic64_add(int64_t *v, int64_t i) { (void)__atomic_fetch_add(v, i, __ATOMIC_RELAXED); }
+DAX_MM_INLINE int64_t dax_atomic64_add_return(int64_t *v, int64_t i) { return __atomic_add_fetch(v, i, __ATOMIC_SEQ_CST); }
+
+DAX_MM_INLINE uint64_t dax_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+DAX_MM_INLINE void dax_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+DAX_MM_INLINE uint64_t dax_xchg_u64(uint64_t *p, uint64_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+DAX_MM_INLINE bool dax_cmpxchg_u64(uint64_t *p, uint64_t *expected, uint64_t desired)
+{
+	return __atomic_compare_exchange_n(p, expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+}
+
+DAX_MM_INLINE void dax_cpu_relax(void) { __builtin_ia32_pause(); }
+
+/* A spinlock: 0 free, 1 held. Spins, then yields the CPU. */
+DAX_MM_INLINE bool dax_spin_trylock(uint32_t *l)
+{
+	uint32_t z = 0;
+	return __atomic_compare_exchange_n(l, &z, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+void dax_spin_lock_slow(uint32_t *l);
+
+DAX_MM_INLINE void dax_spin_lock(uint32_t *l)
+{
+	if (__builtin_expect(dax_spin_trylock(l), 1))
+		return;
+	dax_spin_lock_slow(l);
+}
+
+DAX_MM_INLINE void dax_spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+DAX_MM_INLINE bool dax_spin_is_locked(const uint32_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
+
+/* A reader/writer semaphore (mmap_lock): count > 0 readers, -1 a writer. */
+struct dax_rwsem {
+	int32_t count;
+	uint32_t seq;   /* futex word bumped on every release */
+};
+
+bool dax_down_read_trylock(struct dax_rwsem *s);
+void dax_down_read(struct dax_rwsem *s);
+void dax_up_read(struct dax_rwsem *s);
+bool dax_down_write_trylock(struct dax_rwsem *s);
+void dax_down_write(struct dax_rwsem *s);
+void dax_up_write(struct dax_rwsem *s);
+void dax_downgrade_write(struct dax_rwsem *s);
+
+/* ------------------------------------------------------------------ */
+/* The machine                                                         */
+/* ------------------------------------------------------------------ */
+
+/* sparse-vmemmap sections: 128 MiB (SECTION_SIZE_BITS 27 on x86-64). */
+#define DAX_SECTION_SHIFT 27
+#define DAX_PAGES_PER_SECTION (1ull << (DAX_SECTION_SHIFT - 12))
+
+/* Node counters the port keeps (enum node_stat_item subset). */
+enum dax_node_stat {
+	DAX_NR_FILE_MAPPED = 0,
+	DAX_NR_FILE_PMDMAPPED,
+	DAX_NR_FOLL_PIN_ACQUIRED,
+	DAX_NR_FOLL_PIN_RELEASED,
+	DAX_NR_PAGETABLE,
+	DAX_NR_STATS,
+};
+
+/* A debug report: what dump_page prints, captured without allocating. */
+#define DAX_REPORT_RING 64
+#define DAX_REPORT_RULE_LEN 96
+struct dax_page_report {
+	uint64_t seq;              /* 0: slot empty */
+	uint64_t pfn;
+	uint64_t head_pfn;
+	int32_t refcount;
+	int32_t mapcount;          /* folio_mapcount */
+	int32_t entire_mapcount;   /* +1 applied */
+	int32_t pincount;
+	int32_t order;
+	int32_t pgmap_type;
+	uint64_t flags;
+	uint64_t mapping;
+	uint64_t index;
+	char rule[DAX_REPORT_RULE_LEN];
+	char function[32];
+};
+
+/* Behaviour switches for scenarios that reproduce older kernels. */
+enum dax_kernel_mode {
+	/* 6.15 as merged: vmf_insert_folio_pmd/pud install *special* entries
+	 * (fixed mid-2025; the port defaults to the fix). */
+	DAX_MODE_SPECIAL_HUGE_ENTRIES = 1u << 0,
+	/* Pre-series fs-dax: the PMD insert path calls folio_get on an idle
+	 * (refcount 0) folio. Only the seed-bug scenario sets it. */
+	DAX_MODE_LEGACY_PRE_SERIES = 1u << 1,
+};
+
+struct dax_kernel {
+	struct dax_page *vmemmap;      /* record of pfn 0 (reserved, mostly unmapped) */
+	uint64_t max_pfn;              /* pfns [0, max_pfn) have a record slot */
+	uint8_t *section_present;      /* one byte per section: 1 = populated */
+	uint64_t nr_sections;
+	uint32_t section_lock;
+	uint32_t mode;                 /* dax_kernel_mode bits */
+	int64_t stats[DAX_NR_STATS];
+	/* wake_up_var hash table (bit_wait_table): futex words. */
+	uint32_t wait_table[256];
+	/* Debug reports, written by VM_BUG/VM_WARN checks. */
+	uint64_t report_seq;
+	uint64_t report_lost;
+	struct dax_page_report reports[DAX_REPORT_RING];
+	/* Page-table page pool (preallocated; allocation is lock-free). */
+	uint8_t *pt_pool;
+	uint64_t pt_pool_pages;
+	uint64_t pt_next;              /* bump index */
+	uint64_t pt_free;              /* free-list head: table address, 0 empty; ABA tag in low 12 bits */
+	uint32_t *pt_locks;            /* one split ptlock per pool page */
+	int64_t pt_in_use;
+};
+
+/* ------------------------------------------------------------------ */
+/* dev_pagemap                                                         */
+/* ------------------------------------------------------------------ */
+
+enum dax_memory_type {
+	DAX_MEMORY_DEVICE_PRIVATE = 1,
+	DAX_MEMORY_DEVICE_COHERENT,
+	DAX_MEMORY_DEVICE_FS_DAX,
+	DAX_MEMORY_DEVICE_GENERIC,
+	DAX_MEMORY_DEVICE_PCI_P2PDMA,
+};
+
+struct dax_pgmap;
+typedef void (*dax_page_free_fn)(struct dax_page *page, void *owner);
+typedef uint32_t (*dax_migrate_to_ram_fn)(void *vmf);
+
+struct dax_pgmap {
+	struct dax_kernel *kernel;
+	int64_t ref;               /* percpu_ref stand-in: live references */
+	uint32_t dead;             /* percpu_ref_kill done */
+	uint32_t done;             /* futex word: 1 once ref dropped to 0 after kill */
+	int32_t type;              /* enum dax_memory_type */
+	int32_t vmemmap_shift;     /* folio order of the pages */
+	uint32_t flags;
+	int32_t nr_range;
+	dax_page_free_fn page_free;
+	dax_migrate_to_ram_fn migrate_to_ram;
+	void *owner;
+	int64_t lookups;           /* get_dev_pagemap refs not yet put (for reports) */
+	uint64_t first_pfn;        /* of range 0 */
+	uint64_t end_pfn;          /* exclusive end of the last range */
+	uint64_t id;               /* for reports */
+};
+
+/* percpu_ref_tryget_live */
+DAX_MM_INLINE bool dax_pgmap_tryget_live(struct dax_pgmap *p)
+{
+	if (__atomic_load_n(&p->dead, __ATOMIC_ACQUIRE))
+		return false;
+	int64_t old = __atomic_load_n(&p->ref, __ATOMIC_RELAXED);
+	do {
+		if (old <= 0 || __atomic_load_n(&p->dead, __ATOMIC_ACQUIRE))
+			return false;
+	} while (!__atomic_compare_exchange_n(&p->ref, &old, old + 1, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+	return true;
+}
+
+/* percpu_ref_get_many / put_many; the put that reaches 0 completes `done`. */
+DAX_MM_INLINE void dax_pgmap_get_many(struct dax_pgmap *p, int64_t n)
+{
+	__atomic_fetch_add(&p->ref, n, __ATOMIC_RELAXED);
+}
+
+DAX_MM_INLINE void dax_pgmap_put_many(struct dax_pgmap *p, int64_t n)
+{
+	if (__atomic_sub_fetch(&p->ref, n, __ATOMIC_SEQ_CST) == 0) {
+		__atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
+		dax_futex_wake(&p->done, INT_MAX);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Address spaces                                                      */
+/* ------------------------------------------------------------------ */
+
+/* vm_flags (the kernel's bit values). */
+#define DAX_VM_READ      0x00000001ull
+#define DAX_VM_WRITE     0x00000002ull
+#define DAX_VM_EXEC      0x00000004ull
+#define DAX_VM_SHARED    0x00000008ull
+#define DAX_VM_MAYREAD   0x00000010ull
+#define DAX_VM_MAYWRITE  0x00000020ull
+#define DAX_VM_MAYEXEC   0x00000040ull
+#define DAX_VM_MAYSHARE  0x00000080ull
+#define DAX_VM_PFNMAP    0x00000400ull
+#define DAX_VM_LOCKED    0x00002000ull
+#define DAX_VM_IO        0x00004000ull
+#define DAX_VM_DONTEXPAND 0x00040000ull
+#define DAX_VM_SYNC      0x00800000ull
+#define DAX_VM_MIXEDMAP  0x10000000ull
+#define DAX_VM_HUGEPAGE  0x20000000ull
+
+/* The file behind a VMA: what vma_is_dax/vma_is_fsdax look at. */
+#define DAX_S_DAX 0x2000u            /* inode->i_flags & S_DAX */
+#define DAX_S_IFCHR 0020000u
+#define DAX_S_IFREG 0100000u
+
+struct dax_file {
+	uint32_t i_flags;           /* S_DAX */
+	uint32_t i_mode;            /* S_IFCHR, S_IFREG */
+	uint64_t mapping;           /* address_space handle stored in folio->mapping */
+	void *private_data;         /* the driver's (unretained) */
+};
+
+struct dax_vma;
+struct dax_vm_fault;
+
+/* vm_operations_struct. Every callback is a C function pointer, so no Swift
+ * object is touched on the fault path. Return values are VM_FAULT_* bits. */
+struct dax_vm_operations {
+	uint32_t (*fault)(struct dax_vm_fault *vmf);
+	uint32_t (*huge_fault)(struct dax_vm_fault *vmf, uint32_t order);
+	uint32_t (*page_mkwrite)(struct dax_vm_fault *vmf);
+	uint32_t (*pfn_mkwrite)(struct dax_vm_fault *vmf);
+	int32_t (*may_split)(struct dax_vma *vma, uint64_t addr);   /* 0 or -errno */
+	uint64_t (*pagesize)(struct dax_vma *vma);
+};
+
+struct dax_mm;
+
+struct dax_vma {
+	uint64_t vm_start;
+	uint64_t vm_end;
+	uint64_t vm_flags;
+	uint64_t vm_pgoff;
+	uint64_t vm_page_prot;         /* PTE bits a new entry starts from */
+	struct dax_mm *vm_mm;
+	struct dax_file *vm_file;      /* NULL: anonymous */
+	const struct dax_vm_operations *vm_ops;
+	void *vm_private_data;
+};
+
+/* FAULT_FLAG_* */
+#define DAX_FAULT_FLAG_WRITE      0x001u
+#define DAX_FAULT_FLAG_MKWRITE    0x002u
+#define DAX_FAULT_FLAG_ALLOW_RETRY 0x004u
+#define DAX_FAULT_FLAG_REMOTE     0x080u
+#define DAX_FAULT_FLAG_INSTRUCTION 0x100u
+#define DAX_FAULT_FLAG_USER       0x040u
+
+/* VM_FAULT_* */
+#define DAX_VM_FAULT_OOM          0x000001u
+#define DAX_VM_FAULT_SIGBUS       0x000002u
+#define DAX_VM_FAULT_MAJOR        0x000004u
+#define DAX_VM_FAULT_HWPOISON     0x000010u
+#define DAX_VM_FAULT_SIGSEGV      0x000040u
+#define DAX_VM_FAULT_NOPAGE       0x000100u
+#define DAX_VM_FAULT_LOCKED       0x000200u
+#define DAX_VM_FAULT_RETRY        0x000400u
+#define DAX_VM_FAULT_FALLBACK     0x000800u
+#define DAX_VM_FAULT_DONE_COW     0x001000u
+#define DAX_VM_FAULT_NEEDDSYNC    0x002000u
+#define DAX_VM_FAULT_COMPLETED    0x004000u
+#define DAX_VM_FAULT_ERROR (DAX_VM_FAULT_OOM | DAX_VM_FAULT_SIGBUS | DAX_VM_FAULT_SIGSEGV | DAX_VM_FAULT_HWPOISON)
+
+struct dax_vm_fault {
+	struct dax_vma *vma;
+	uint64_t address;              /* faulting address, page aligned */
+	uint64_t real_address;
+	uint64_t pgoff;                /* logical page offset in the file */
+	uint32_t flags;                /* FAULT_FLAG_* */
+	uint32_t _pad;
+	uint64_t *pud;
+	uint64_t *pmd;
+	uint64_t *pte;                 /* set while a PTE table is mapped */
+	uint64_t orig_pud;
+	uint64_t orig_pmd;
+	uint64_t orig_pte;
+	struct dax_page *page;
+	uint64_t pfn;                  /* out: pfn inserted by a DAX handler (for sync) */
+	void *driver_data;             /* handler scratch */
+};
+
+/* mm_struct rss counters */
+enum dax_mm_counter { DAX_MM_FILEPAGES = 0, DAX_MM_ANONPAGES, DAX_MM_SWAPENTS, DAX_MM_SHMEMPAGES, DAX_NR_MM_COUNTERS };
+
+struct dax_mm {
+	struct dax_kernel *kernel;
+	uint64_t *pgd;                 /* top-level table */
+	struct dax_rwsem mmap_lock;
+	uint32_t page_table_lock;      /* protects PUD-level entries (pud_lock) */
+	uint32_t _pad;
+	int64_t rss[DAX_NR_MM_COUNTERS];
+	int64_t pgtables_bytes;
+	/* VMAs sorted by vm_start; mutated only under mmap_lock for write. */
+	struct dax_vma **vmas;
+	int64_t nr_vmas;
+	int64_t vmas_cap;
+	uint64_t id;
+};
+
+#endif /* DAX_MM_H */

@@ -1,0 +1,382 @@
+// mm/memremap.c and the ZONE_DEVICE parts of mm/mm_init.c: memremap_pages,
+// memunmap_pages, get/put_dev_pagemap, free_zone_device_folio.
+
+import CDax
+import Synchronization
+
+/// enum memory_type
+public enum MemoryType: Int32, Sendable, CustomStringConvertible {
+    case devicePrivate = 1
+    case deviceCoherent = 2
+    case fsDax = 3
+    case generic = 4
+    case p2pdma = 5
+
+    public var description: String { memoryTypeName(rawValue) }
+
+    /// Refcount of an idle page: 1 for GENERIC (device-dax stays one-based),
+    /// 0 for the zero-based types.
+    public var idleRefcount: Int32 { self == .generic ? 1 : 0 }
+
+    /// Types whose pgmap reference is held per folio from creation on (all
+    /// but PRIVATE and COHERENT, which take one per allocated folio).
+    var refsPerFolioAtCreation: Bool { self != .devicePrivate && self != .deviceCoherent }
+}
+
+/// struct range: [start, end] inclusive, physical addresses.
+public struct PhysicalRange: Sendable, Equatable, CustomStringConvertible {
+    public var start: UInt64
+    public var end: UInt64
+    public init(start: UInt64, size: UInt64) { self.start = start; self.end = start + size - 1 }
+    public var size: UInt64 { end - start + 1 }
+    public var startPfn: UInt64 { start >> UInt64(pageShift) }
+    public var endPfn: UInt64 { (end + 1) >> UInt64(pageShift) }
+    public var description: String { "[\(hex(start))-\(hex(end))]" }
+}
+
+/// The callbacks of dev_pagemap_ops the port models. C function pointers, so
+/// free_zone_device_folio can call them from the hot path.
+public struct DevPagemapOps: Sendable {
+    public var pageFree: dax_page_free_fn?
+    public var migrateToRam: dax_migrate_to_ram_fn?
+    public init(pageFree: dax_page_free_fn? = nil, migrateToRam: dax_migrate_to_ram_fn? = nil) {
+        self.pageFree = pageFree; self.migrateToRam = migrateToRam
+    }
+}
+
+/// struct dev_pagemap. The hot part lives in a C record (`ref`) that every
+/// page of the map points at; this object owns it and its life cycle.
+public final class DevPagemap: @unchecked Sendable {
+    // @unchecked: `ref` is shared with the hot paths; its mutable fields are
+    // atomics. `state` is guarded by `lock`.
+    public let kernel: Kernel
+    public let ref: UnsafeMutablePointer<dax_pgmap>
+    public let type: MemoryType
+    public let ranges: [PhysicalRange]
+    public let vmemmapShift: Int
+    public let ops: DevPagemapOps
+    /// The owner cookie PRIVATE/COHERENT require (passed to page_free).
+    public let owner: UnsafeMutableRawPointer?
+
+    enum State { case new, live, dying, gone }
+    private let state = Mutex(State.new)
+    private static let ids = Atomic<UInt64>(1)
+
+    public init(kernel: Kernel, type: MemoryType, ranges: [PhysicalRange], vmemmapShift: Int = 0,
+                ops: DevPagemapOps = DevPagemapOps(), owner: UnsafeMutableRawPointer? = nil) {
+        self.kernel = kernel
+        self.type = type
+        self.ranges = ranges
+        self.vmemmapShift = vmemmapShift
+        self.ops = ops
+        self.owner = owner
+        ref = .allocate(capacity: 1)
+        ref.initialize(to: dax_pgmap())
+        ref.pointee.kernel = kernel.ref
+        ref.pointee.type = type.rawValue
+        ref.pointee.vmemmap_shift = Int32(vmemmapShift)
+        ref.pointee.nr_range = Int32(ranges.count)
+        ref.pointee.page_free = ops.pageFree
+        ref.pointee.migrate_to_ram = ops.migrateToRam
+        ref.pointee.owner = owner
+        ref.pointee.id = DevPagemap.ids.add(1, ordering: .relaxed).oldValue
+        if let f = ranges.first, let l = ranges.last {
+            ref.pointee.first_pfn = f.startPfn
+            ref.pointee.end_pfn = l.endPfn
+        }
+    }
+
+    deinit {
+        let s = state.withLock { $0 }
+        if s == .live || s == .dying {
+            // Still mapped in the vmemmap: tear down without waiting so no
+            // page points at freed memory. Holders are the caller's bug.
+            teardown(upTo: ranges.count)
+        }
+        ref.deallocate()
+    }
+
+    /// pgmap_vmemmap_nr
+    public var pagesPerFolio: Int { 1 << vmemmapShift }
+
+    /// The number of folios over all ranges.
+    public var nrFolios: Int { ranges.reduce(0) { $0 + Int($1.size >> UInt64(pageShift)) >> vmemmapShift } }
+
+    /// Live references (percpu_ref count).
+    public var refCount: Int64 { dax_atomic64_read(&ref.pointee.ref) }
+    public var isLive: Bool { state.withLock { $0 == .live } }
+
+    /// The first page of range `i`.
+    public func firstPage(range i: Int = 0) -> Page { pfnToPage(kernel.ref, ranges[i].startPfn) }
+
+    /// Page of a pfn inside this map.
+    public func page(pfn: UInt64) -> Page? {
+        guard ranges.contains(where: { pfn >= $0.startPfn && pfn < $0.endPfn }) else { return nil }
+        return pfnToPage(kernel.ref, pfn)
+    }
+
+    // MARK: memremap_pages
+
+    /// memremap_pages(pgmap, nid): validates, registers every range, populates
+    /// and initialises their struct pages, and takes the creation references.
+    /// Returns the first page of range 0 (the kernel returns its linear-map
+    /// address). On a failure in range i, ranges 0..<i are undone.
+    @discardableResult
+    public func memremapPages(nid: Int = 0) throws(MMError) -> Page {
+        let current = state.withLock { $0 }
+        guard current == .new else { throw .invalid("pgmap \(ref.pointee.id) already mapped (\(current))") }
+        guard !ranges.isEmpty else { throw .invalid("memremap_pages: nr_range == 0") }
+        switch type {
+        case .devicePrivate:
+            guard ops.migrateToRam != nil, ops.pageFree != nil, owner != nil else {
+                throw .invalid("MEMORY_DEVICE_PRIVATE needs migrate_to_ram, page_free and an owner")
+            }
+        case .deviceCoherent:
+            guard ops.pageFree != nil, owner != nil else {
+                throw .invalid("MEMORY_DEVICE_COHERENT needs page_free and an owner")
+            }
+        case .fsDax, .generic, .p2pdma:
+            break
+        }
+        guard vmemmapShift >= 0, vmemmapShift <= pudOrder else {
+            throw .invalid("vmemmap_shift \(vmemmapShift) > MAX_FOLIO_ORDER \(pudOrder)")
+        }
+        // percpu_ref_init: the initial reference, dropped by kill.
+        dax_atomic64_set(&ref.pointee.ref, 1)
+        ref.pointee.dead = 0
+        ref.pointee.done = 0
+
+        for (i, r) in ranges.enumerated() {
+            do {
+                try pagemapRange(r, index: i)
+            } catch {
+                teardown(upTo: i)
+                dax_atomic64_set(&ref.pointee.ref, 0)
+                throw error
+            }
+        }
+        state.withLock { $0 = .live }
+        return firstPage()
+    }
+
+    /// pagemap_range: one range.
+    private func pagemapRange(_ r: PhysicalRange, index: Int) throws(MMError) {
+        let k = kernel.ref
+        // Sub-section (2 MiB) granularity, as __add_pages requires.
+        let subsection = UInt64(pmdSize)
+        guard r.start % subsection == 0, (r.end + 1) % subsection == 0, r.end > r.start else {
+            throw .invalid("range \(r) is not aligned to the 2 MiB sub-section size")
+        }
+        guard r.size % (UInt64(pageSize) << UInt64(vmemmapShift)) == 0 else {
+            throw .invalid("range \(r) is not a whole number of order-\(vmemmapShift) folios")
+        }
+        guard r.endPfn <= kernel.maxPfn else {
+            throw .invalid("mhp_range_allowed: range \(r) beyond the \(kernel.physBits)-bit physical address space")
+        }
+        if kernel.registry.intersectsSystemRAM(r.start...r.end) {
+            throw .noDevice("range \(r) intersects System RAM")
+        }
+        let entry = Registry.Entry(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref, owner: ObjectIdentifier(self))
+        guard kernel.registry.insert(entry) else {
+            throw .noMemory("range \(r) conflicts with an existing dev_pagemap")
+        }
+        try kernel.populateSections(startPfn: r.startPfn, endPfn: r.endPfn)
+        memmapInitZoneDevice(k, r)
+        if type.refsPerFolioAtCreation {
+            dax_pgmap_get_many(ref, Int64((r.size >> UInt64(pageShift)) >> UInt64(vmemmapShift)))
+        }
+    }
+
+    /// memmap_init_zone_device: per page __init_zone_device_page, and the
+    /// compound layout when vmemmap_shift > 0.
+    private func memmapInitZoneDevice(_ k: KernelRef, _ r: PhysicalRange) {
+        let nr = 1 << vmemmapShift
+        var pfn = r.startPfn
+        while pfn < r.endPfn {
+            let head = pfnToPage(k, pfn)
+            initZoneDevicePage(head)
+            if nr > 1 {
+                head.set(DAX_PG_head)
+                for i in 1..<nr {
+                    let tail = head.advanced(by: i)
+                    initZoneDevicePage(tail)
+                    prepCompoundTail(head, tail)
+                    dax_atomic_set(&tail.raw.pointee.refcount, 0)
+                    if i == 1 { prepCompoundHead(head, order: vmemmapShift) }
+                }
+            }
+            pfn += UInt64(nr)
+        }
+    }
+
+    /// __init_zone_device_page
+    private func initZoneDevicePage(_ page: Page) {
+        let p = page.raw
+        p.initialize(to: dax_page())
+        p.pointee.refcount = 1           // init_page_count
+        p.pointee.mapcount = -1          // page_mapcount_reset
+        p.pointee.flags = (1 << UInt64(DAX_PG_reserved.rawValue)) | (1 << UInt64(DAX_PG_zone_device.rawValue))
+        p.pointee.pgmap = UInt64(UInt(bitPattern: ref))
+        // Zero-based types start free at 0; GENERIC stays at 1.
+        p.pointee.refcount = type.idleRefcount
+    }
+
+    // MARK: memunmap_pages
+
+    /// memunmap_pages: kill the reference, drop the creation references, wait
+    /// for every other holder, then tear the ranges down.
+    ///
+    /// The kernel waits forever; the port waits `timeoutNanos` and then throws
+    /// `.busy` naming who still holds references (the pgmap stays dying; call
+    /// again to keep waiting).
+    public func memunmapPages(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
+        let s = state.withLock { $0 }
+        switch s {
+        case .new, .gone: throw .invalid("pgmap \(ref.pointee.id) is not mapped")
+        case .live:
+            state.withLock { $0 = .dying }
+            __atomic_store_dead(ref)
+            if type.refsPerFolioAtCreation {
+                dax_pgmap_put_many(ref, Int64(nrFolios))
+            }
+            dax_pgmap_put_many(ref, 1)   // the initial reference (percpu_ref_kill)
+        case .dying:
+            break
+        }
+        let k = kernel.ref
+        let ok = waitVarEvent(k, UnsafeRawPointer(ref), timeoutNanos: timeoutNanos) {
+            dax_load_u32(&ref.pointee.done) != 0
+        }
+        guard ok else { throw .busy(holdersReport()) }
+        teardown(upTo: ranges.count)
+        state.withLock { $0 = .gone }
+    }
+
+    /// Who holds references: lookups through get_dev_pagemap and, for
+    /// PRIVATE/COHERENT, allocated folios.
+    public func holdersReport() -> String {
+        var s = "pgmap \(ref.pointee.id) (\(type)) still has \(refCount) reference(s)"
+        let lookups = dax_atomic64_read(&ref.pointee.lookups)
+        if lookups > 0 { s += "; \(lookups) get_dev_pagemap lookup(s) not put" }
+        if !type.refsPerFolioAtCreation {
+            var busy: [String] = []
+            for r in ranges {
+                var pfn = r.startPfn
+                while pfn < r.endPfn, busy.count < 8 {
+                    let f = pfnToPage(kernel.ref, pfn).folio
+                    if f.refCount > 0 { busy.append("pfn \(hex(pfn)) refcount \(f.refCount)") }
+                    pfn += UInt64(pagesPerFolio)
+                }
+            }
+            if !busy.isEmpty { s += "; allocated folios: " + busy.joined(separator: ", ") }
+        }
+        return s
+    }
+
+    private func teardown(upTo n: Int) {
+        kernel.registry.remove(owner: ObjectIdentifier(self))
+        for r in ranges.prefix(n) {
+            // Clear this range's records, then return whole sections no other
+            // pgmap uses.
+            let first = pfnToPage(kernel.ref, r.startPfn).raw
+            if kernel.pfnValid(r.startPfn) {
+                UnsafeMutableRawPointer(first).initializeMemory(as: UInt8.self, repeating: 0,
+                    count: Int(r.endPfn - r.startPfn) * MemoryLayout<dax_page>.stride)
+            }
+            let s0 = r.startPfn / UInt64(pagesPerSection) * UInt64(pagesPerSection)
+            let s1 = (r.endPfn + UInt64(pagesPerSection) - 1) / UInt64(pagesPerSection) * UInt64(pagesPerSection)
+            if !kernel.registry.othersOverlap(startPfn: s0, endPfn: s1, except: ObjectIdentifier(self)) {
+                kernel.depopulateSections(startPfn: s0, endPfn: min(s1, kernel.maxPfn))
+            }
+        }
+    }
+}
+
+@inline(__always)
+private func __atomic_store_dead(_ p: UnsafeMutablePointer<dax_pgmap>) {
+    dax_store_u32(&p.pointee.dead, 1)
+}
+
+// MARK: get_dev_pagemap / put_dev_pagemap
+
+/// get_dev_pagemap(pfn, cached): the live pgmap covering `pfn`, with a
+/// reference, or nil if none or it is dying. A `cached` pgmap that covers the
+/// pfn is returned with no new reference; one that does not is put.
+public func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePointer<dax_pgmap>? = nil)
+    -> UnsafeMutablePointer<dax_pgmap>?
+{
+    if let c = cached {
+        if pfn >= c.pointee.first_pfn && pfn < c.pointee.end_pfn { return c }
+        putDevPagemap(c)
+    }
+    guard let p = kernel.registry.lookup(pfn: pfn), dax_pgmap_tryget_live(p) else { return nil }
+    dax_atomic64_add(&p.pointee.lookups, 1)
+    return p
+}
+
+/// put_dev_pagemap (NULL-safe).
+public func putDevPagemap(_ p: UnsafeMutablePointer<dax_pgmap>?) {
+    guard let p else { return }
+    dax_atomic64_add(&p.pointee.lookups, -1)
+    dax_pgmap_put_many(p, 1)
+}
+
+/// zone_device_page_init (6.15): a PRIVATE/COHERENT driver allocates a free
+/// page: takes a pgmap reference (WARN and fail if the map is dying), sets the
+/// refcount to 1 and locks the page.
+public func zoneDevicePageInit(_ k: KernelRef, _ page: Page) -> Bool {
+    guard let pgmap = page.pgmap, dax_pgmap_tryget_live(pgmap) else {
+        vmReport(k, page, rule: "WARN_ON_ONCE(!percpu_ref_tryget_live(&pgmap->ref))", function: "zone_device_page_init")
+        return false
+    }
+    if page.folio.refCount != 0 {
+        vmReport(k, page, rule: "VM_WARN_ON_ONCE(folio_ref_count(folio))", function: "zone_device_page_init")
+    }
+    page.folio.setCount(1)
+    page.set(DAX_PG_locked)
+    return true
+}
+
+// MARK: free_zone_device_folio
+
+/// free_zone_device_folio: the refcount reached 0.
+public func freeZoneDeviceFolio(_ k: KernelRef, _ folio: Folio) {
+    guard let pgmap = folio.pgmap else {
+        vmReport(k, folio.head, rule: "WARN_ON_ONCE(!pgmap)", function: "free_zone_device_folio")
+        return
+    }
+    let type = pgmap.pointee.type
+    // FS DAX clears mapping when the share count drops; device DAX keeps it.
+    if type != Int32(DAX_MEMORY_DEVICE_FS_DAX.rawValue) && type != Int32(DAX_MEMORY_DEVICE_GENERIC.rawValue) {
+        folio.mapping = 0
+    }
+    switch type {
+    case Int32(DAX_MEMORY_DEVICE_PRIVATE.rawValue), Int32(DAX_MEMORY_DEVICE_COHERENT.rawValue):
+        guard let free = pgmap.pointee.page_free else {
+            vmReport(k, folio.head, rule: "WARN_ON_ONCE(!pgmap->ops->page_free)", function: "free_zone_device_folio")
+            return
+        }
+        free(folio.raw, pgmap.pointee.owner)
+        putDevPagemap(pgmapDroppingLookup: pgmap)
+    case Int32(DAX_MEMORY_DEVICE_GENERIC.rawValue):
+        // Reset as if the folio had never been freed: device DAX is one-based.
+        folio.setCount(1)
+    case Int32(DAX_MEMORY_DEVICE_FS_DAX.rawValue):
+        wakeUpVar(k, UnsafeRawPointer(folio.raw))
+    case Int32(DAX_MEMORY_DEVICE_PCI_P2PDMA.rawValue):
+        guard let free = pgmap.pointee.page_free else {
+            vmReport(k, folio.head, rule: "WARN_ON_ONCE(!pgmap->ops->page_free)", function: "free_zone_device_folio")
+            return
+        }
+        free(folio.raw, pgmap.pointee.owner)
+    default:
+        vmReport(k, folio.head, rule: "unknown pgmap type", function: "free_zone_device_folio")
+    }
+}
+
+/// The per-allocation pgmap reference of PRIVATE/COHERENT folios (taken by
+/// zone_device_page_init, not counted as a get_dev_pagemap lookup).
+@inline(__always)
+func putDevPagemap(pgmapDroppingLookup p: UnsafeMutablePointer<dax_pgmap>) {
+    dax_pgmap_put_many(p, 1)
+}

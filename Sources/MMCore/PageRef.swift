@@ -1,0 +1,96 @@
+// include/linux/mm.h: folio_get / folio_put and the wait-on-variable helpers
+// fs-dax uses to wait for a folio to go idle.
+
+import CDax
+
+/// folio_get: +1 on a folio that already has a reference.
+///
+/// The kernel's VM_BUG_ON_FOLIO(folio_ref_count + 127u <= 127u) fires on a
+/// count of 0 (a free folio: the seed's crash) or near overflow. The port
+/// records the report, leaves the count alone and returns false; the caller
+/// must fail the operation.
+@inline(__always)
+public func folioGet(_ k: KernelRef, _ folio: Folio) -> Bool {
+    if UInt32(bitPattern: folio.refCount) &+ 127 <= 127 {
+        vmReport(k, folio.head, rule: "VM_BUG_ON_FOLIO(((unsigned int) folio_ref_count(folio) + 127u <= 127u))",
+                 function: "folio_get")
+        return false
+    }
+    folio.refInc()
+    return true
+}
+
+/// folio_put: -1; at 0 the folio is freed (for ZONE_DEVICE,
+/// free_zone_device_folio).
+@inline(__always)
+public func folioPut(_ k: KernelRef, _ folio: Folio) {
+    folioPutRefs(k, folio, 1)
+}
+
+/// folio_put_refs
+@inline(__always)
+public func folioPutRefs(_ k: KernelRef, _ folio: Folio, _ refs: Int32) {
+    let v = folio.refSubReturn(refs)
+    if v == 0 {
+        folioFree(k, folio)
+    } else if v < 0 {
+        vmReport(k, folio.head, rule: "VM_BUG_ON_FOLIO(folio_ref_count(folio) < 0) after put", function: "folio_put_refs")
+    }
+}
+
+/// __folio_put: every folio the port sees is ZONE_DEVICE memory.
+@inline(__always)
+func folioFree(_ k: KernelRef, _ folio: Folio) {
+    if folio.isZoneDevice {
+        freeZoneDeviceFolio(k, folio)
+    } else {
+        vmReport(k, folio.head, rule: "__folio_put of a folio that is not ZONE_DEVICE", function: "__folio_put")
+    }
+}
+
+// MARK: wait_var_event / wake_up_var
+
+@inline(__always)
+func waitWord(_ k: KernelRef, _ addr: UnsafeRawPointer) -> UnsafeMutablePointer<UInt32> {
+    var h = UInt(bitPattern: addr) >> 6
+    h ^= h >> 8
+    return withUnsafeMutablePointer(to: &k.pointee.wait_table) {
+        $0.withMemoryRebound(to: UInt32.self, capacity: 256) { $0 + Int(h & 255) }
+    }
+}
+
+/// wake_up_var: wakes every waiter hashed to `addr`'s bucket; they recheck.
+@inline(__always)
+public func wakeUpVar(_ k: KernelRef, _ addr: UnsafeRawPointer) {
+    let w = waitWord(k, addr)
+    _ = dax_inc_u32(w)
+    dax_futex_wake(w, Int32.max)
+}
+
+/// wait_var_event_timeout: waits until `condition()` holds, woken by
+/// wakeUpVar on `addr`. Returns false if `timeoutNanos` passed first
+/// (negative: no limit).
+public func waitVarEvent(_ k: KernelRef, _ addr: UnsafeRawPointer, timeoutNanos: Int64,
+                         _ condition: () -> Bool) -> Bool {
+    let w = waitWord(k, addr)
+    let deadline = timeoutNanos < 0 ? UInt64.max : monotonicNanos() &+ UInt64(timeoutNanos)
+    while true {
+        let seq = dax_load_u32(w)
+        if condition() { return true }
+        let now = monotonicNanos()
+        if now >= deadline { return false }
+        // Cap each sleep so a wake-up hashed elsewhere cannot strand us.
+        let slice = min(deadline - now, 10_000_000)
+        _ = dax_futex_wait(w, seq, Int64(slice))
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
