@@ -1,0 +1,251 @@
+// arch/x86/include/asm/pgtable*.h and the generic page-table helpers: 4-level
+// tables of 512 eight-byte entries with the x86-64 bit layout, allocated from
+// the kernel's preallocated pool, and split page-table locks.
+//
+// Non-leaf entries hold the next table's address in the pfn field (the port's
+// tables live in its own address space, so their virtual address stands in
+// for the kernel's physical one). Leaf PMD/PUD entries have PSE set.
+//
+// Preconditions for every function taking table or entry pointers: they point
+// into a table from this kernel's pool, and the caller holds what the kernel
+// would hold (mmap_lock for walks that allocate; the ptlock to change an
+// entry).
+
+import CDax
+
+public typealias PTEntry = UInt64
+public typealias EntryPtr = UnsafeMutablePointer<UInt64>
+
+/// x86-64 page-table entry bits.
+public enum PT {
+    public static let present: UInt64 = 1 << 0
+    public static let rw: UInt64 = 1 << 1
+    public static let user: UInt64 = 1 << 2
+    public static let accessed: UInt64 = 1 << 5   // "young"
+    public static let dirty: UInt64 = 1 << 6
+    public static let pse: UInt64 = 1 << 7        // huge leaf at PMD/PUD level
+    public static let special: UInt64 = 1 << 9    // _PAGE_SPECIAL (software bit 1)
+    public static let nx: UInt64 = 1 << 63
+    public static let pfnMask: UInt64 = 0x000F_FFFF_FFFF_F000
+    /// _PAGE_TABLE: what a non-leaf entry carries.
+    public static let table: UInt64 = present | rw | user | accessed
+    public static let entriesPerTable = 512
+}
+
+// MARK: entry predicates and constructors (pte_*, pmd_*, pud_*)
+
+@inline(__always) public func entryNone(_ e: PTEntry) -> Bool { e == 0 }
+@inline(__always) public func entryPresent(_ e: PTEntry) -> Bool { e & PT.present != 0 }
+@inline(__always) public func entryWrite(_ e: PTEntry) -> Bool { e & PT.rw != 0 }
+@inline(__always) public func entryYoung(_ e: PTEntry) -> Bool { e & PT.accessed != 0 }
+@inline(__always) public func entryDirty(_ e: PTEntry) -> Bool { e & PT.dirty != 0 }
+@inline(__always) public func entrySpecial(_ e: PTEntry) -> Bool { e & PT.special != 0 }
+/// pmd_leaf / pud_leaf (pmd_trans_huge for a present entry)
+@inline(__always) public func entryLeaf(_ e: PTEntry) -> Bool { e & (PT.present | PT.pse) == (PT.present | PT.pse) }
+@inline(__always) public func entryPfn(_ e: PTEntry) -> UInt64 { (e & PT.pfnMask) >> UInt64(pageShift) }
+@inline(__always) public func entryMkwrite(_ e: PTEntry) -> PTEntry { e | PT.rw }
+@inline(__always) public func entryMkyoung(_ e: PTEntry) -> PTEntry { e | PT.accessed }
+@inline(__always) public func entryMkdirty(_ e: PTEntry) -> PTEntry { e | PT.dirty }
+@inline(__always) public func entryWrprotect(_ e: PTEntry) -> PTEntry { e & ~PT.rw }
+/// pfn_pte / pfn_pmd / pfn_pud: a leaf for `pfn` with `prot` bits.
+@inline(__always) public func pfnEntry(_ pfn: UInt64, _ prot: UInt64) -> PTEntry {
+    ((pfn << UInt64(pageShift)) & PT.pfnMask) | prot
+}
+/// pmd_mkhuge / pud_mkhuge
+@inline(__always) public func entryMkhuge(_ e: PTEntry) -> PTEntry { e | PT.pse }
+@inline(__always) public func entryMkspecial(_ e: PTEntry) -> PTEntry { e | PT.special }
+/// The next-level table a non-leaf entry points at.
+@inline(__always) public func entryTable(_ e: PTEntry) -> EntryPtr {
+    EntryPtr(bitPattern: UInt(e & PT.pfnMask))!
+}
+
+/// The lowest-level protection bits a VMA's new entries start from.
+@inline(__always) public func vmGetPageProt(_ vmFlags: UInt64, writenotify: Bool) -> UInt64 {
+    var prot = PT.present | PT.user
+    if vmFlags & DAX_VM_WRITE != 0 && vmFlags & DAX_VM_SHARED != 0 && !writenotify { prot |= PT.rw }
+    if vmFlags & DAX_VM_EXEC == 0 { prot |= PT.nx }
+    return prot
+}
+
+// MARK: indices
+
+@inline(__always) func pgdIndex(_ a: UInt64) -> Int { Int((a >> 39) & 511) }
+@inline(__always) func pudIndex(_ a: UInt64) -> Int { Int((a >> 30) & 511) }
+@inline(__always) func pmdIndex(_ a: UInt64) -> Int { Int((a >> 21) & 511) }
+@inline(__always) func pteIndex(_ a: UInt64) -> Int { Int((a >> 12) & 511) }
+
+/// The address of the start of the table holding `entry`.
+@inline(__always) func tableOf(_ entry: EntryPtr) -> UnsafeMutableRawPointer {
+    UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: entry) & ~UInt(pageSize - 1))!
+}
+
+// MARK: the page-table page pool (pte_alloc_one / pte_free)
+
+/// Allocates a zeroed table. Lock-free; nil when the pool is exhausted.
+@inline(__always)
+func ptAllocTable(_ k: KernelRef) -> EntryPtr? {
+    // Free list first (tagged head: table address | 12-bit ABA tag).
+    var head = dax_load_u64(&k.pointee.pt_free)
+    while head & ~UInt64(pageSize - 1) != 0 {
+        let table = EntryPtr(bitPattern: UInt(head & ~UInt64(pageSize - 1)))!
+        let next = dax_load_u64(table)   // pool memory: always mapped
+        let tag = (head &+ 1) & UInt64(pageSize - 1)
+        if dax_cmpxchg_u64(&k.pointee.pt_free, &head, (next & ~UInt64(pageSize - 1)) | tag) {
+            dax_store_u64(table, 0)
+            dax_atomic64_add(&k.pointee.pt_in_use, 1)
+            modNodeStat(k, DAX_NR_PAGETABLE, 1)
+            return table
+        }
+    }
+    let idx = dax_atomic64_add_return(UnsafeMutableRawPointer(&k.pointee.pt_next).assumingMemoryBound(to: Int64.self), 1) - 1
+    guard UInt64(idx) < k.pointee.pt_pool_pages else { return nil }
+    dax_atomic64_add(&k.pointee.pt_in_use, 1)
+    modNodeStat(k, DAX_NR_PAGETABLE, 1)
+    return UnsafeMutableRawPointer(k.pointee.pt_pool + Int(idx) * pageSize).assumingMemoryBound(to: UInt64.self)
+}
+
+/// Returns a table (which must hold no entries) to the pool.
+@inline(__always)
+func ptFreeTable(_ k: KernelRef, _ table: EntryPtr) {
+    UnsafeMutableRawPointer(table).initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
+    var head = dax_load_u64(&k.pointee.pt_free)
+    repeat {
+        dax_store_u64(table, head & ~UInt64(pageSize - 1))
+    } while !dax_cmpxchg_u64(&k.pointee.pt_free, &head,
+                             UInt64(UInt(bitPattern: table)) | (head & UInt64(pageSize - 1)))
+    dax_atomic64_add(&k.pointee.pt_in_use, -1)
+    modNodeStat(k, DAX_NR_PAGETABLE, -1)
+}
+
+/// The split ptlock of the table page holding `entry` (ptlock_ptr).
+@inline(__always)
+func ptlockOf(_ k: KernelRef, tableContaining entry: EntryPtr) -> UnsafeMutablePointer<UInt32> {
+    let off = UnsafeMutableRawPointer(entry) - UnsafeMutableRawPointer(k.pointee.pt_pool)
+    return k.pointee.pt_locks + off / pageSize
+}
+
+/// pte_lockptr: the lock of the PTE table a PMD entry points at.
+@inline(__always)
+public func pteLockptr(_ k: KernelRef, _ pmdEntry: PTEntry) -> UnsafeMutablePointer<UInt32> {
+    ptlockOf(k, tableContaining: entryTable(pmdEntry))
+}
+
+/// pmd_lockptr: split PMD lock, the ptlock of the PMD table page.
+@inline(__always)
+public func pmdLockptr(_ k: KernelRef, _ pmd: EntryPtr) -> UnsafeMutablePointer<UInt32> {
+    ptlockOf(k, tableContaining: pmd)
+}
+
+/// pud_lockptr: mm->page_table_lock.
+@inline(__always)
+public func pudLockptr(_ mm: MMRef) -> UnsafeMutablePointer<UInt32> {
+    withUnsafeMutablePointer(to: &mm.pointee.page_table_lock) { $0 }
+}
+
+// MARK: walking (pgd_offset, pud_offset, ...) and allocation (__pud_alloc, ...)
+
+public typealias MMRef = UnsafeMutablePointer<dax_mm>
+
+@inline(__always) public func pgdOffset(_ mm: MMRef, _ addr: UInt64) -> EntryPtr {
+    mm.pointee.pgd + pgdIndex(addr)
+}
+@inline(__always) public func pudOffset(_ pgd: EntryPtr, _ addr: UInt64) -> EntryPtr {
+    entryTable(dax_load_u64(pgd)) + pudIndex(addr)
+}
+@inline(__always) public func pmdOffset(_ pud: EntryPtr, _ addr: UInt64) -> EntryPtr {
+    entryTable(dax_load_u64(pud)) + pmdIndex(addr)
+}
+@inline(__always) public func pteOffset(_ pmd: EntryPtr, _ addr: UInt64) -> EntryPtr {
+    entryTable(dax_load_u64(pmd)) + pteIndex(addr)
+}
+
+/// Populates `entry` with a new table unless someone else did first (under
+/// `lock`). False when the pool is exhausted (-ENOMEM).
+@inline(__always)
+func populateTable(_ mm: MMRef, _ entry: EntryPtr, lock: UnsafeMutablePointer<UInt32>) -> Bool {
+    let k = mm.pointee.kernel!
+    guard let table = ptAllocTable(k) else { return false }
+    dax_spin_lock(lock)
+    if entryNone(dax_load_u64(entry)) {
+        dax_store_u64(entry, UInt64(UInt(bitPattern: table)) | PT.table)
+        dax_atomic64_add(&mm.pointee.pgtables_bytes, Int64(pageSize))
+        dax_spin_unlock(lock)
+    } else {
+        dax_spin_unlock(lock)
+        ptFreeTable(k, table)   // lost the race: someone populated it
+    }
+    return true
+}
+
+/// pud_alloc(mm, pgd_offset(mm, addr), addr): the PUD entry for addr,
+/// allocating the PUD table if needed. nil on -ENOMEM.
+@inline(__always)
+public func pudAlloc(_ mm: MMRef, _ addr: UInt64) -> EntryPtr? {
+    let pgd = pgdOffset(mm, addr)
+    if entryNone(dax_load_u64(pgd)) && !populateTable(mm, pgd, lock: pudLockptr(mm)) { return nil }
+    return pudOffset(pgd, addr)
+}
+
+/// pmd_alloc: the PMD entry under `pud`, allocating the PMD table. nil on
+/// -ENOMEM; the caller must not call it on a huge PUD.
+@inline(__always)
+public func pmdAlloc(_ mm: MMRef, _ pud: EntryPtr, _ addr: UInt64) -> EntryPtr? {
+    if entryNone(dax_load_u64(pud)) && !populateTable(mm, pud, lock: pudLockptr(mm)) { return nil }
+    if entryLeaf(dax_load_u64(pud)) { return nil }
+    return pmdOffset(pud, addr)
+}
+
+/// pte_alloc + pte_offset_map: the PTE entry under `pmd`, allocating the PTE
+/// table. nil on -ENOMEM or when the PMD became huge.
+@inline(__always)
+public func pteAlloc(_ mm: MMRef, _ pmd: EntryPtr, _ addr: UInt64) -> EntryPtr? {
+    let k = mm.pointee.kernel!
+    if entryNone(dax_load_u64(pmd)) && !populateTable(mm, pmd, lock: pmdLockptr(k, pmd)) { return nil }
+    if entryLeaf(dax_load_u64(pmd)) { return nil }
+    return pteOffset(pmd, addr)
+}
+
+/// Lookup without allocation: the entry pointers down to the deepest present
+/// level for `addr`.
+public struct PageWalk {
+    public var pud: EntryPtr?
+    public var pmd: EntryPtr?
+    public var pte: EntryPtr?
+}
+
+@inline(__always)
+public func walk(_ mm: MMRef, _ addr: UInt64) -> PageWalk {
+    var w = PageWalk()
+    let pgd = pgdOffset(mm, addr)
+    guard entryPresent(dax_load_u64(pgd)) else { return w }
+    let pud = pudOffset(pgd, addr)
+    w.pud = pud
+    let pude = dax_load_u64(pud)
+    guard entryPresent(pude), !entryLeaf(pude) else { return w }
+    let pmd = pmdOffset(pud, addr)
+    w.pmd = pmd
+    let pmde = dax_load_u64(pmd)
+    guard entryPresent(pmde), !entryLeaf(pmde) else { return w }
+    w.pte = pteOffset(pmd, addr)
+    return w
+}
+
+// MARK: rss (add_mm_counter)
+
+@inline(__always)
+public func addMMCounter(_ mm: MMRef, _ counter: dax_mm_counter, _ delta: Int64) {
+    withUnsafeMutablePointer(to: &mm.pointee.rss) {
+        $0.withMemoryRebound(to: Int64.self, capacity: Int(DAX_NR_MM_COUNTERS.rawValue)) {
+            dax_atomic64_add($0 + Int(counter.rawValue), delta)
+        }
+    }
+}
+
+@inline(__always)
+public func getMMCounter(_ mm: MMRef, _ counter: dax_mm_counter) -> Int64 {
+    withUnsafeMutablePointer(to: &mm.pointee.rss) {
+        $0.withMemoryRebound(to: Int64.self, capacity: Int(DAX_NR_MM_COUNTERS.rawValue)) {
+            dax_atomic64_read($0 + Int(counter.rawValue))
+        }
+    }
+}
