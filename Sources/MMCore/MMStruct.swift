@@ -1,0 +1,403 @@
+// struct mm_struct and the VMA-level parts of mm/mmap.c, mm/vma.c,
+// mm/mprotect.c and mm/mremap.c: mmap, munmap, mprotect, mremap with the
+// kernel's split rules.
+//
+// The MM object owns a C record (`ref`) that the hot paths use: page tables,
+// the sorted VMA array, rss counters and mmap_lock. VMA-changing calls take
+// mmap_lock for write; faults and GUP take it for read.
+
+import CDax
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// PROT_* for mmap/mprotect.
+public struct Prot: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    public static let read = Prot(rawValue: 1)
+    public static let write = Prot(rawValue: 2)
+    public static let exec = Prot(rawValue: 4)
+    public static let none: Prot = []
+}
+
+/// What to map.
+public struct MMapRequest: @unchecked Sendable {
+    public var length: UInt64
+    public var prot: Prot = [.read, .write]
+    public var shared: Bool = true
+    /// MAP_FIXED address (replaces what is there); nil lets get_unmapped_area choose.
+    public var fixedAddress: UInt64? = nil
+    /// The address chosen is a multiple of this (a DAX driver's
+    /// get_unmapped_area aligns to the device alignment).
+    public var alignment: UInt64 = UInt64(pageSize)
+    public var file: MappedFile? = nil
+    public var pgoff: UInt64 = 0
+    public var ops: VMOperations? = nil
+    /// Extra VM_* flags to set (VM_HUGEPAGE, VM_MIXEDMAP, VM_PFNMAP, VM_IO, VM_LOCKED, VM_SYNC...).
+    public var extraFlags: UInt64 = 0
+    public var privateData: UnsafeMutableRawPointer? = nil
+    /// f_op->mmap: runs on the new VMA before it is inserted; a negative
+    /// errno refuses the mapping (nothing is left mapped).
+    public var mmapHook: (@Sendable (VMARef) -> Int32)? = nil
+
+    public init(length: UInt64) { self.length = length }
+}
+
+public final class MM: @unchecked Sendable {
+    // @unchecked: `ref` is shared with hot paths under the kernel's locking
+    // rules (mmap_lock, ptlocks, atomics); `retained` is only touched with
+    // mmap_lock held for write.
+    public let kernel: Kernel
+    public let ref: MMRef
+    /// Swift objects the VMAs point into (files, ops), per VMA record.
+    private var retained: [VMARef: [AnyObject]] = [:]
+    private static let ids = Atomic<UInt64>(1)
+
+    /// The user address range get_unmapped_area searches (top down).
+    public static let mmapBase: UInt64 = 0x7000_0000_0000
+    public static let mmapFloor: UInt64 = 0x1000_0000
+
+    public init(kernel: Kernel) throws(MMError) {
+        self.kernel = kernel
+        ref = .allocate(capacity: 1)
+        ref.initialize(to: dax_mm())
+        ref.pointee.kernel = kernel.ref
+        guard let pgd = ptAllocTable(kernel.ref) else {
+            ref.deallocate()
+            throw .noMemory("page-table pool exhausted")
+        }
+        ref.pointee.pgd = pgd
+        ref.pointee.vmas_cap = 16
+        ref.pointee.vmas = .allocate(capacity: 16)
+        ref.pointee.id = MM.ids.add(1, ordering: .relaxed).oldValue
+    }
+
+    deinit {
+        // exit_mmap: unmap everything, free every table.
+        lockWrite()
+        let all = vmaList()
+        for v in all {
+            zapVMARange(ref, v, v.pointee.vm_start, v.pointee.vm_end)
+        }
+        removeVMAs(all)
+        freePgtables(ref, 0, 1 << 48)
+        ptFreeTable(kernel.ref, ref.pointee.pgd)
+        unlockWrite()
+        ref.pointee.vmas.deallocate()
+        ref.deallocate()
+    }
+
+    // MARK: locking (mmap_read_lock, mmap_write_lock)
+
+    public func lockRead() { dax_down_read(&ref.pointee.mmap_lock) }
+    public func unlockRead() { dax_up_read(&ref.pointee.mmap_lock) }
+    public func lockWrite() { dax_down_write(&ref.pointee.mmap_lock) }
+    public func unlockWrite() { dax_up_write(&ref.pointee.mmap_lock) }
+
+    // MARK: rss
+
+    /// get_mm_counter(mm, MM_FILEPAGES)
+    public var rssFilePages: Int64 { getMMCounter(ref, DAX_MM_FILEPAGES) }
+    public func rss(_ c: dax_mm_counter) -> Int64 { getMMCounter(ref, c) }
+
+    // MARK: VMA queries
+
+    /// All VMAs in address order (snapshot; take mmap_lock to keep it valid).
+    public func vmaList() -> [VMARef] {
+        (0..<Int(ref.pointee.nr_vmas)).map { ref.pointee.vmas[$0]! }
+    }
+
+    /// find_vma: the first VMA ending above addr.
+    public func findVMA(_ addr: UInt64) -> VMARef? { MMCore.findVMA(ref, addr) }
+
+    // MARK: mmap
+
+    /// do_mmap for the cases the port models. Returns the address.
+    @discardableResult
+    public func mmap(_ req: MMapRequest) throws(MMError) -> UInt64 {
+        lockWrite()
+        defer { unlockWrite() }
+        return try mmapLocked(req)
+    }
+
+    func mmapLocked(_ req: MMapRequest) throws(MMError) -> UInt64 {
+        guard req.length > 0 else { throw .errno(EINVAL, "mmap: zero length") }
+        let len = roundUp(req.length, UInt64(pageSize))
+        guard req.alignment >= UInt64(pageSize), req.alignment & (req.alignment - 1) == 0 else {
+            throw .errno(EINVAL, "mmap: alignment \(req.alignment) is not a power of two >= 4K")
+        }
+        var flags: UInt64 = DAX_VM_MAYREAD | DAX_VM_MAYWRITE | DAX_VM_MAYEXEC | req.extraFlags
+        if req.prot.contains(.read) { flags |= DAX_VM_READ }
+        if req.prot.contains(.write) { flags |= DAX_VM_WRITE }
+        if req.prot.contains(.exec) { flags |= DAX_VM_EXEC }
+        if req.shared { flags |= DAX_VM_SHARED | DAX_VM_MAYSHARE }
+
+        let addr: UInt64
+        if let fixed = req.fixedAddress {
+            guard fixed % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mmap: MAP_FIXED address \(hex(fixed)) not page aligned") }
+            guard fixed >= MM.mmapFloor, fixed + len <= MM.mmapBase else {
+                throw .errno(ENOMEM, "mmap: [\(hex(fixed)), +\(hex(len))) outside the user range")
+            }
+            addr = fixed
+        } else {
+            guard let a = getUnmappedArea(len, alignment: req.alignment) else {
+                throw .errno(ENOMEM, "mmap: no free range of \(hex(len)) aligned to \(hex(req.alignment))")
+            }
+            addr = a
+        }
+
+        let vma = VMARef.allocate(capacity: 1)
+        vma.initialize(to: dax_vma())
+        vma.pointee.vm_start = addr
+        vma.pointee.vm_end = addr + len
+        vma.pointee.vm_flags = flags
+        vma.pointee.vm_pgoff = req.pgoff
+        vma.pointee.vm_mm = ref
+        vma.pointee.vm_file = req.file?.ref
+        vma.pointee.vm_ops = req.ops.map { UnsafePointer($0.ref) }
+        vma.pointee.vm_private_data = req.privateData
+        if let hook = req.mmapHook {
+            let rc = hook(vma)
+            if rc < 0 {
+                vma.deallocate()
+                throw .errno(-rc, "mmap refused by the file's mmap handler")
+            }
+        }
+        vmaSetPageProt(vma)
+        // MAP_FIXED replaces what was there.
+        if req.fixedAddress != nil {
+            do { try munmapLocked(addr, len) } catch {
+                vma.deallocate()
+                throw error
+            }
+        }
+        insertVMA(vma, retain: [req.file as AnyObject?, req.ops as AnyObject?].compactMap { $0 })
+        return addr
+    }
+
+    /// get_unmapped_area, top down, honouring `alignment`.
+    func getUnmappedArea(_ len: UInt64, alignment: UInt64) -> UInt64? {
+        var ceiling = MM.mmapBase
+        let vmas = vmaList()
+        var i = vmas.count - 1
+        while true {
+            let floor = i >= 0 ? vmas[i].pointee.vm_end : MM.mmapFloor
+            if ceiling >= len {
+                let start = (ceiling - len) & ~(alignment - 1)
+                if start >= floor && start >= MM.mmapFloor { return start }
+            }
+            if i < 0 { return nil }
+            ceiling = vmas[i].pointee.vm_start
+            i -= 1
+        }
+    }
+
+    // MARK: munmap
+
+    /// do_munmap / do_vmi_munmap: splits VMAs at the edges (asking
+    /// may_split first: a refusal fails the whole call with nothing changed),
+    /// zaps the range, frees page tables nothing else needs, removes the VMAs.
+    public func munmap(_ start: UInt64, _ length: UInt64) throws(MMError) {
+        lockWrite()
+        defer { unlockWrite() }
+        try munmapLocked(start, length)
+    }
+
+    func munmapLocked(_ start: UInt64, _ length: UInt64) throws(MMError) {
+        guard start % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "munmap: \(hex(start)) not page aligned") }
+        guard length > 0 else { throw .errno(EINVAL, "munmap: zero length") }
+        let end = start + roundUp(length, UInt64(pageSize))
+        try splitEdges(start, end)
+        let victims = vmaList().filter { $0.pointee.vm_start >= start && $0.pointee.vm_end <= end }
+        for v in victims { zapVMARange(ref, v, v.pointee.vm_start, v.pointee.vm_end) }
+        removeVMAs(victims)
+        freePgtables(ref, start, end)
+    }
+
+    /// Splits the VMAs straddling `start` and `end` so that [start, end) is
+    /// made of whole VMAs. Checks every split first.
+    func splitEdges(_ start: UInt64, _ end: UInt64) throws(MMError) {
+        var splits: [(VMARef, UInt64)] = []
+        for v in vmaList() where v.pointee.vm_start < end && v.pointee.vm_end > start {
+            if v.pointee.vm_start < start { splits.append((v, start)) }
+            if v.pointee.vm_end > end { splits.append((v, end)) }
+        }
+        for (v, at) in splits {
+            if let mayS = v.pointee.vm_ops?.pointee.may_split {
+                let rc = mayS(v, at)
+                if rc < 0 { throw .errno(-rc, "split of VMA [\(hex(v.pointee.vm_start)), \(hex(v.pointee.vm_end))) at \(hex(at)) refused by may_split") }
+            }
+        }
+        for (_, at) in splits {
+            // The VMA containing `at` may be the upper half of an earlier split.
+            guard let v = findVMA(at), v.pointee.vm_start < at else { continue }
+            splitVMA(v, at)
+        }
+    }
+
+    /// __split_vma: [start, at) stays in `vma`, [at, end) moves to a new one.
+    /// A huge entry straddling `at` is split first (for DAX that unmaps it).
+    func splitVMA(_ vma: VMARef, _ at: UInt64) {
+        splitHugeAddress(ref, vma, at)
+        let new = VMARef.allocate(capacity: 1)
+        new.initialize(to: vma.pointee)
+        new.pointee.vm_start = at
+        new.pointee.vm_pgoff = vma.pointee.vm_pgoff + ((at - vma.pointee.vm_start) >> UInt64(pageShift))
+        vma.pointee.vm_end = at
+        insertVMA(new, retain: retained[vma] ?? [])
+    }
+
+    // MARK: mprotect
+
+    /// mprotect: splits at the edges (may_split), updates flags and page
+    /// protections; removing write access write-protects present entries.
+    public func mprotect(_ start: UInt64, _ length: UInt64, _ prot: Prot) throws(MMError) {
+        lockWrite()
+        defer { unlockWrite() }
+        guard start % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mprotect: \(hex(start)) not page aligned") }
+        let end = start + roundUp(length, UInt64(pageSize))
+        guard end > start else { return }
+        // Every page of the range must be mapped (-ENOMEM otherwise).
+        var cursor = start
+        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
+            if v.pointee.vm_start > cursor { break }
+            cursor = v.pointee.vm_end
+        }
+        guard cursor >= end else { throw .errno(ENOMEM, "mprotect: [\(hex(start)), \(hex(end))) is not fully mapped") }
+        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
+            if prot.contains(.write) && v.pointee.vm_flags & DAX_VM_MAYWRITE == 0 {
+                throw .errno(13, "mprotect: PROT_WRITE on a VMA without VM_MAYWRITE")  // EACCES
+            }
+        }
+        try splitEdges(start, end)
+        for v in vmaList() where v.pointee.vm_start >= start && v.pointee.vm_end <= end {
+            var f = v.pointee.vm_flags & ~(DAX_VM_READ | DAX_VM_WRITE | DAX_VM_EXEC)
+            if prot.contains(.read) { f |= DAX_VM_READ }
+            if prot.contains(.write) { f |= DAX_VM_WRITE }
+            if prot.contains(.exec) { f |= DAX_VM_EXEC }
+            let losingWrite = v.pointee.vm_flags & DAX_VM_WRITE != 0 && f & DAX_VM_WRITE == 0
+            v.pointee.vm_flags = f
+            vmaSetPageProt(v)
+            if losingWrite || !prot.contains(.read) {
+                changeProtection(ref, v, v.pointee.vm_start, v.pointee.vm_end, removeAccess: !prot.contains(.read))
+            }
+        }
+    }
+
+    // MARK: mremap
+
+    /// mremap: shrink in place, grow in place when the space above is free,
+    /// or (mayMove) move the VMA, carrying page-table entries with it. Moved
+    /// entries keep their references and rmap; a huge entry whose old and new
+    /// addresses are not equally aligned is split (unmapped) and refaults.
+    @discardableResult
+    public func mremap(_ old: UInt64, oldLength: UInt64, newLength: UInt64, mayMove: Bool) throws(MMError) -> UInt64 {
+        lockWrite()
+        defer { unlockWrite() }
+        guard old % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mremap: \(hex(old)) not page aligned") }
+        let oldLen = roundUp(oldLength, UInt64(pageSize)), newLen = roundUp(newLength, UInt64(pageSize))
+        guard newLen > 0, oldLen > 0 else { throw .errno(EINVAL, "mremap: zero length") }
+        guard let vma = findVMA(old), vma.pointee.vm_start <= old, old + oldLen <= vma.pointee.vm_end else {
+            throw .errno(EFAULT, "mremap: [\(hex(old)), +\(hex(oldLen))) is not inside one VMA")
+        }
+        if newLen <= oldLen {
+            if newLen < oldLen { try munmapLocked(old + newLen, oldLen - newLen) }
+            return old
+        }
+        if vma.pointee.vm_flags & (DAX_VM_DONTEXPAND | DAX_VM_PFNMAP) != 0 {
+            throw .errno(EFAULT, "mremap: VMA cannot be expanded (VM_DONTEXPAND/VM_PFNMAP)")
+        }
+        // Grow in place when old+oldLen is the VMA's end and the space is free.
+        if old + oldLen == vma.pointee.vm_end {
+            let next = vmaList().first { $0.pointee.vm_start >= vma.pointee.vm_end }
+            if (next.map { $0.pointee.vm_start >= old + newLen } ?? true) && old + newLen <= MM.mmapBase {
+                vma.pointee.vm_end = old + newLen
+                return old
+            }
+        }
+        guard mayMove else { throw .errno(ENOMEM, "mremap: cannot grow in place and MREMAP_MAYMOVE not given") }
+        // Move: isolate the old range as one VMA, map a new one, move entries.
+        try splitEdges(old, old + oldLen)
+        guard let src = findVMA(old), src.pointee.vm_start == old else {
+            throw .errno(EFAULT, "mremap: source VMA vanished")
+        }
+        let align = src.pointee.vm_ops?.pointee.pagesize.map { UInt64($0(src)) } ?? UInt64(pageSize)
+        guard let dst = getUnmappedArea(newLen, alignment: max(align, UInt64(pageSize))) else {
+            throw .errno(ENOMEM, "mremap: no room for \(hex(newLen))")
+        }
+        let new = VMARef.allocate(capacity: 1)
+        new.initialize(to: src.pointee)
+        new.pointee.vm_start = dst
+        new.pointee.vm_end = dst + newLen
+        insertVMA(new, retain: retained[src] ?? [])
+        movePageTables(ref, src, old, new, dst, oldLen)
+        removeVMAs([src])
+        freePgtables(ref, old, old + oldLen)
+        return dst
+    }
+
+    // MARK: VMA array maintenance (under mmap_lock for write)
+
+    func insertVMA(_ vma: VMARef, retain: [AnyObject]) {
+        let m = ref
+        if m.pointee.nr_vmas == m.pointee.vmas_cap {
+            let cap = Int(m.pointee.vmas_cap) * 2
+            let n = UnsafeMutablePointer<VMARef?>.allocate(capacity: cap)
+            n.moveInitialize(from: m.pointee.vmas, count: Int(m.pointee.nr_vmas))
+            m.pointee.vmas.deallocate()
+            m.pointee.vmas = n
+            m.pointee.vmas_cap = Int64(cap)
+        }
+        var i = Int(m.pointee.nr_vmas)
+        while i > 0, m.pointee.vmas[i - 1]!.pointee.vm_start > vma.pointee.vm_start {
+            m.pointee.vmas[i] = m.pointee.vmas[i - 1]
+            i -= 1
+        }
+        m.pointee.vmas[i] = vma
+        m.pointee.nr_vmas += 1
+        if !retain.isEmpty { retained[vma] = retain }
+    }
+
+    func removeVMAs(_ victims: [VMARef]) {
+        guard !victims.isEmpty else { return }
+        let set = Set(victims)
+        let m = ref
+        var j = 0
+        for i in 0..<Int(m.pointee.nr_vmas) {
+            let v = m.pointee.vmas[i]!
+            if set.contains(v) { continue }
+            m.pointee.vmas[j] = v
+            j += 1
+        }
+        m.pointee.nr_vmas = Int64(j)
+        for v in victims {
+            retained[v] = nil
+            v.deallocate()
+        }
+    }
+}
+
+/// find_vma on the raw record (binary search; caller holds mmap_lock).
+@inline(__always)
+public func findVMA(_ mm: MMRef, _ addr: UInt64) -> VMARef? {
+    var lo = 0, hi = Int(mm.pointee.nr_vmas)
+    let vmas = mm.pointee.vmas!
+    while lo < hi {
+        let mid = (lo + hi) >> 1
+        if vmas[mid]!.pointee.vm_end > addr { hi = mid } else { lo = mid + 1 }
+    }
+    return lo < Int(mm.pointee.nr_vmas) ? vmas[lo] : nil
+}
+
+/// vma_lookup: the VMA containing addr.
+@inline(__always)
+public func vmaLookup(_ mm: MMRef, _ addr: UInt64) -> VMARef? {
+    guard let v = findVMA(mm, addr), v.pointee.vm_start <= addr else { return nil }
+    return v
+}
+
+@inline(__always) func roundUp(_ v: UInt64, _ a: UInt64) -> UInt64 { (v + a - 1) & ~(a - 1) }
+@inline(__always) func roundDown(_ v: UInt64, _ a: UInt64) -> UInt64 { v & ~(a - 1) }

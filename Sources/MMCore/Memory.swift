@@ -1,0 +1,438 @@
+// mm/memory.c: vm_normal_page, page inserts (validate_page_before_insert,
+// insert_page, vm_insert_page, vmf_insert_page_mkwrite, the pfn-only
+// contrast), zap of PTE ranges, page-table freeing and moving, and the fault
+// entry points (handle_mm_fault and the PUD -> PMD -> PTE fallback walk).
+//
+// Hot-path rules: pointers only, no allocation, no Swift object; locks are
+// the split ptlocks (spinlocks) and mmap_lock (held by the caller).
+
+import CDax
+
+// MARK: the zero page
+
+/// is_zero_pfn: the port's shared zero page is pfn 0, a reserved RAM page.
+@inline(__always) public func isZeroPfn(_ pfn: UInt64) -> Bool { pfn == 0 }
+
+// MARK: vm_normal_page
+
+/// vm_normal_page: the page a present PTE maps, or nil for special entries
+/// (zero page, pfn-only inserts) and pfns without a struct page.
+@inline(__always)
+public func vmNormalPage(_ k: KernelRef, _ vma: VMARef, _ entry: PTEntry) -> Page? {
+    if entrySpecial(entry) { return nil }
+    let pfn = entryPfn(entry)
+    if isZeroPfn(pfn) || !pfnValid(k, pfn) { return nil }
+    return pfnToPage(k, pfn)
+}
+
+// MARK: inserts (§3)
+
+/// vm_mixed_zeropage_allowed
+@inline(__always)
+func vmMixedZeropageAllowed(_ vma: VMARef) -> Bool {
+    let f = vma.pointee.vm_flags
+    if f & DAX_VM_SHARED == 0 { return true }                   // COW mapping
+    if f & (DAX_VM_WRITE | DAX_VM_MAYWRITE) == 0 { return true } // cannot become writable
+    if let ops = vma.pointee.vm_ops, ops.pointee.pfn_mkwrite != nil,
+       vmaIsFsdax(vma) || f & DAX_VM_IO != 0 { return true }
+    return false
+}
+
+/// validate_page_before_insert: 0 or -EINVAL.
+@inline(__always)
+public func validatePageBeforeInsert(_ k: KernelRef, _ vma: VMARef, _ page: Page) -> Int32 {
+    let folio = page.folio
+    if isZeroPfn(pageToPfn(k, page)) {
+        return vmMixedZeropageAllowed(vma) ? 0 : -EINVAL
+    }
+    // A free folio (refcount 0) cannot be mapped: fs/dax must take it to 1 first.
+    if folio.refCount == 0 { return -EINVAL }
+    return 0
+}
+
+/// insert_page_into_pte_locked: the PTE lock is held.
+@inline(__always)
+public func insertPageIntoPteLocked(_ k: KernelRef, _ vma: VMARef, _ pte: EntryPtr, _ addr: UInt64,
+                                    _ page: Page, _ prot: UInt64, mkwrite: Bool) -> Int32 {
+    let old = dax_load_u64(pte)
+    let pfn = pageToPfn(k, page)
+    if !entryNone(old) {
+        guard mkwrite else { return -EBUSY }
+        if entryPfn(old) != pfn {
+            if !isZeroPfn(entryPfn(old)) {
+                vmReport(k, page, rule: "WARN_ON_ONCE(pte_pfn(ptep_get(pte)) != page_to_pfn(page))",
+                         function: "insert_page_into_pte_locked")
+            }
+            return -EFAULT
+        }
+        // Upgrade in place: young, writable if VM_WRITE; no new reference.
+        var e = entryMkyoung(old)
+        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
+        dax_store_u64(pte, e)
+        return 0
+    }
+    var e = pfnEntry(pfn, prot)
+    if isZeroPfn(pfn) {
+        e = entryMkspecial(entryWrprotect(e))
+    } else {
+        let folio = page.folio
+        guard folioGet(k, folio) else { return -EINVAL }
+        addMMCounter(vma.pointee.vm_mm, DAX_MM_FILEPAGES, 1)
+        folioAddFileRmapPte(k, folio, page)
+    }
+    if mkwrite {
+        e = entryMkdirty(entryMkyoung(e))
+        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
+    }
+    dax_store_u64(pte, e)
+    return 0
+}
+
+/// get_locked_pte: allocates down to the PTE and takes its lock. nil: -ENOMEM
+/// (or the PMD is a huge leaf: the caller treats it as busy).
+@inline(__always)
+func getLockedPte(_ mm: MMRef, _ addr: UInt64) -> (EntryPtr, UnsafeMutablePointer<UInt32>)? {
+    guard let pud = pudAlloc(mm, addr), let pmd = pmdAlloc(mm, pud, addr), let pte = pteAlloc(mm, pmd, addr) else {
+        return nil
+    }
+    let ptl = pteLockptr(mm.pointee.kernel, dax_load_u64(pmd))
+    dax_spin_lock(ptl)
+    return (pte, ptl)
+}
+
+/// insert_page
+@inline(__always)
+public func insertPage(_ vma: VMARef, _ addr: UInt64, _ page: Page, _ prot: UInt64, mkwrite: Bool) -> Int32 {
+    let mm = vma.pointee.vm_mm!
+    let k = mm.pointee.kernel!
+    let rc = validatePageBeforeInsert(k, vma, page)
+    if rc != 0 { return rc }
+    guard let (pte, ptl) = getLockedPte(mm, addr) else { return -ENOMEM }
+    let r = insertPageIntoPteLocked(k, vma, pte, addr, page, prot, mkwrite: mkwrite)
+    dax_spin_unlock(ptl)
+    return r
+}
+
+/// vm_insert_page: -EFAULT outside the VMA; sets VM_MIXEDMAP; never mkwrite.
+/// (The kernel BUGs on a VM_PFNMAP VMA; the port returns -EINVAL.)
+public func vmInsertPage(_ vma: VMARef, _ addr: UInt64, _ page: Page) -> Int32 {
+    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return -EFAULT }
+    if vma.pointee.vm_flags & DAX_VM_MIXEDMAP == 0 {
+        if vma.pointee.vm_flags & DAX_VM_PFNMAP != 0 { return -EINVAL }
+        vma.pointee.vm_flags |= DAX_VM_MIXEDMAP
+    }
+    return insertPage(vma, addr, page, vma.pointee.vm_page_prot, mkwrite: false)
+}
+
+/// vmf_insert_page_mkwrite
+@inline(__always)
+public func vmfInsertPageMkwrite(_ vmf: VMFaultRef, _ page: Page, write: Bool) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let addr = vmf.pointee.address
+    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
+    return vmfError(insertPage(vma, addr, page, vma.pointee.vm_page_prot, mkwrite: write))
+}
+
+/// The errno -> vm_fault_t mapping of the insert helpers (vmf_error plus
+/// -EBUSY meaning "someone else mapped it": success).
+@inline(__always)
+func vmfError(_ rc: Int32) -> UInt32 {
+    switch rc {
+    case 0, -EBUSY: return DAX_VM_FAULT_NOPAGE
+    case -ENOMEM: return DAX_VM_FAULT_OOM
+    default: return DAX_VM_FAULT_SIGBUS
+    }
+}
+
+/// insert_pfn: a special PTE with no struct-page accounting (the contrast).
+@inline(__always)
+public func insertPfn(_ vma: VMARef, _ addr: UInt64, _ pfn: UInt64, _ prot: UInt64, mkwrite: Bool) -> UInt32 {
+    let mm = vma.pointee.vm_mm!
+    guard let (pte, ptl) = getLockedPte(mm, addr) else { return DAX_VM_FAULT_OOM }
+    defer { dax_spin_unlock(ptl) }
+    let old = dax_load_u64(pte)
+    if !entryNone(old) {
+        guard mkwrite else { return DAX_VM_FAULT_NOPAGE }
+        if entryPfn(old) != pfn {
+            // WARN unless zero pfn, and skip silently (insert_page returns -EFAULT instead).
+            return DAX_VM_FAULT_NOPAGE
+        }
+        var e = entryMkyoung(old)
+        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(entryMkdirty(e)) }
+        dax_store_u64(pte, e)
+        return DAX_VM_FAULT_NOPAGE
+    }
+    var e = entryMkspecial(pfnEntry(pfn, prot))
+    if mkwrite {
+        e = entryMkdirty(entryMkyoung(e))
+        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
+    }
+    dax_store_u64(pte, e)
+    return DAX_VM_FAULT_NOPAGE
+}
+
+/// vmf_insert_pfn: VM_PFNMAP or VM_MIXEDMAP only.
+public func vmfInsertPfn(_ vma: VMARef, _ addr: UInt64, _ pfn: UInt64) -> UInt32 {
+    guard vma.pointee.vm_flags & (DAX_VM_PFNMAP | DAX_VM_MIXEDMAP) != 0 else { return DAX_VM_FAULT_SIGBUS }
+    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
+    return insertPfn(vma, addr, pfn, vma.pointee.vm_page_prot, mkwrite: false)
+}
+
+// MARK: zap (§3.7): unmap_page_range -> zap_pud_range -> zap_pmd_range -> zap_pte_range
+
+/// The port's mmu_gather batch: folio references are dropped after the
+/// entries are cleared and the ptlock released ("after the TLB flush"), at
+/// most `mmuGatherBatch` at a time, from a stack buffer.
+let mmuGatherBatch = 64
+
+/// zap_pte_range over [addr, end) inside one PTE table.
+@inline(__always)
+func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64, _ end: UInt64) {
+    let mm = vma.pointee.vm_mm!
+    let pmde = dax_load_u64(pmd)
+    guard entryPresent(pmde), !entryLeaf(pmde) else { return }
+    let ptl = pteLockptr(k, pmde)
+    withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<dax_page>.self, capacity: 64) { batch in
+        var a = addr
+        while a < end {
+            var n = 0
+            var rss: Int64 = 0
+            dax_spin_lock(ptl)
+            while a < end && n < mmuGatherBatch {
+                let pte = pteOffset(pmd, a)
+                let e = dax_xchg_u64(pte, 0)
+                if entryPresent(e), let page = vmNormalPage(k, vma, e) {
+                    let folio = page.folio
+                    if entryDirty(e) { folio.markDirty() }
+                    if entryYoung(e) { folio.markAccessed() }
+                    folioRemoveRmapPte(k, folio, page)
+                    rss -= 1
+                    batch[n] = folio.raw
+                    n += 1
+                }
+                a += UInt64(pageSize)
+            }
+            dax_spin_unlock(ptl)
+            if rss != 0 { addMMCounter(mm, DAX_MM_FILEPAGES, rss) }
+            // tlb_flush_mmu: the references go after the flush.
+            for i in 0..<n { folioPut(k, Folio(batch[i])) }
+        }
+    }
+}
+
+/// zap_pmd_range
+@inline(__always)
+func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64, _ end: UInt64) {
+    var a = addr
+    while a < end {
+        let next = min(roundDown(a, UInt64(pmdSize)) + UInt64(pmdSize), end)
+        let pmd = pmdOffset(pud, a)
+        let e = dax_load_u64(pmd)
+        if entryLeaf(e) {
+            if a % UInt64(pmdSize) == 0 && next - a == UInt64(pmdSize) {
+                zapHugePmd(k, vma, pmd, a)
+            } else {
+                splitHugePmd(k, vma, pmd, a)
+            }
+        } else if entryPresent(e) {
+            zapPteRange(k, vma, pmd, a, next)
+        }
+        a = next
+    }
+}
+
+/// unmap_page_range for [start, end) of `vma`.
+public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64) {
+    let k = mm.pointee.kernel!
+    var a = max(start, vma.pointee.vm_start)
+    let stop = min(end, vma.pointee.vm_end)
+    while a < stop {
+        let next = min(roundDown(a, UInt64(pudSize)) + UInt64(pudSize), stop)
+        let pgd = pgdOffset(mm, a)
+        if entryPresent(dax_load_u64(pgd)) {
+            let pud = pudOffset(pgd, a)
+            let e = dax_load_u64(pud)
+            if entryLeaf(e) {
+                if a % UInt64(pudSize) == 0 && next - a == UInt64(pudSize) {
+                    zapHugePud(k, vma, pud, a)
+                } else {
+                    splitHugePud(k, vma, pud, a)
+                }
+            } else if entryPresent(e) {
+                zapPmdRange(k, vma, pud, a, next)
+            }
+        }
+        a = next
+    }
+}
+
+/// zap_page_range_single / zap_vma_ptes: the caller holds mmap_lock.
+public func zapPageRange(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
+    var a = start
+    while a < end, let v = findVMA(mm, a), v.pointee.vm_start < end {
+        zapVMARange(mm, v, max(a, v.pointee.vm_start), min(end, v.pointee.vm_end))
+        a = v.pointee.vm_end
+    }
+}
+
+/// Splits (for DAX: unmaps) a huge PUD or PMD entry that straddles `addr`
+/// (vma_adjust_trans_huge / split_huge_pmd_address).
+func splitHugeAddress(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64) {
+    let k = mm.pointee.kernel!
+    let w = walk(mm, addr)
+    if let pud = w.pud, entryLeaf(dax_load_u64(pud)), addr % UInt64(pudSize) != 0 {
+        splitHugePud(k, vma, pud, addr)
+        return
+    }
+    if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)), addr % UInt64(pmdSize) != 0 {
+        splitHugePmd(k, vma, pmd, addr)
+    }
+}
+
+// MARK: free_pgtables
+
+/// Frees page tables below [start, end) that no VMA needs any more: a table
+/// goes when no VMA overlaps the whole range it translates. Holds mmap_lock
+/// for write (the kernel's floor/ceiling logic, by direct VMA lookup).
+func freePgtables(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
+    let k = mm.pointee.kernel!
+    func unused(_ lo: UInt64, _ size: UInt64) -> Bool {
+        guard let v = findVMA(mm, lo) else { return true }
+        return v.pointee.vm_start >= lo + size
+    }
+    var a = roundDown(start, UInt64(pudSize) << 9)
+    let stop = min(end, 1 << 48)
+    while a < stop {
+        let pgdSpan = UInt64(pudSize) << 9
+        let pgd = pgdOffset(mm, a)
+        if entryPresent(dax_load_u64(pgd)) {
+            let pudTable = entryTable(dax_load_u64(pgd))
+            for i in 0..<PT.entriesPerTable {
+                let pa = a + UInt64(i) * UInt64(pudSize)
+                guard pa + UInt64(pudSize) > start, pa < end else { continue }
+                let pud = pudTable + i
+                let pe = dax_load_u64(pud)
+                guard entryPresent(pe), !entryLeaf(pe) else { continue }
+                let pmdTable = entryTable(pe)
+                for j in 0..<PT.entriesPerTable {
+                    let ma = pa + UInt64(j) * UInt64(pmdSize)
+                    guard ma + UInt64(pmdSize) > start, ma < end else { continue }
+                    let pmd = pmdTable + j
+                    let me = dax_load_u64(pmd)
+                    if entryPresent(me), !entryLeaf(me), unused(ma, UInt64(pmdSize)) {
+                        dax_store_u64(pmd, 0)
+                        ptFreeTable(k, entryTable(me))
+                        dax_atomic64_add(&mm.pointee.pgtables_bytes, -Int64(pageSize))
+                    }
+                }
+                if unused(pa, UInt64(pudSize)) && tableEmpty(pmdTable) {
+                    dax_store_u64(pud, 0)
+                    ptFreeTable(k, pmdTable)
+                    dax_atomic64_add(&mm.pointee.pgtables_bytes, -Int64(pageSize))
+                }
+            }
+            if unused(a, pgdSpan) && tableEmpty(pudTable) {
+                dax_store_u64(pgd, 0)
+                ptFreeTable(k, pudTable)
+                dax_atomic64_add(&mm.pointee.pgtables_bytes, -Int64(pageSize))
+            }
+        }
+        a += pgdSpan
+    }
+}
+
+@inline(__always)
+func tableEmpty(_ t: EntryPtr) -> Bool {
+    for i in 0..<PT.entriesPerTable where dax_load_u64(t + i) != 0 { return false }
+    return true
+}
+
+// MARK: change_protection (mprotect)
+
+/// Write-protects (or, removeAccess, unmaps) the present entries of a range.
+func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, removeAccess: Bool) {
+    if removeAccess {
+        zapVMARange(mm, vma, start, end)
+        return
+    }
+    let k = mm.pointee.kernel!
+    var a = start
+    while a < end {
+        let w = walk(mm, a)
+        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
+            dax_spin_lock(pudLockptr(mm))
+            dax_store_u64(pud, entryWrprotect(dax_load_u64(pud)))
+            dax_spin_unlock(pudLockptr(mm))
+            a = roundDown(a, UInt64(pudSize)) + UInt64(pudSize)
+            continue
+        }
+        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
+            let l = pmdLockptr(k, pmd)
+            dax_spin_lock(l)
+            dax_store_u64(pmd, entryWrprotect(dax_load_u64(pmd)))
+            dax_spin_unlock(l)
+            a = roundDown(a, UInt64(pmdSize)) + UInt64(pmdSize)
+            continue
+        }
+        if let pte = w.pte, let pmd = w.pmd {
+            let l = pteLockptr(k, dax_load_u64(pmd))
+            dax_spin_lock(l)
+            let e = dax_load_u64(pte)
+            if entryPresent(e) { dax_store_u64(pte, entryWrprotect(e)) }
+            dax_spin_unlock(l)
+        }
+        a += UInt64(pageSize)
+    }
+}
+
+// MARK: move_page_tables (mremap)
+
+/// Moves the entries of [old, old+len) in `src` to [new, ...) in `dst`.
+/// References and rmap travel with the entries. Huge entries move whole when
+/// both addresses are aligned to their size; otherwise they are split
+/// (unmapped) and refault.
+func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef, _ new: UInt64, _ len: UInt64) {
+    let k = mm.pointee.kernel!
+    var off: UInt64 = 0
+    while off < len {
+        let oa = old + off, na = new + off
+        let w = walk(mm, oa)
+        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
+            if oa % UInt64(pudSize) == 0, na % UInt64(pudSize) == 0, len - off >= UInt64(pudSize),
+               let npud = pudAlloc(mm, na) {
+                dax_spin_lock(pudLockptr(mm))
+                dax_store_u64(npud, dax_xchg_u64(pud, 0))
+                dax_spin_unlock(pudLockptr(mm))
+                off += UInt64(pudSize)
+            } else {
+                splitHugePud(k, src, pud, oa)
+            }
+            continue
+        }
+        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
+            if oa % UInt64(pmdSize) == 0, na % UInt64(pmdSize) == 0, len - off >= UInt64(pmdSize),
+               let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na) {
+                let l1 = pmdLockptr(k, pmd), l2 = pmdLockptr(k, npmd)
+                dax_spin_lock(l1)
+                if l2 != l1 { dax_spin_lock(l2) }
+                dax_store_u64(npmd, dax_xchg_u64(pmd, 0))
+                if l2 != l1 { dax_spin_unlock(l2) }
+                dax_spin_unlock(l1)
+                off += UInt64(pmdSize)
+            } else {
+                splitHugePmd(k, src, pmd, oa)
+            }
+            continue
+        }
+        if let pte = w.pte, let pmd = w.pmd, entryPresent(dax_load_u64(pte)) {
+            if let (npte, nl) = getLockedPte(mm, na) {
+                let ol = pteLockptr(k, dax_load_u64(pmd))
+                if ol != nl { dax_spin_lock(ol) }
+                dax_store_u64(npte, dax_xchg_u64(pte, 0))
+                if ol != nl { dax_spin_unlock(ol) }
+                dax_spin_unlock(nl)
+            }
+        }
+        off += UInt64(pageSize)
+    }
+}
