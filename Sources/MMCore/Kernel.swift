@@ -80,6 +80,14 @@ public final class Kernel: @unchecked Sendable {
         k.pointee.pt_pool_pages = UInt64(pageTablePages)
         k.pointee.pt_locks = UnsafeMutablePointer<UInt32>.allocate(capacity: pageTablePages)
         k.pointee.pt_locks.initialize(repeating: 0, count: pageTablePages)
+        // The shared zero page: pfn 0, a reserved RAM page with a permanent
+        // reference; never part of a pgmap (its 2 MiB are System RAM).
+        try populateSections(startPfn: 0, endPfn: 1)
+        let zero = k.pointee.vmemmap!
+        zero.pointee.refcount = 1
+        zero.pointee.mapcount = -1
+        zero.pointee.flags = 1 << UInt64(DAX_PG_reserved.rawValue)
+        registry.addSystemRAM(0...UInt64(pmdSize - 1))
     }
 
     deinit {
@@ -144,7 +152,8 @@ public final class Kernel: @unchecked Sendable {
         let first = (Int(startPfn) + pagesPerSection - 1) / pagesPerSection
         let end = Int(endPfn) / pagesPerSection
         guard first < end else { return }
-        for s in first..<end where ref.pointee.section_present[s] != 0 {
+        // Section 0 holds the zero page and stays.
+        for s in max(first, 1)..<max(end, 1) where ref.pointee.section_present[s] != 0 {
             let addr = UnsafeMutableRawPointer(ref.pointee.vmemmap + s * pagesPerSection)
             let len = pagesPerSection * MemoryLayout<dax_page>.stride
             madvise(addr, len, MADV_DONTNEED)

@@ -1,0 +1,443 @@
+// mm/gup.c: get_user_pages / pin_user_pages (slow, faulting) and their _fast
+// variants, try_grab_folio(_fast), the FOLL_LONGTERM checks and unpin.
+//
+// The page arrays are C-style (struct page **): no allocation on these paths.
+
+import CDax
+
+/// FOLL_* flags. The names are the kernel's; the values are the port's own.
+public struct GupFlags: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let write = GupFlags(rawValue: 1 << 0)        // FOLL_WRITE
+    public static let force = GupFlags(rawValue: 1 << 1)        // FOLL_FORCE
+    public static let anon = GupFlags(rawValue: 1 << 2)         // FOLL_ANON
+    public static let longterm = GupFlags(rawValue: 1 << 3)     // FOLL_LONGTERM
+    public static let pciP2PDMA = GupFlags(rawValue: 1 << 4)    // FOLL_PCI_P2PDMA
+    public static let nofault = GupFlags(rawValue: 1 << 5)      // FOLL_NOFAULT
+    // Internal flags (callers may not pass them: is_valid_gup_args).
+    public static let get = GupFlags(rawValue: 1 << 16)         // FOLL_GET
+    public static let pin = GupFlags(rawValue: 1 << 17)         // FOLL_PIN
+    public static let fastOnly = GupFlags(rawValue: 1 << 18)    // FOLL_FAST_ONLY
+    public static let `internal`: GupFlags = [.get, .pin, .fastOnly]
+}
+
+public typealias PageArray = UnsafeMutablePointer<UnsafeMutablePointer<dax_page>?>
+
+// MARK: argument and VMA checks (§6.4, §6.5, §6.6)
+
+/// is_valid_gup_args: 0, or -EINVAL. `toSet` is FOLL_GET or FOLL_PIN.
+@inline(__always)
+public func isValidGupArgs(_ pages: PageArray?, _ flags: GupFlags, toSet: GupFlags) -> Int32 {
+    if !flags.intersection(.internal).isEmpty { return -EINVAL }
+    let f = flags.union(toSet)
+    if f.contains(.pin) && f.contains(.get) { return -EINVAL }
+    if f.contains(.longterm) && !f.contains(.pin) { return -EINVAL }
+    if (f.contains(.get) || f.contains(.pin)) && pages == nil { return -EINVAL }
+    if f.contains(.longterm) && f.contains(.pciP2PDMA) { return -EINVAL }
+    return 0
+}
+
+/// vma_needs_dirty_tracking: a shared mapping whose writes the filesystem
+/// must see (a page_mkwrite/pfn_mkwrite callback on a regular file).
+@inline(__always)
+func vmaNeedsDirtyTracking(_ vma: VMARef) -> Bool {
+    guard vma.pointee.vm_flags & DAX_VM_SHARED != 0, let file = vma.pointee.vm_file else { return false }
+    if let ops = vma.pointee.vm_ops, ops.pointee.page_mkwrite != nil || ops.pointee.pfn_mkwrite != nil { return true }
+    return file.pointee.i_mode & 0o170000 == DAX_S_IFREG && file.pointee.i_flags & DAX_S_DAX == 0
+}
+
+/// check_vma_flags
+@inline(__always)
+public func checkVmaFlags(_ vma: VMARef, _ flags: GupFlags) -> Int32 {
+    let vf = vma.pointee.vm_flags
+    if vf & (DAX_VM_IO | DAX_VM_PFNMAP) != 0 { return -EFAULT }
+    if flags.contains(.anon) && !vmaIsAnonymous(vma) { return -EFAULT }
+    if flags.contains(.longterm) && vmaIsFsdax(vma) { return -EOPNOTSUPP }
+    if flags.contains(.write) {
+        if !vmaIsAnonymous(vma) && flags.contains(.pin) && flags.contains(.longterm) && vmaNeedsDirtyTracking(vma) {
+            return -EFAULT   // writable_file_mapping_allowed
+        }
+        if vf & DAX_VM_WRITE == 0 {
+            if !flags.contains(.force) { return -EFAULT }
+            if vf & DAX_VM_SHARED != 0 || vf & DAX_VM_MAYWRITE == 0 { return -EFAULT }   // !is_cow_mapping
+        }
+    } else if vf & DAX_VM_READ == 0 {
+        if !flags.contains(.force) || vf & DAX_VM_MAYREAD == 0 { return -EFAULT }
+    }
+    return 0
+}
+
+/// folio_is_longterm_pinnable
+@inline(__always)
+public func folioIsLongtermPinnable(_ k: KernelRef, _ folio: Folio) -> Bool {
+    if isZeroPfn(pageToPfn(k, folio.head)) { return true }
+    guard let pgmap = folio.pgmap else { return true }
+    switch pgmap.pointee.type {
+    case Int32(DAX_MEMORY_DEVICE_COHERENT.rawValue): return false
+    case Int32(DAX_MEMORY_DEVICE_FS_DAX.rawValue): return false
+    default: return true   // ZONE_DEVICE is not ZONE_MOVABLE
+    }
+}
+
+// MARK: grabbing references (§6.1, §6.2)
+
+@inline(__always) func isP2PDMA(_ folio: Folio) -> Bool {
+    folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_PCI_P2PDMA.rawValue)
+}
+
+/// try_grab_folio: the caller holds the PT lock (or a stable reference).
+@inline(__always)
+public func tryGrabFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags: GupFlags) -> Int32 {
+    if folio.refCount <= 0 {
+        vmReport(k, folio.head, rule: "WARN_ON_ONCE(folio_ref_count(folio) <= 0)", function: "try_grab_folio")
+        return -ENOMEM
+    }
+    if isP2PDMA(folio) && !flags.contains(.pciP2PDMA) { return -EREMOTEIO }
+    if flags.contains(.get) {
+        folio.refAdd(refs)
+    } else if flags.contains(.pin) {
+        if isZeroPfn(pageToPfn(k, folio.head)) { return 0 }
+        if folio.hasPincount {
+            folio.refAdd(refs)
+            dax_atomic_add(&(folio.raw + 1).pointee.pincount, refs)
+        } else {
+            folio.refAdd(refs * Int32(DAX_GUP_PIN_COUNTING_BIAS))
+        }
+        modNodeStat(k, DAX_NR_FOLL_PIN_ACQUIRED, Int64(refs))
+    }
+    return 0
+}
+
+/// try_get_folio: speculative reference that fails on a free (0) folio.
+@inline(__always)
+func tryGetFolio(_ k: KernelRef, _ page: Page, _ refs: Int32) -> Folio? {
+    while true {
+        let folio = page.folio
+        guard folio.refTryAdd(refs) else { return nil }
+        if page.folio == folio { return folio }
+        folioPutRefs(k, folio, refs)   // split under us: retry
+    }
+}
+
+/// try_grab_folio_fast: GUP-fast's grab. nil sends the caller to the slow path.
+@inline(__always)
+public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flags: GupFlags) -> Folio? {
+    guard flags.contains(.get) || flags.contains(.pin) else {
+        vmReport(k, page, rule: "WARN_ON_ONCE((flags & (FOLL_GET | FOLL_PIN)) == 0)", function: "try_grab_folio_fast")
+        return nil
+    }
+    if isP2PDMA(page.folio) && !flags.contains(.pciP2PDMA) { return nil }
+    if flags.contains(.get) { return tryGetFolio(k, page, refs) }
+    if isZeroPfn(pageToPfn(k, page)) { return page.folio }
+    guard let folio = tryGetFolio(k, page, refs) else { return nil }
+    if flags.contains(.longterm) && !folioIsLongtermPinnable(k, folio) {
+        folioPutRefs(k, folio, refs)
+        return nil
+    }
+    if folio.hasPincount {
+        dax_atomic_add(&(folio.raw + 1).pointee.pincount, refs)
+    } else {
+        folio.refAdd(refs * Int32(DAX_GUP_PIN_COUNTING_BIAS - 1))
+    }
+    modNodeStat(k, DAX_NR_FOLL_PIN_ACQUIRED, Int64(refs))
+    return folio
+}
+
+// MARK: release (§6.3)
+
+/// gup_put_folio
+@inline(__always)
+public func gupPutFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags: GupFlags) {
+    var r = refs
+    if flags.contains(.pin) {
+        if isZeroPfn(pageToPfn(k, folio.head)) { return }
+        modNodeStat(k, DAX_NR_FOLL_PIN_RELEASED, Int64(refs))
+        if folio.hasPincount {
+            let left = dax_atomic_sub_return(&(folio.raw + 1).pointee.pincount, refs)
+            if left < 0 { vmReport(k, folio.head, rule: "VM_WARN_ON_FOLIO(folio_pincount < 0)", function: "gup_put_folio") }
+        } else {
+            r = refs * Int32(DAX_GUP_PIN_COUNTING_BIAS)
+        }
+    }
+    folioPutRefs(k, folio, r)
+}
+
+/// unpin_user_page
+@inline(__always)
+public func unpinUserPage(_ k: KernelRef, _ page: Page) {
+    let folio = page.folio
+    if !folio.maybeDmaPinned && !isZeroPfn(pageToPfn(k, page)) {
+        vmReport(k, page, rule: "VM_WARN_ON_FOLIO(!folio_maybe_dma_pinned(folio))", function: "unpin_user_page")
+    }
+    gupPutFolio(k, folio, 1, .pin)
+}
+
+/// unpin_user_pages: skips nil entries, batches runs of the same folio.
+public func unpinUserPages(_ k: KernelRef, _ pages: PageArray, _ n: Int) {
+    unpinUserPagesDirtyLock(k, pages, n, makeDirty: false)
+}
+
+/// unpin_user_pages_dirty_lock
+public func unpinUserPagesDirtyLock(_ k: KernelRef, _ pages: PageArray, _ n: Int, makeDirty: Bool) {
+    var i = 0
+    while i < n {
+        guard let raw = pages[i] else { i += 1; continue }
+        let folio = Page(raw).folio
+        var run: Int32 = 1
+        while i + Int(run) < n, let next = pages[i + Int(run)], Page(next).folio == folio { run += 1 }
+        if makeDirty && !folio.isDirty {
+            folio.head.set(DAX_PG_locked)   // folio_lock
+            folio.markDirty()
+            folio.head.clear(DAX_PG_locked)
+        }
+        gupPutFolio(k, folio, run, .pin)
+        i += Int(run)
+    }
+}
+
+/// put_page for FOLL_GET references.
+public func putUserPages(_ k: KernelRef, _ pages: PageArray, _ n: Int) {
+    for i in 0..<n { if let raw = pages[i] { folioPut(k, Page(raw).folio) } }
+}
+
+// MARK: the slow path (__get_user_pages)
+
+/// follow_page_mask for one address, grabbing a reference under the entry's
+/// lock. Returns the page, nil (needs a fault), or an error in `err`.
+@inline(__always)
+func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlags, _ err: inout Int32) -> Page? {
+    let k = mm.pointee.kernel!
+    let write = flags.contains(.write)
+    let pgd = pgdOffset(mm, addr)
+    guard entryPresent(dax_load_u64(pgd)) else { return nil }
+    let pud = pudOffset(pgd, addr)
+    if entryLeaf(dax_load_u64(pud)) {
+        return followHuge(k, vma, pud, pudLockptr(mm), addr, UInt64(pudSize), write, flags, &err)
+    }
+    guard entryPresent(dax_load_u64(pud)) else { return nil }
+    let pmd = pmdOffset(pud, addr)
+    if entryLeaf(dax_load_u64(pmd)) {
+        return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, &err)
+    }
+    let pmde = dax_load_u64(pmd)
+    guard entryPresent(pmde) else { return nil }
+    let pte = pteOffset(pmd, addr)
+    let ptl = pteLockptr(k, pmde)
+    dax_spin_lock(ptl)
+    defer { dax_spin_unlock(ptl) }
+    let e = dax_load_u64(pte)
+    guard entryPresent(e) else { return nil }
+    if write && !entryWrite(e) { return nil }   // fault to break write protection
+    let page: Page
+    if let p = vmNormalPage(k, vma, e) {
+        page = p
+    } else if isZeroPfn(entryPfn(e)) {
+        page = pfnToPage(k, 0)
+    } else {
+        err = -EFAULT   // special entry with no struct page
+        return nil
+    }
+    let rc = tryGrabFolio(k, page.folio, 1, flags)
+    if rc != 0 { err = rc; return nil }
+    return page
+}
+
+@inline(__always)
+func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: UnsafeMutablePointer<UInt32>,
+                _ addr: UInt64, _ size: UInt64, _ write: Bool, _ flags: GupFlags, _ err: inout Int32) -> Page? {
+    dax_spin_lock(lock)
+    defer { dax_spin_unlock(lock) }
+    let e = dax_load_u64(entry)
+    guard entryLeaf(e) else { return nil }
+    if write && !entryWrite(e) { return nil }
+    if entrySpecial(e) {
+        // vm_normal_page_pmd/pud returns NULL for special entries (6.15 as
+        // merged mapped DAX folios this way): GUP cannot take a reference.
+        err = -EFAULT
+        return nil
+    }
+    let pfn = entryPfn(e) + ((addr & (size - 1)) >> UInt64(pageShift))
+    guard pfnValid(k, pfn) else { err = -EFAULT; return nil }
+    let page = pfnToPage(k, pfn)
+    let rc = tryGrabFolio(k, page.folio, 1, flags)
+    if rc != 0 { err = rc; return nil }
+    return page
+}
+
+/// The errno for a failed fault-in (faultin_page / vm_fault_to_errno).
+@inline(__always)
+func vmFaultToErrno(_ ret: UInt32) -> Int32 {
+    if ret & DAX_VM_FAULT_OOM != 0 { return -ENOMEM }
+    if ret & DAX_VM_FAULT_HWPOISON != 0 { return -EHWPOISON }
+    return -EFAULT
+}
+
+/// __get_user_pages with mmap_lock held for read. Returns the number of
+/// pages grabbed, or -errno if none was.
+func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
+    var i = 0
+    var vma: VMARef? = nil
+    while i < nrPages {
+        let addr = roundDown(start, UInt64(pageSize)) + UInt64(i) * UInt64(pageSize)
+        if vma == nil || addr >= vma!.pointee.vm_end {
+            vma = vmaLookup(mm, addr)
+            guard let v = vma else { return i > 0 ? i : Int(-EFAULT) }
+            let rc = checkVmaFlags(v, flags)
+            if rc != 0 { return i > 0 ? i : Int(rc) }
+        }
+        var tries = 0
+        while true {
+            var err: Int32 = 0
+            if let page = followPageMask(mm, vma!, addr, flags, &err) {
+                pages?[i] = page.raw
+                break
+            }
+            if err != 0 { return i > 0 ? i : Int(err) }
+            if flags.contains(.nofault) || tries >= 3 { return i > 0 ? i : Int(-EFAULT) }
+            // faultin_page
+            var ff: UInt32 = DAX_FAULT_FLAG_REMOTE
+            if flags.contains(.write) { ff |= DAX_FAULT_FLAG_WRITE }
+            let ret = handleMMFault(mm, addr, ff)
+            if ret & DAX_VM_FAULT_ERROR != 0 { return i > 0 ? i : Int(vmFaultToErrno(ret)) }
+            tries += 1
+        }
+        i += 1
+    }
+    return i
+}
+
+/// __gup_longterm_locked: pin, then make sure every folio may stay pinned.
+/// ZONE_DEVICE folios cannot be isolated for migration, so the kernel leaves
+/// them pinned (FS DAX never gets here: check_vma_flags refused it); device
+/// coherent memory would be migrated, which the port cannot do (-EBUSY).
+func gupLongtermLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
+    let rc = getUserPagesLocked(mm, start, nrPages, flags, pages)
+    guard flags.contains(.longterm), rc > 0, let pages else { return rc }
+    let k = mm.pointee.kernel!
+    for i in 0..<rc {
+        guard let raw = pages[i] else { continue }
+        let folio = Page(raw).folio
+        if folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_COHERENT.rawValue) {
+            unpinUserPages(k, pages, rc)
+            for j in 0..<rc { pages[j] = nil }
+            return Int(-EBUSY)
+        }
+    }
+    return rc
+}
+
+/// get_user_pages (takes mmap_lock for read).
+public func getUserPages(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
+    let rc = isValidGupArgs(pages, flags, toSet: .get)
+    if rc != 0 { return Int(rc) }
+    dax_down_read(&mm.pointee.mmap_lock)
+    defer { dax_up_read(&mm.pointee.mmap_lock) }
+    return gupLongtermLocked(mm, start, nrPages, flags.union(.get), pages)
+}
+
+/// pin_user_pages (takes mmap_lock for read).
+public func pinUserPages(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
+    let rc = isValidGupArgs(pages, flags, toSet: .pin)
+    if rc != 0 { return Int(rc) }
+    dax_down_read(&mm.pointee.mmap_lock)
+    defer { dax_up_read(&mm.pointee.mmap_lock) }
+    return gupLongtermLocked(mm, start, nrPages, flags.union(.pin), pages)
+}
+
+// MARK: GUP-fast
+
+/// gup_fast: lockless walk; stops at the first address it cannot handle.
+/// Entries are read once, the folio grabbed speculatively, and the entry
+/// re-read: a change means the grab is undone and the slow path decides.
+/// (Tables come from a pool that stays mapped, so a racing free is a stale
+/// read, never a fault; the kernel gets the same from disabling interrupts.)
+@inline(__always)
+func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray) -> Int {
+    let k = mm.pointee.kernel!
+    let write = flags.contains(.write)
+    var i = 0
+    while i < nrPages {
+        let addr = roundDown(start, UInt64(pageSize)) + UInt64(i) * UInt64(pageSize)
+        let pgde = dax_load_u64(pgdOffset(mm, addr))
+        guard entryPresent(pgde) else { return i }
+        let pudp = entryTable(pgde) + pudIndex(addr)
+        let pude = dax_load_u64(pudp)
+        guard entryPresent(pude) else { return i }
+        var entryp: EntryPtr
+        var e: PTEntry
+        var size: UInt64
+        if entryLeaf(pude) {
+            entryp = pudp; e = pude; size = UInt64(pudSize)
+        } else {
+            let pmdp = entryTable(pude) + pmdIndex(addr)
+            let pmde = dax_load_u64(pmdp)
+            guard entryPresent(pmde) else { return i }
+            if entryLeaf(pmde) {
+                entryp = pmdp; e = pmde; size = UInt64(pmdSize)
+            } else {
+                entryp = entryTable(pmde) + pteIndex(addr)
+                e = dax_load_u64(entryp)
+                size = UInt64(pageSize)
+                guard entryPresent(e) else { return i }
+            }
+        }
+        if entrySpecial(e) { return i }
+        if write && !entryWrite(e) { return i }
+        let pfn = entryPfn(e) + ((addr & (size - 1)) >> UInt64(pageShift))
+        guard pfnValid(k, pfn) else { return i }
+        // Every page of this entry that the request covers, in one grab.
+        let inEntry = Int((size - (addr & (size - 1))) >> UInt64(pageShift))
+        let refs = min(inEntry, nrPages - i)
+        let page = pfnToPage(k, pfn)
+        guard let folio = tryGrabFolioFast(k, page, Int32(refs), flags) else { return i }
+        if dax_load_u64(entryp) != e {
+            gupPutFolio(k, folio, Int32(refs), flags)
+            return i
+        }
+        for j in 0..<refs { pages[i + j] = (page.raw + j) }
+        i += refs
+    }
+    return i
+}
+
+/// internal_get_user_pages_fast: fast part, then the slow path for the rest.
+@inline(__always)
+func internalGetUserPagesFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray) -> Int {
+    let nr = gupFast(mm, start, nrPages, flags, pages)
+    if nr == nrPages || flags.contains(.fastOnly) { return nr }
+    dax_down_read(&mm.pointee.mmap_lock)
+    let rest = gupLongtermLocked(mm, start + UInt64(nr) * UInt64(pageSize), nrPages - nr, flags, pages + nr)
+    dax_up_read(&mm.pointee.mmap_lock)
+    if rest < 0 { return nr > 0 ? nr : rest }
+    return nr + rest
+}
+
+/// get_user_pages_fast
+@inline(__always)
+public func getUserPagesFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray) -> Int {
+    let rc = isValidGupArgs(pages, flags, toSet: .get)
+    if rc != 0 { return Int(rc) }
+    return internalGetUserPagesFast(mm, start, nrPages, flags.union(.get), pages)
+}
+
+/// pin_user_pages_fast
+@inline(__always)
+public func pinUserPagesFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray) -> Int {
+    let rc = isValidGupArgs(pages, flags, toSet: .pin)
+    if rc != 0 { return Int(rc) }
+    return internalGetUserPagesFast(mm, start, nrPages, flags.union(.pin), pages)
+}
+
+/// folio_add_pin: one more pin on an already pinned folio.
+public func folioAddPin(_ k: KernelRef, _ folio: Folio) {
+    if isZeroPfn(pageToPfn(k, folio.head)) { return }
+    if folio.hasPincount {
+        if folio.pincount < 1 { vmReport(k, folio.head, rule: "WARN_ON_ONCE(atomic_read(&folio->_pincount) < 1)", function: "folio_add_pin") }
+        folio.refInc()
+        dax_atomic_add(&(folio.raw + 1).pointee.pincount, 1)
+    } else {
+        if !folio.maybeDmaPinned { vmReport(k, folio.head, rule: "WARN_ON_ONCE(!folio_maybe_dma_pinned(folio))", function: "folio_add_pin") }
+        folio.refAdd(Int32(DAX_GUP_PIN_COUNTING_BIAS))
+    }
+}
