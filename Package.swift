@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "MMCore", targets: ["MMCore"]),
+        .library(name: "MMTestSupport", targets: ["MMTestSupport"]),
         .library(name: "DAXDevice", targets: ["DAXDevice"]),
         .executable(name: "daxmm", targets: ["daxmm"]),
     ],
@@ -39,6 +40,12 @@ let package = Package(
             dependencies: ["CDax"],
             swiftSettings: hotPathSwiftSettings
         ),
+        // A linear pfn-mapping "driver" for tests and benchmarks of MMCore.
+        .target(
+            name: "MMTestSupport",
+            dependencies: ["MMCore", "CDax"],
+            swiftSettings: hotPathSwiftSettings
+        ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
         .target(
             name: "DAXDevice",
@@ -62,7 +69,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MMCoreTests",
-            dependencies: ["MMCore", "CDax"]
+            dependencies: ["MMCore", "MMTestSupport", "CDax"]
         ),
     ]
 )

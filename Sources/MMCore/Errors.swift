@@ -1,3 +1,5 @@
+import CDax
+
 // Errors of the port's safe API. Inside the port, kernel conventions stay
 // visible (negative errno, VM_FAULT_* bits); these wrap them at the edge.
 
@@ -30,9 +32,7 @@ public enum MMError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-public let EPERM: Int32 = 1, ENOENT: Int32 = 2, EINTR: Int32 = 4, ENXIO: Int32 = 6, EAGAIN: Int32 = 11,
-    ENOMEM: Int32 = 12, EFAULT: Int32 = 14, EBUSY: Int32 = 16, EEXIST: Int32 = 17, EINVAL: Int32 = 22,
-    ENOSPC: Int32 = 28, EOPNOTSUPP: Int32 = 95, ETIMEDOUT: Int32 = 110, EREMOTEIO: Int32 = 121, EHWPOISON: Int32 = 133
+// Errno values come from <errno.h> through CDax (EINVAL, EFAULT, EOPNOTSUPP, ...).
 
 public func errnoName(_ e: Int32) -> String {
     switch abs(e) {

@@ -1,0 +1,111 @@
+// A minimal "driver" for exercising MMCore without a device: a file whose
+// page offset N maps pfn base+N of one pgmap, faulting at the pgmap's folio
+// order. Faults at another order fall back (larger) or fail (smaller), like
+// device-dax; zero-based (FS_DAX) folios are taken 0 -> 1 for the insert
+// and put afterwards (the fs/dax temporary-reference protocol).
+//
+// Tests, the property tests and the benchmarks share it. The real drivers
+// (device-dax, fs-dax) live in DAXCore.
+
+import CDax
+import MMCore
+
+/// What the fault handlers read from vm_private_data.
+public struct LinearMapState {
+    public var kernel: KernelRef
+    public var basePfn: UInt64
+    public var nrPages: UInt64
+    public var order: UInt32
+    public var zeroBased: Bool
+    public var faults: Int64 = 0
+}
+
+/// Owns the state and the ops; keep it alive while VMAs use it (the MM
+/// retains the file and ops, the caller retains this object).
+public final class LinearMapping: @unchecked Sendable {
+    public let pgmap: DevPagemap
+    public let state: UnsafeMutablePointer<LinearMapState>
+    public let file: MappedFile
+    public let ops: VMOperations
+
+    public init(pgmap: DevPagemap, dax: Bool = true, characterDevice: Bool = true) {
+        self.pgmap = pgmap
+        state = .allocate(capacity: 1)
+        let r = pgmap.ranges[0]
+        state.initialize(to: LinearMapState(
+            kernel: pgmap.kernel.ref, basePfn: r.startPfn, nrPages: r.endPfn - r.startPfn,
+            order: UInt32(pgmap.vmemmapShift), zeroBased: pgmap.type.idleRefcount == 0))
+        file = MappedFile(kind: characterDevice ? .characterDevice : .regularFile, dax: dax,
+                          privateData: UnsafeMutableRawPointer(state))
+        var o = dax_vm_operations()
+        o.fault = linearFaultFn
+        o.huge_fault = linearHugeFaultFn
+        o.may_split = linearMaySplitFn
+        o.pagesize = linearPagesizeFn
+        ops = VMOperations(o)
+    }
+
+    deinit { state.deallocate() }
+
+    /// Bytes one fault maps.
+    public var faultSize: UInt64 { UInt64(4096) << UInt64(pgmap.vmemmapShift) }
+
+    /// An mmap request for `length` bytes of the file from `pgoff`.
+    public func request(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write]) -> MMapRequest {
+        var req = MMapRequest(length: length)
+        req.prot = prot
+        req.file = file
+        req.ops = ops
+        req.pgoff = pgoff
+        req.alignment = faultSize
+        req.extraFlags = DAX_VM_HUGEPAGE
+        return req
+    }
+}
+
+/// The fault handler: one folio of the map's order per fault.
+func linearHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let st = vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: LinearMapState.self)
+    if order > st.pointee.order { return DAX_VM_FAULT_FALLBACK }
+    if order < st.pointee.order { return DAX_VM_FAULT_SIGBUS }
+    let nr = UInt64(1) << UInt64(order)
+    let size = nr << 12
+    let addr = vmf.pointee.address & ~(size - 1)
+    if addr < vma.pointee.vm_start || addr + size > vma.pointee.vm_end { return DAX_VM_FAULT_FALLBACK }
+    let pgoff = linearPageIndex(vma, addr)
+    if pgoff % nr != 0 || pgoff + nr > st.pointee.nrPages { return DAX_VM_FAULT_SIGBUS }
+    let k = st.pointee.kernel
+    let page = pfnToPage(k, st.pointee.basePfn + pgoff)
+    let folio = page.folio
+    let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
+    // fs/dax: an idle zero-based folio is raised 0 -> 1 around the insert.
+    let temp = st.pointee.zeroBased
+    if temp { folio.refInc() }
+    let ret: UInt32
+    switch order {
+    case 0: ret = vmfInsertPageMkwrite(vmf, page, write: write)
+    case UInt32(pmdOrder): ret = vmfInsertFolioPmd(vmf, folio, write: write)
+    case UInt32(pudOrder): ret = vmfInsertFolioPud(vmf, folio, write: write)
+    default: ret = DAX_VM_FAULT_SIGBUS
+    }
+    if temp { folioPut(k, folio) }
+    dax_atomic64_add(&st.pointee.faults, 1)
+    return ret
+}
+
+@inline(__always)
+func linearState(_ vma: VMARef) -> UnsafeMutablePointer<LinearMapState> {
+    vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: LinearMapState.self)
+}
+
+let linearFaultFn: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in linearHugeFault(vmf!, 0) }
+let linearHugeFaultFn: @convention(c) (VMFaultRef?, UInt32) -> UInt32 = { vmf, order in linearHugeFault(vmf!, order) }
+/// may_split: only at a fault-size boundary (as device-dax's dev_dax_may_split).
+let linearMaySplitFn: @convention(c) (VMARef?, UInt64) -> Int32 = { vma, addr in
+    let size = UInt64(4096) << UInt64(linearState(vma!).pointee.order)
+    return addr % size == 0 ? 0 : -EINVAL
+}
+let linearPagesizeFn: @convention(c) (VMARef?) -> UInt64 = { vma in
+    UInt64(4096) << UInt64(linearState(vma!).pointee.order)
+}
