@@ -24,5 +24,16 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        .executableTarget(
+            name: "MMBenchmarks",
+            dependencies: [
+                .product(name: "MMCore", package: "daxmm"),
+                .product(name: "MMTestSupport", package: "daxmm"),
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/MMBenchmarks",
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )

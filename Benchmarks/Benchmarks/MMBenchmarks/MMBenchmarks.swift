@@ -1,0 +1,133 @@
+// The port's hot paths: faults through handle_mm_fault at PTE, PMD and PUD
+// level, and pin_user_pages_fast. Each sample runs 1000 operations
+// (scalingFactor .kilo), so figures are per operation; the malloc counter
+// covers only the measured part and must read 0.
+
+import Benchmark
+import CDax
+import MMCore
+import MMTestSupport
+
+struct Rig {
+    let kernel: Kernel
+    let pgmap: DevPagemap
+    let map: LinearMapping
+    let mm: MM
+    let base: UInt64
+    let length: UInt64
+
+    init(order: Int, folios: UInt64) {
+        kernel = try! Kernel(physBits: 42)
+        let bytes = (UInt64(4096) << UInt64(order)) * folios
+        pgmap = DevPagemap(kernel: kernel, type: .generic,
+                           ranges: [PhysicalRange(start: 1 << 36, size: max(bytes, 2 << 20))], vmemmapShift: order)
+        try! pgmap.memremapPages()
+        map = LinearMapping(pgmap: pgmap)
+        mm = try! MM(kernel: kernel)
+        length = bytes
+        base = try! mm.mmap(map.request(length: bytes))
+    }
+
+    func zapAll() {
+        mm.lockRead()
+        zapPageRange(mm.ref, base, base + length)
+        mm.unlockRead()
+    }
+}
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal],
+        scalingFactor: .kilo,
+        maxDuration: .seconds(3),
+        maxIterations: 200)
+
+    Benchmark("fault PTE (4K device, read fault, handle_mm_fault)") { benchmark in
+        let rig = Rig(order: 0, folios: 1024)
+        for _ in 0..<3 {
+            benchmark.startMeasurement()
+            for i in benchmark.scaledIterations {
+                blackHole(rig.mm.handleFault(rig.base + UInt64(i) * 4096, write: false))
+            }
+            benchmark.stopMeasurement()
+            rig.zapAll()
+        }
+    }
+
+    Benchmark("fault PMD (2M device, write fault, handle_mm_fault)") { benchmark in
+        let rig = Rig(order: 9, folios: 1000)
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            blackHole(rig.mm.handleFault(rig.base + UInt64(i) << 21, write: true))
+        }
+        benchmark.stopMeasurement()
+        rig.zapAll()
+    }
+
+    Benchmark("fault PUD + zap (1G device, cycle on one folio)") { benchmark in
+        let rig = Rig(order: 18, folios: 1)
+        let k = rig.kernel.ref
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(rig.mm.handleFault(rig.base, write: true))
+            let w = walk(rig.mm.ref, rig.base)
+            zapHugePud(k, rig.mm.findVMA(rig.base)!, w.pud!, rig.base)
+        }
+        benchmark.stopMeasurement()
+    }
+
+    Benchmark("fault PTE + zap (4K device, cycle on one page)") { benchmark in
+        let rig = Rig(order: 0, folios: 1)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            blackHole(rig.mm.handleFault(rig.base, write: true))
+            rig.zapAll()
+        }
+        benchmark.stopMeasurement()
+    }
+
+    Benchmark("pin_user_pages_fast 1 page per call (4K device)") { benchmark in
+        let rig = Rig(order: 0, folios: 1024)
+        for i in 0..<1000 { _ = rig.mm.handleFault(rig.base + UInt64(i) * 4096, write: true) }
+        let pages = PageArray.allocate(capacity: 1000)
+        defer { pages.deallocate() }
+        for _ in 0..<3 {
+            benchmark.startMeasurement()
+            for i in benchmark.scaledIterations {
+                blackHole(pinUserPagesFast(rig.mm.ref, rig.base + UInt64(i) * 4096, 1, [.write, .longterm], pages + i))
+            }
+            benchmark.stopMeasurement()
+            unpinUserPages(rig.kernel.ref, pages, 1000)
+        }
+    }
+
+    Benchmark("pin_user_pages_fast 1 page per call (2M device)") { benchmark in
+        let rig = Rig(order: 9, folios: 2)
+        _ = rig.mm.handleFault(rig.base, write: true)
+        _ = rig.mm.handleFault(rig.base + (2 << 20), write: true)
+        let pages = PageArray.allocate(capacity: 1000)
+        defer { pages.deallocate() }
+        for _ in 0..<3 {
+            benchmark.startMeasurement()
+            for i in benchmark.scaledIterations {
+                blackHole(pinUserPagesFast(rig.mm.ref, rig.base + UInt64(i) * 4096, 1, [.write, .longterm], pages + i))
+            }
+            benchmark.stopMeasurement()
+            unpinUserPages(rig.kernel.ref, pages, 1000)
+        }
+    }
+
+    Benchmark("unpin_user_page (4K device)") { benchmark in
+        let rig = Rig(order: 0, folios: 1024)
+        let pages = PageArray.allocate(capacity: 1000)
+        defer { pages.deallocate() }
+        for _ in 0..<3 {
+            _ = pinUserPages(rig.mm.ref, rig.base, 1000, [.write], pages)
+            benchmark.startMeasurement()
+            for i in benchmark.scaledIterations {
+                unpinUserPage(rig.kernel.ref, Page(pages[i]!))
+            }
+            benchmark.stopMeasurement()
+        }
+    }
+}
