@@ -441,3 +441,49 @@ public func folioAddPin(_ k: KernelRef, _ folio: Folio) {
         folio.refAdd(Int32(DAX_GUP_PIN_COUNTING_BIAS))
     }
 }
+
+// MARK: the safe API
+
+extension MM {
+    /// pin_user_pages (or _fast) returning the pages; throws the kernel's
+    /// errno as `MMError.errno`. A short count is returned as is.
+    public func pinPages(_ start: UInt64, count: Int, flags: GupFlags, fast: Bool = false) throws(MMError) -> [Page] {
+        try grab(start, count: count, flags: flags, fast: fast, pin: true)
+    }
+
+    /// get_user_pages (or _fast): FOLL_GET references.
+    public func getPages(_ start: UInt64, count: Int, flags: GupFlags, fast: Bool = false) throws(MMError) -> [Page] {
+        try grab(start, count: count, flags: flags, fast: fast, pin: false)
+    }
+
+    /// unpin_user_pages(_dirty_lock)
+    public func unpin(_ pages: [Page], dirty: Bool = false) {
+        let arr = PageArray.allocate(capacity: max(pages.count, 1))
+        defer { arr.deallocate() }
+        for (i, p) in pages.enumerated() { arr[i] = p.raw }
+        unpinUserPagesDirtyLock(kernel.ref, arr, pages.count, makeDirty: dirty)
+    }
+
+    /// put_page on FOLL_GET references.
+    public func put(_ pages: [Page]) {
+        for p in pages { folioPut(kernel.ref, p.folio) }
+    }
+
+    private func grab(_ start: UInt64, count: Int, flags: GupFlags, fast: Bool, pin: Bool) throws(MMError) -> [Page] {
+        guard count > 0 else { return [] }
+        let arr = PageArray.allocate(capacity: count)
+        defer { arr.deallocate() }
+        arr.initialize(repeating: nil, count: count)
+        let rc: Int
+        switch (pin, fast) {
+        case (true, true): rc = pinUserPagesFast(ref, start, count, flags, arr)
+        case (true, false): rc = pinUserPages(ref, start, count, flags, arr)
+        case (false, true): rc = getUserPagesFast(ref, start, count, flags, arr)
+        case (false, false): rc = getUserPages(ref, start, count, flags, arr)
+        }
+        if rc < 0 {
+            throw .errno(Int32(-rc), "\(pin ? "pin" : "get")_user_pages\(fast ? "_fast" : "")(\(hex(start)), \(count)) failed")
+        }
+        return (0..<rc).map { Page(arr[$0]!) }
+    }
+}
