@@ -73,14 +73,13 @@ public func memoryTypeName(_ t: Int32) -> String {
 /// Records a report on `page` (its folio's counters) for a failed check.
 /// Allocation-free; callable from the fault path.
 public func vmReport(_ k: KernelRef, _ page: Page, rule: StaticString, function: StaticString = #function) {
-    let seq = UInt64(bitPattern: dax_atomic64_add_return(
-        UnsafeMutableRawPointer(&k.pointee.report_seq).assumingMemoryBound(to: Int64.self), 1))
+    let seq = UInt64(bitPattern: dax_atomic64_add_return(&k.pointee.report_seq, 1))
     let slotIndex = Int((seq - 1) % UInt64(DAX_REPORT_RING))
     withUnsafeMutablePointer(to: &k.pointee.reports) { tuple in
         tuple.withMemoryRebound(to: dax_page_report.self, capacity: Int(DAX_REPORT_RING)) { ring in
             let slot = ring + slotIndex
             if dax_load_u64(&slot.pointee.seq) != 0 {
-                dax_atomic64_add(UnsafeMutableRawPointer(&k.pointee.report_lost).assumingMemoryBound(to: Int64.self), 1)
+                dax_atomic64_add(&k.pointee.report_lost, 1)
             }
             let folio = page.folio
             slot.pointee.pfn = pageToPfn(k, page)

@@ -97,7 +97,7 @@ func ptAllocTable(_ k: KernelRef) -> EntryPtr? {
             return table
         }
     }
-    let idx = dax_atomic64_add_return(UnsafeMutableRawPointer(&k.pointee.pt_next).assumingMemoryBound(to: Int64.self), 1) - 1
+    let idx = dax_atomic64_add_return(&k.pointee.pt_next, 1) - 1
     guard UInt64(idx) < k.pointee.pt_pool_pages else { return nil }
     dax_atomic64_add(&k.pointee.pt_in_use, 1)
     modNodeStat(k, DAX_NR_PAGETABLE, 1)

@@ -150,13 +150,13 @@ struct dax_kernel {
 	/* wake_up_var hash table (bit_wait_table): futex words. */
 	uint32_t wait_table[256];
 	/* Debug reports, written by VM_BUG/VM_WARN checks. */
-	uint64_t report_seq;
-	uint64_t report_lost;
+	int64_t report_seq;
+	int64_t report_lost;
 	struct dax_page_report reports[DAX_REPORT_RING];
 	/* Page-table page pool (preallocated; allocation is lock-free). */
 	uint8_t *pt_pool;
 	uint64_t pt_pool_pages;
-	uint64_t pt_next;              /* bump index */
+	int64_t pt_next;               /* bump index */
 	uint64_t pt_free;              /* free-list head: table address, 0 empty; ABA tag in low 12 bits */
 	uint32_t *pt_locks;            /* one split ptlock per pool page */
 	int64_t pt_in_use;
