@@ -73,13 +73,14 @@ public func memoryTypeName(_ t: Int32) -> String {
 /// Records a report on `page` (its folio's counters) for a failed check.
 /// Allocation-free; callable from the fault path.
 public func vmReport(_ k: KernelRef, _ page: Page, rule: StaticString, function: StaticString = #function) {
-    let seq = UInt64(bitPattern: dax_atomic64_add_return(&k.pointee.report_seq, 1))
+    let seq = UInt64(bitPattern: dax_atomic64_add_return(dax_kernel_report_seq(k), 1))
     let slotIndex = Int((seq - 1) % UInt64(DAX_REPORT_RING))
-    withUnsafeMutablePointer(to: &k.pointee.reports) { tuple in
-        tuple.withMemoryRebound(to: dax_page_report.self, capacity: Int(DAX_REPORT_RING)) { ring in
+    do {
+        do {
+            let ring = dax_kernel_reports(k)!
             let slot = ring + slotIndex
-            if dax_load_u64(&slot.pointee.seq) != 0 {
-                dax_atomic64_add(&k.pointee.report_lost, 1)
+            if dax_load_u64(dax_page_report_seq(slot)) != 0 {
+                dax_atomic64_add(dax_kernel_report_lost(k), 1)
             }
             let folio = page.folio
             slot.pointee.pfn = pageToPfn(k, page)
@@ -95,7 +96,7 @@ public func vmReport(_ k: KernelRef, _ page: Page, rule: StaticString, function:
             slot.pointee.index = folio.index
             copyCString(rule, into: &slot.pointee.rule)
             copyCString(function, into: &slot.pointee.function)
-            dax_store_u64(&slot.pointee.seq, seq)
+            dax_store_u64(dax_page_report_seq(slot), seq)
         }
     }
 }
@@ -112,11 +113,12 @@ func copyCString<T>(_ s: StaticString, into field: inout T) {
 
 func drainReports(_ k: KernelRef) -> [PageDump] {
     var out: [(UInt64, PageDump)] = []
-    withUnsafeMutablePointer(to: &k.pointee.reports) { tuple in
-        tuple.withMemoryRebound(to: dax_page_report.self, capacity: Int(DAX_REPORT_RING)) { ring in
+    do {
+        do {
+            let ring = dax_kernel_reports(k)!
             for i in 0..<Int(DAX_REPORT_RING) {
                 let slot = ring + i
-                let seq = dax_load_u64(&slot.pointee.seq)
+                let seq = dax_load_u64(dax_page_report_seq(slot))
                 guard seq != 0 else { continue }
                 let r = slot.pointee
                 let rule = withUnsafeBytes(of: r.rule) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
@@ -125,7 +127,7 @@ func drainReports(_ k: KernelRef) -> [PageDump] {
                     pfn: r.pfn, headPfn: r.head_pfn, refcount: r.refcount, mapcount: r.mapcount,
                     entireMapcount: r.entire_mapcount, pincount: r.pincount, order: Int(r.order), flags: r.flags,
                     pgmapType: r.pgmap_type, mapping: r.mapping, index: r.index, rule: rule, function: fn)))
-                dax_store_u64(&slot.pointee.seq, 0)
+                dax_store_u64(dax_page_report_seq(slot), 0)
             }
         }
     }

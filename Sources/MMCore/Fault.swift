@@ -110,7 +110,6 @@ func handleMMFaultVmf(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
 /// handle_pte_fault
 @inline(__always)
 func handlePteFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
-    let vma = vmf.pointee.vma!
     let k = mm.pointee.kernel!
     let addr = vmf.pointee.address
     guard let pmd = vmf.pointee.pmd else { return DAX_VM_FAULT_OOM }

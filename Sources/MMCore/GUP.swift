@@ -100,7 +100,7 @@ public func tryGrabFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags:
         if isZeroPfn(pageToPfn(k, folio.head)) { return 0 }
         if folio.hasPincount {
             folio.refAdd(refs)
-            dax_atomic_add(&(folio.raw + 1).pointee.pincount, refs)
+            dax_atomic_add(dax_page_pincount(folio.raw + 1), refs)
         } else {
             folio.refAdd(refs * Int32(DAX_GUP_PIN_COUNTING_BIAS))
         }
@@ -136,7 +136,7 @@ public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flag
         return nil
     }
     if folio.hasPincount {
-        dax_atomic_add(&(folio.raw + 1).pointee.pincount, refs)
+        dax_atomic_add(dax_page_pincount(folio.raw + 1), refs)
     } else {
         folio.refAdd(refs * Int32(DAX_GUP_PIN_COUNTING_BIAS - 1))
     }
@@ -154,7 +154,7 @@ public func gupPutFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags: 
         if isZeroPfn(pageToPfn(k, folio.head)) { return }
         modNodeStat(k, DAX_NR_FOLL_PIN_RELEASED, Int64(refs))
         if folio.hasPincount {
-            let left = dax_atomic_sub_return(&(folio.raw + 1).pointee.pincount, refs)
+            let left = dax_atomic_sub_return(dax_page_pincount(folio.raw + 1), refs)
             if left < 0 { vmReport(k, folio.head, rule: "VM_WARN_ON_FOLIO(folio_pincount < 0)", function: "gup_put_folio") }
         } else {
             r = refs * Int32(DAX_GUP_PIN_COUNTING_BIAS)
@@ -331,8 +331,8 @@ func gupLongtermLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: Gu
 public func getUserPages(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
     let rc = isValidGupArgs(pages, flags, toSet: .get)
     if rc != 0 { return Int(rc) }
-    dax_down_read(&mm.pointee.mmap_lock)
-    defer { dax_up_read(&mm.pointee.mmap_lock) }
+    dax_down_read(dax_mm_mmap_lock(mm))
+    defer { dax_up_read(dax_mm_mmap_lock(mm)) }
     return gupLongtermLocked(mm, start, nrPages, flags.union(.get), pages)
 }
 
@@ -340,8 +340,8 @@ public func getUserPages(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: 
 public func pinUserPages(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
     let rc = isValidGupArgs(pages, flags, toSet: .pin)
     if rc != 0 { return Int(rc) }
-    dax_down_read(&mm.pointee.mmap_lock)
-    defer { dax_up_read(&mm.pointee.mmap_lock) }
+    dax_down_read(dax_mm_mmap_lock(mm))
+    defer { dax_up_read(dax_mm_mmap_lock(mm)) }
     return gupLongtermLocked(mm, start, nrPages, flags.union(.pin), pages)
 }
 
@@ -406,9 +406,9 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
 func internalGetUserPagesFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray) -> Int {
     let nr = gupFast(mm, start, nrPages, flags, pages)
     if nr == nrPages || flags.contains(.fastOnly) { return nr }
-    dax_down_read(&mm.pointee.mmap_lock)
+    dax_down_read(dax_mm_mmap_lock(mm))
     let rest = gupLongtermLocked(mm, start + UInt64(nr) * UInt64(pageSize), nrPages - nr, flags, pages + nr)
-    dax_up_read(&mm.pointee.mmap_lock)
+    dax_up_read(dax_mm_mmap_lock(mm))
     if rest < 0 { return nr > 0 ? nr : rest }
     return nr + rest
 }
@@ -435,7 +435,7 @@ public func folioAddPin(_ k: KernelRef, _ folio: Folio) {
     if folio.hasPincount {
         if folio.pincount < 1 { vmReport(k, folio.head, rule: "WARN_ON_ONCE(atomic_read(&folio->_pincount) < 1)", function: "folio_add_pin") }
         folio.refInc()
-        dax_atomic_add(&(folio.raw + 1).pointee.pincount, 1)
+        dax_atomic_add(dax_page_pincount(folio.raw + 1), 1)
     } else {
         if !folio.maybeDmaPinned { vmReport(k, folio.head, rule: "WARN_ON_ONCE(!folio_maybe_dma_pinned(folio))", function: "folio_add_pin") }
         folio.refAdd(Int32(DAX_GUP_PIN_COUNTING_BIAS))

@@ -108,15 +108,11 @@ public final class Kernel: @unchecked Sendable {
 
     /// A node counter (NR_FILE_MAPPED, NR_FOLL_PIN_ACQUIRED, ...).
     public func stat(_ item: dax_node_stat) -> Int64 {
-        withUnsafeMutablePointer(to: &ref.pointee.stats) { tuple in
-            tuple.withMemoryRebound(to: Int64.self, capacity: Int(DAX_NR_STATS.rawValue)) {
-                dax_atomic64_read($0 + Int(item.rawValue))
-            }
-        }
+        dax_atomic64_read(dax_kernel_stats(ref) + Int(item.rawValue))
     }
 
     /// Page-table pages in use.
-    public var pageTablesInUse: Int64 { dax_atomic64_read(&ref.pointee.pt_in_use) }
+    public var pageTablesInUse: Int64 { dax_atomic64_read(dax_kernel_pt_in_use(ref)) }
 
     // MARK: sparse sections
 
@@ -130,8 +126,8 @@ public final class Kernel: @unchecked Sendable {
         guard endPfn <= maxPfn, startPfn < endPfn else {
             throw .invalid("pfn range [\(hex(startPfn)), \(hex(endPfn))) outside the vmemmap (max pfn \(hex(maxPfn)))")
         }
-        dax_spin_lock(&ref.pointee.section_lock)
-        defer { dax_spin_unlock(&ref.pointee.section_lock) }
+        dax_spin_lock(dax_kernel_section_lock(ref))
+        defer { dax_spin_unlock(dax_kernel_section_lock(ref)) }
         let first = Int(startPfn) / pagesPerSection
         let last = Int(endPfn - 1) / pagesPerSection
         for s in first...last where ref.pointee.section_present[s] == 0 {
@@ -147,8 +143,8 @@ public final class Kernel: @unchecked Sendable {
     /// sparse_remove_section: drops the records (and their memory) of every
     /// section entirely inside [startPfn, endPfn).
     func depopulateSections(startPfn: UInt64, endPfn: UInt64) {
-        dax_spin_lock(&ref.pointee.section_lock)
-        defer { dax_spin_unlock(&ref.pointee.section_lock) }
+        dax_spin_lock(dax_kernel_section_lock(ref))
+        defer { dax_spin_unlock(dax_kernel_section_lock(ref)) }
         let first = (Int(startPfn) + pagesPerSection - 1) / pagesPerSection
         let end = Int(endPfn) / pagesPerSection
         guard first < end else { return }
@@ -190,11 +186,7 @@ public func pageToPfn(_ k: KernelRef, _ page: Page) -> UInt64 {
 /// mod_node_page_state.
 @inline(__always)
 func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64) {
-    withUnsafeMutablePointer(to: &k.pointee.stats) { tuple in
-        tuple.withMemoryRebound(to: Int64.self, capacity: Int(DAX_NR_STATS.rawValue)) {
-            dax_atomic64_add($0 + Int(item.rawValue), delta)
-        }
-    }
+    dax_atomic64_add(dax_kernel_stats(k) + Int(item.rawValue), delta)
 }
 
 func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }

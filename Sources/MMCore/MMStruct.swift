@@ -92,10 +92,10 @@ public final class MM: @unchecked Sendable {
 
     // MARK: locking (mmap_read_lock, mmap_write_lock)
 
-    public func lockRead() { dax_down_read(&ref.pointee.mmap_lock) }
-    public func unlockRead() { dax_up_read(&ref.pointee.mmap_lock) }
-    public func lockWrite() { dax_down_write(&ref.pointee.mmap_lock) }
-    public func unlockWrite() { dax_up_write(&ref.pointee.mmap_lock) }
+    public func lockRead() { dax_down_read(dax_mm_mmap_lock(ref)) }
+    public func unlockRead() { dax_up_read(dax_mm_mmap_lock(ref)) }
+    public func lockWrite() { dax_down_write(dax_mm_mmap_lock(ref)) }
+    public func unlockWrite() { dax_up_write(dax_mm_mmap_lock(ref)) }
 
     // MARK: rss
 

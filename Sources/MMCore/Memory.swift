@@ -322,19 +322,19 @@ func freePgtables(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
                     if entryPresent(me), !entryLeaf(me), unused(ma, UInt64(pmdSize)) {
                         dax_store_u64(pmd, 0)
                         ptFreeTable(k, entryTable(me))
-                        dax_atomic64_add(&mm.pointee.pgtables_bytes, -Int64(pageSize))
+                        dax_atomic64_add(dax_mm_pgtables_bytes(mm), -Int64(pageSize))
                     }
                 }
                 if unused(pa, UInt64(pudSize)) && tableEmpty(pmdTable) {
                     dax_store_u64(pud, 0)
                     ptFreeTable(k, pmdTable)
-                    dax_atomic64_add(&mm.pointee.pgtables_bytes, -Int64(pageSize))
+                    dax_atomic64_add(dax_mm_pgtables_bytes(mm), -Int64(pageSize))
                 }
             }
             if unused(a, pgdSpan) && tableEmpty(pudTable) {
                 dax_store_u64(pgd, 0)
                 ptFreeTable(k, pudTable)
-                dax_atomic64_add(&mm.pointee.pgtables_bytes, -Int64(pageSize))
+                dax_atomic64_add(dax_mm_pgtables_bytes(mm), -Int64(pageSize))
             }
         }
         a += pgdSpan

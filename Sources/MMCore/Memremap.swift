@@ -103,7 +103,7 @@ public final class DevPagemap: @unchecked Sendable {
     public var nrFolios: Int { ranges.reduce(0) { $0 + Int($1.size >> UInt64(pageShift)) >> vmemmapShift } }
 
     /// Live references (percpu_ref count).
-    public var refCount: Int64 { dax_atomic64_read(&ref.pointee.ref) }
+    public var refCount: Int64 { dax_atomic64_read(dax_pgmap_ref(ref)) }
     public var isLive: Bool { state.withLock { $0 == .live } }
 
     /// The first page of range `i`.
@@ -142,7 +142,7 @@ public final class DevPagemap: @unchecked Sendable {
             throw .invalid("vmemmap_shift \(vmemmapShift) > MAX_FOLIO_ORDER \(pudOrder)")
         }
         // percpu_ref_init: the initial reference, dropped by kill.
-        dax_atomic64_set(&ref.pointee.ref, 1)
+        dax_atomic64_set(dax_pgmap_ref(ref), 1)
         ref.pointee.dead = 0
         ref.pointee.done = 0
 
@@ -151,7 +151,7 @@ public final class DevPagemap: @unchecked Sendable {
                 try pagemapRange(r, index: i)
             } catch {
                 teardown(upTo: i)
-                dax_atomic64_set(&ref.pointee.ref, 0)
+                dax_atomic64_set(dax_pgmap_ref(ref), 0)
                 throw error
             }
         }
@@ -201,7 +201,7 @@ public final class DevPagemap: @unchecked Sendable {
                     let tail = head.advanced(by: i)
                     initZoneDevicePage(tail)
                     prepCompoundTail(head, tail)
-                    dax_atomic_set(&tail.raw.pointee.refcount, 0)
+                    dax_atomic_set(dax_page_refcount(tail.raw), 0)
                     if i == 1 { prepCompoundHead(head, order: vmemmapShift) }
                 }
             }
@@ -245,7 +245,7 @@ public final class DevPagemap: @unchecked Sendable {
         }
         let k = kernel.ref
         let ok = waitVarEvent(k, UnsafeRawPointer(ref), timeoutNanos: timeoutNanos) {
-            dax_load_u32(&ref.pointee.done) != 0
+            dax_load_u32(dax_pgmap_done(ref)) != 0
         }
         guard ok else { throw .busy(holdersReport()) }
         teardown(upTo: ranges.count)
@@ -256,7 +256,7 @@ public final class DevPagemap: @unchecked Sendable {
     /// PRIVATE/COHERENT, allocated folios.
     public func holdersReport() -> String {
         var s = "pgmap \(ref.pointee.id) (\(type)) still has \(refCount) reference(s)"
-        let lookups = dax_atomic64_read(&ref.pointee.lookups)
+        let lookups = dax_atomic64_read(dax_pgmap_lookups(ref))
         if lookups > 0 { s += "; \(lookups) get_dev_pagemap lookup(s) not put" }
         if !type.refsPerFolioAtCreation {
             var busy: [String] = []
@@ -294,7 +294,7 @@ public final class DevPagemap: @unchecked Sendable {
 
 @inline(__always)
 private func __atomic_store_dead(_ p: UnsafeMutablePointer<dax_pgmap>) {
-    dax_store_u32(&p.pointee.dead, 1)
+    dax_store_u32(dax_pgmap_dead(p), 1)
 }
 
 // MARK: get_dev_pagemap / put_dev_pagemap
@@ -310,14 +310,14 @@ public func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePo
         putDevPagemap(c)
     }
     guard let p = kernel.registry.lookup(pfn: pfn), dax_pgmap_tryget_live(p) else { return nil }
-    dax_atomic64_add(&p.pointee.lookups, 1)
+    dax_atomic64_add(dax_pgmap_lookups(p), 1)
     return p
 }
 
 /// put_dev_pagemap (NULL-safe).
 public func putDevPagemap(_ p: UnsafeMutablePointer<dax_pgmap>?) {
     guard let p else { return }
-    dax_atomic64_add(&p.pointee.lookups, -1)
+    dax_atomic64_add(dax_pgmap_lookups(p), -1)
     dax_pgmap_put_many(p, 1)
 }
 

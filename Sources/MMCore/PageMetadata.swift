@@ -15,20 +15,20 @@ public struct Page: Hashable, @unchecked Sendable {
     @inline(__always) public func advanced(by n: Int) -> Page { Page(raw + n) }
 
     // MARK: flags
-    @inline(__always) public var flags: UInt64 { dax_load_u64(&raw.pointee.flags) }
-    @inline(__always) public func test(_ bit: dax_page_flag_bits) -> Bool { dax_test_bit(Int32(bit.rawValue), &raw.pointee.flags) }
-    @inline(__always) public func set(_ bit: dax_page_flag_bits) { dax_set_bit(Int32(bit.rawValue), &raw.pointee.flags) }
-    @inline(__always) public func clear(_ bit: dax_page_flag_bits) { dax_clear_bit(Int32(bit.rawValue), &raw.pointee.flags) }
+    @inline(__always) public var flags: UInt64 { dax_load_u64(dax_page_flags(raw)) }
+    @inline(__always) public func test(_ bit: dax_page_flag_bits) -> Bool { dax_test_bit(Int32(bit.rawValue), dax_page_flags(raw)) }
+    @inline(__always) public func set(_ bit: dax_page_flag_bits) { dax_set_bit(Int32(bit.rawValue), dax_page_flags(raw)) }
+    @inline(__always) public func clear(_ bit: dax_page_flag_bits) { dax_clear_bit(Int32(bit.rawValue), dax_page_flags(raw)) }
 
     @inline(__always) public var isHead: Bool { test(DAX_PG_head) }
     /// PageTail: compound_head has bit 0 set.
-    @inline(__always) public var isTail: Bool { dax_load_u64(&raw.pointee.compound_head) & DAX_COMPOUND_TAIL != 0 }
+    @inline(__always) public var isTail: Bool { dax_load_u64(dax_page_compound_head(raw)) & DAX_COMPOUND_TAIL != 0 }
     @inline(__always) public var isReserved: Bool { test(DAX_PG_reserved) }
     @inline(__always) public var isZoneDevice: Bool { test(DAX_PG_zone_device) }
 
     /// compound_head(page).
     @inline(__always) public var compoundHead: Page {
-        let h = dax_load_u64(&raw.pointee.compound_head)
+        let h = dax_load_u64(dax_page_compound_head(raw))
         if h & DAX_COMPOUND_TAIL != 0 {
             return Page(UnsafeMutablePointer(bitPattern: UInt(h & ~DAX_COMPOUND_TAIL))!)
         }
@@ -39,9 +39,9 @@ public struct Page: Hashable, @unchecked Sendable {
     @inline(__always) public var folio: Folio { Folio(compoundHead.raw) }
 
     /// The page's own _refcount (tails must read 0).
-    @inline(__always) public var refcountRaw: Int32 { dax_atomic_read(&raw.pointee.refcount) }
+    @inline(__always) public var refcountRaw: Int32 { dax_atomic_read(dax_page_refcount(raw)) }
     /// page_mapcount-ish: this page's _mapcount + 1.
-    @inline(__always) public var pageMapcount: Int32 { dax_atomic_read(&raw.pointee.mapcount) + 1 }
+    @inline(__always) public var pageMapcount: Int32 { dax_atomic_read(dax_page_mapcount(raw)) + 1 }
 
     /// page_pgmap(page): the folio's pgmap.
     @inline(__always) public var pgmap: UnsafeMutablePointer<dax_pgmap>? { folio.pgmap }
@@ -63,7 +63,7 @@ public struct Folio: Hashable, @unchecked Sendable {
     @inline(__always) public var isLarge: Bool { head.isHead }
     /// folio_order
     @inline(__always) public var order: Int {
-        isLarge ? Int(dax_load_u64(&second.pointee.flags) & DAX_PAGE_ORDER_MASK) : 0
+        isLarge ? Int(dax_load_u64(dax_page_flags(second)) & DAX_PAGE_ORDER_MASK) : 0
     }
     /// folio_nr_pages
     @inline(__always) public var nrPages: Int { 1 << order }
@@ -71,30 +71,30 @@ public struct Folio: Hashable, @unchecked Sendable {
     // MARK: refcount (page_ref.h)
 
     /// folio_ref_count
-    @inline(__always) public var refCount: Int32 { dax_atomic_read(&raw.pointee.refcount) }
+    @inline(__always) public var refCount: Int32 { dax_atomic_read(dax_page_refcount(raw)) }
     /// folio_set_count
-    @inline(__always) public func setCount(_ v: Int32) { dax_atomic_set(&raw.pointee.refcount, v) }
+    @inline(__always) public func setCount(_ v: Int32) { dax_atomic_set(dax_page_refcount(raw), v) }
     /// folio_ref_inc: no check (fs/dax takes idle folios 0 -> 1 with it).
-    @inline(__always) public func refInc() { dax_atomic_add(&raw.pointee.refcount, 1) }
+    @inline(__always) public func refInc() { dax_atomic_add(dax_page_refcount(raw), 1) }
     /// folio_ref_add
-    @inline(__always) public func refAdd(_ n: Int32) { dax_atomic_add(&raw.pointee.refcount, n) }
+    @inline(__always) public func refAdd(_ n: Int32) { dax_atomic_add(dax_page_refcount(raw), n) }
     /// folio_ref_sub_return
-    @inline(__always) public func refSubReturn(_ n: Int32) -> Int32 { dax_atomic_sub_return(&raw.pointee.refcount, n) }
+    @inline(__always) public func refSubReturn(_ n: Int32) -> Int32 { dax_atomic_sub_return(dax_page_refcount(raw), n) }
     /// folio_ref_try_add: add unless the count is 0.
-    @inline(__always) public func refTryAdd(_ n: Int32) -> Bool { dax_atomic_add_unless(&raw.pointee.refcount, n, 0) }
+    @inline(__always) public func refTryAdd(_ n: Int32) -> Bool { dax_atomic_add_unless(dax_page_refcount(raw), n, 0) }
 
     // MARK: mapcounts (all stored -1 biased)
 
     /// folio_mapcount: PTE/PMD/PUD entries mapping any part of the folio.
     @inline(__always) public var mapcount: Int32 {
-        isLarge ? dax_atomic_read(&second.pointee.large_mapcount) + 1 : dax_atomic_read(&raw.pointee.mapcount) + 1
+        isLarge ? dax_atomic_read(dax_page_large_mapcount(second)) + 1 : dax_atomic_read(dax_page_mapcount(raw)) + 1
     }
     /// folio_entire_mapcount
     @inline(__always) public var entireMapcount: Int32 {
-        isLarge ? dax_atomic_read(&second.pointee.entire_mapcount) + 1 : 0
+        isLarge ? dax_atomic_read(dax_page_entire_mapcount(second)) + 1 : 0
     }
     /// folio->_nr_pages_mapped
-    @inline(__always) public var nrPagesMapped: Int32 { isLarge ? dax_atomic_read(&second.pointee.nr_pages_mapped) : 0 }
+    @inline(__always) public var nrPagesMapped: Int32 { isLarge ? dax_atomic_read(dax_page_nr_pages_mapped(second)) : 0 }
     @inline(__always) public var isMapped: Bool { mapcount > 0 }
 
     // MARK: pins
@@ -102,7 +102,7 @@ public struct Folio: Hashable, @unchecked Sendable {
     /// folio_has_pincount: every large folio on 64-bit.
     @inline(__always) public var hasPincount: Bool { isLarge }
     /// folio->_pincount (large folios only).
-    @inline(__always) public var pincount: Int32 { isLarge ? dax_atomic_read(&second.pointee.pincount) : 0 }
+    @inline(__always) public var pincount: Int32 { isLarge ? dax_atomic_read(dax_page_pincount(second)) : 0 }
     /// folio_maybe_dma_pinned
     @inline(__always) public var maybeDmaPinned: Bool {
         if hasPincount { return pincount > 0 }
@@ -142,18 +142,18 @@ public struct Folio: Hashable, @unchecked Sendable {
 @inline(__always)
 func prepCompoundHead(_ head: Page, order: Int) {
     let p1 = head.raw + 1
-    let f = dax_load_u64(&p1.pointee.flags) & ~DAX_PAGE_ORDER_MASK
-    dax_store_u64(&p1.pointee.flags, f | UInt64(order))
-    dax_atomic_set(&p1.pointee.large_mapcount, -1)
-    dax_atomic_set(&p1.pointee.entire_mapcount, -1)
-    dax_atomic_set(&p1.pointee.nr_pages_mapped, 0)
-    dax_atomic_set(&p1.pointee.pincount, 0)
+    let f = dax_load_u64(dax_page_flags(p1)) & ~DAX_PAGE_ORDER_MASK
+    dax_store_u64(dax_page_flags(p1), f | UInt64(order))
+    dax_atomic_set(dax_page_large_mapcount(p1), -1)
+    dax_atomic_set(dax_page_entire_mapcount(p1), -1)
+    dax_atomic_set(dax_page_nr_pages_mapped(p1), 0)
+    dax_atomic_set(dax_page_pincount(p1), 0)
 }
 
 /// prep_compound_tail: point a tail at its head.
 @inline(__always)
 func prepCompoundTail(_ head: Page, _ tail: Page) {
-    dax_store_u64(&tail.raw.pointee.compound_head, UInt64(UInt(bitPattern: head.raw)) | DAX_COMPOUND_TAIL)
+    dax_store_u64(dax_page_compound_head(tail.raw), UInt64(UInt(bitPattern: head.raw)) | DAX_COMPOUND_TAIL)
 }
 
 /// prep_compound_page: make head..head+2^order one folio.
@@ -169,7 +169,7 @@ func resetCompound(_ folio: Folio) {
     let n = folio.nrPages
     if folio.isLarge {
         let p1 = folio.raw + 1
-        dax_store_u64(&p1.pointee.flags, dax_load_u64(&p1.pointee.flags) & ~DAX_PAGE_ORDER_MASK)
+        dax_store_u64(dax_page_flags(p1), dax_load_u64(dax_page_flags(p1)) & ~DAX_PAGE_ORDER_MASK)
         p1.pointee.large_mapcount = 0
         p1.pointee.entire_mapcount = 0
         p1.pointee.nr_pages_mapped = 0
@@ -178,6 +178,6 @@ func resetCompound(_ folio: Folio) {
     for i in 0..<n {
         let p = folio.page(i)
         p.clear(DAX_PG_head)
-        dax_store_u64(&p.raw.pointee.compound_head, 0)
+        dax_store_u64(dax_page_compound_head(p.raw), 0)
     }
 }

@@ -54,9 +54,7 @@ func folioFree(_ k: KernelRef, _ folio: Folio) {
 func waitWord(_ k: KernelRef, _ addr: UnsafeRawPointer) -> UnsafeMutablePointer<UInt32> {
     var h = UInt(bitPattern: addr) >> 6
     h ^= h >> 8
-    return withUnsafeMutablePointer(to: &k.pointee.wait_table) {
-        $0.withMemoryRebound(to: UInt32.self, capacity: 256) { $0 + Int(h & 255) }
-    }
+    return dax_kernel_wait_table(k) + Int(h & 255)
 }
 
 /// wake_up_var: wakes every waiter hashed to `addr`'s bucket; they recheck.

@@ -85,21 +85,21 @@ public enum PT {
 @inline(__always)
 func ptAllocTable(_ k: KernelRef) -> EntryPtr? {
     // Free list first (tagged head: table address | 12-bit ABA tag).
-    var head = dax_load_u64(&k.pointee.pt_free)
+    var head = dax_load_u64(dax_kernel_pt_free(k))
     while head & ~UInt64(pageSize - 1) != 0 {
         let table = EntryPtr(bitPattern: UInt(head & ~UInt64(pageSize - 1)))!
         let next = dax_load_u64(table)   // pool memory: always mapped
         let tag = (head &+ 1) & UInt64(pageSize - 1)
-        if dax_cmpxchg_u64(&k.pointee.pt_free, &head, (next & ~UInt64(pageSize - 1)) | tag) {
+        if dax_cmpxchg_u64(dax_kernel_pt_free(k), &head, (next & ~UInt64(pageSize - 1)) | tag) {
             dax_store_u64(table, 0)
-            dax_atomic64_add(&k.pointee.pt_in_use, 1)
+            dax_atomic64_add(dax_kernel_pt_in_use(k), 1)
             modNodeStat(k, DAX_NR_PAGETABLE, 1)
             return table
         }
     }
-    let idx = dax_atomic64_add_return(&k.pointee.pt_next, 1) - 1
+    let idx = dax_atomic64_add_return(dax_kernel_pt_next(k), 1) - 1
     guard UInt64(idx) < k.pointee.pt_pool_pages else { return nil }
-    dax_atomic64_add(&k.pointee.pt_in_use, 1)
+    dax_atomic64_add(dax_kernel_pt_in_use(k), 1)
     modNodeStat(k, DAX_NR_PAGETABLE, 1)
     return UnsafeMutableRawPointer(k.pointee.pt_pool + Int(idx) * pageSize).assumingMemoryBound(to: UInt64.self)
 }
@@ -108,12 +108,12 @@ func ptAllocTable(_ k: KernelRef) -> EntryPtr? {
 @inline(__always)
 func ptFreeTable(_ k: KernelRef, _ table: EntryPtr) {
     UnsafeMutableRawPointer(table).initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
-    var head = dax_load_u64(&k.pointee.pt_free)
+    var head = dax_load_u64(dax_kernel_pt_free(k))
     repeat {
         dax_store_u64(table, head & ~UInt64(pageSize - 1))
-    } while !dax_cmpxchg_u64(&k.pointee.pt_free, &head,
+    } while !dax_cmpxchg_u64(dax_kernel_pt_free(k), &head,
                              UInt64(UInt(bitPattern: table)) | (head & UInt64(pageSize - 1)))
-    dax_atomic64_add(&k.pointee.pt_in_use, -1)
+    dax_atomic64_add(dax_kernel_pt_in_use(k), -1)
     modNodeStat(k, DAX_NR_PAGETABLE, -1)
 }
 
@@ -139,7 +139,7 @@ public func pmdLockptr(_ k: KernelRef, _ pmd: EntryPtr) -> UnsafeMutablePointer<
 /// pud_lockptr: mm->page_table_lock.
 @inline(__always)
 public func pudLockptr(_ mm: MMRef) -> UnsafeMutablePointer<UInt32> {
-    withUnsafeMutablePointer(to: &mm.pointee.page_table_lock) { $0 }
+    dax_mm_page_table_lock(mm)
 }
 
 // MARK: walking (pgd_offset, pud_offset, ...) and allocation (__pud_alloc, ...)
@@ -168,7 +168,7 @@ func populateTable(_ mm: MMRef, _ entry: EntryPtr, lock: UnsafeMutablePointer<UI
     dax_spin_lock(lock)
     if entryNone(dax_load_u64(entry)) {
         dax_store_u64(entry, UInt64(UInt(bitPattern: table)) | PT.table)
-        dax_atomic64_add(&mm.pointee.pgtables_bytes, Int64(pageSize))
+        dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))
         dax_spin_unlock(lock)
     } else {
         dax_spin_unlock(lock)
@@ -234,18 +234,10 @@ public func walk(_ mm: MMRef, _ addr: UInt64) -> PageWalk {
 
 @inline(__always)
 public func addMMCounter(_ mm: MMRef, _ counter: dax_mm_counter, _ delta: Int64) {
-    withUnsafeMutablePointer(to: &mm.pointee.rss) {
-        $0.withMemoryRebound(to: Int64.self, capacity: Int(DAX_NR_MM_COUNTERS.rawValue)) {
-            dax_atomic64_add($0 + Int(counter.rawValue), delta)
-        }
-    }
+    dax_atomic64_add(dax_mm_rss(mm) + Int(counter.rawValue), delta)
 }
 
 @inline(__always)
 public func getMMCounter(_ mm: MMRef, _ counter: dax_mm_counter) -> Int64 {
-    withUnsafeMutablePointer(to: &mm.pointee.rss) {
-        $0.withMemoryRebound(to: Int64.self, capacity: Int(DAX_NR_MM_COUNTERS.rawValue)) {
-            dax_atomic64_read($0 + Int(counter.rawValue))
-        }
-    }
+    dax_atomic64_read(dax_mm_rss(mm) + Int(counter.rawValue))
 }

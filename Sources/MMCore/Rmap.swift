@@ -62,25 +62,25 @@ func folioAddRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nrPages: Int, 
     switch level {
     case .pte:
         if !folio.isLarge {
-            return (incAndTest(&page.raw.pointee.mapcount) ? 1 : 0, 0)
+            return (incAndTest(dax_page_mapcount(page.raw)) ? 1 : 0, 0)
         }
         var first: Int32 = 0
-        for i in 0..<nrPages where incAndTest(&page.raw[i].mapcount) { first += 1 }
+        for i in 0..<nrPages where incAndTest(dax_page_mapcount(page.raw + i)) { first += 1 }
         if first > 0 {
-            let mapped = dax_atomic_add_return(&p1.pointee.nr_pages_mapped, first)
+            let mapped = dax_atomic_add_return(dax_page_nr_pages_mapped(p1), first)
             if mapped < entirelyMapped { nr = first }
         }
-        dax_atomic_add(&p1.pointee.large_mapcount, Int32(nrPages))
+        dax_atomic_add(dax_page_large_mapcount(p1), Int32(nrPages))
     case .pmd, .pud:
-        if incAndTest(&p1.pointee.entire_mapcount) {
-            let mapped = dax_atomic_add_return(&p1.pointee.nr_pages_mapped, entirelyMapped)
+        if incAndTest(dax_page_entire_mapcount(p1)) {
+            let mapped = dax_atomic_add_return(dax_page_nr_pages_mapped(p1), entirelyMapped)
             if mapped < entirelyMapped &+ entirelyMapped {
                 let n = Int32(folio.nrPages)
                 if level == .pmd { nrPmdmapped = n }
                 nr = max(0, n - (mapped & folioPagesMapped))
             }
         }
-        dax_atomic_add(&p1.pointee.large_mapcount, 1)
+        dax_atomic_add(dax_page_large_mapcount(p1), 1)
     }
     return (nr, nrPmdmapped)
 }
@@ -94,16 +94,16 @@ func folioRemoveRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nrPages: In
     switch level {
     case .pte:
         if !folio.isLarge {
-            let v = dax_atomic_add_return(&page.raw.pointee.mapcount, -1)
+            let v = dax_atomic_add_return(dax_page_mapcount(page.raw), -1)
             if v < -1 {
                 vmReport(k, page, rule: "VM_WARN_ON_FOLIO(page_mapcount(page) < 0)", function: "__folio_remove_rmap")
             }
             return (v == -1 ? 1 : 0, 0)
         }
-        let lm = dax_atomic_add_return(&p1.pointee.large_mapcount, -Int32(nrPages))
+        let lm = dax_atomic_add_return(dax_page_large_mapcount(p1), -Int32(nrPages))
         var last: Int32 = 0
         for i in 0..<nrPages {
-            let v = dax_atomic_add_return(&page.raw[i].mapcount, -1)
+            let v = dax_atomic_add_return(dax_page_mapcount(page.raw + i), -1)
             if v == -1 { last += 1 }
             if v < -1 {
                 vmReport(k, Page(page.raw + i), rule: "VM_WARN_ON_FOLIO(page_mapcount(page) < 0)", function: "__folio_remove_rmap")
@@ -113,17 +113,17 @@ func folioRemoveRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nrPages: In
             vmReport(k, page, rule: "VM_WARN_ON_FOLIO(folio_large_mapcount(folio) < 0)", function: "__folio_remove_rmap")
         }
         if last > 0 {
-            let mapped = dax_atomic_add_return(&p1.pointee.nr_pages_mapped, -last)
+            let mapped = dax_atomic_add_return(dax_page_nr_pages_mapped(p1), -last)
             if mapped < entirelyMapped { nr = last }
         }
     case .pmd, .pud:
-        let lm = dax_atomic_add_return(&p1.pointee.large_mapcount, -1)
-        let em = dax_atomic_add_return(&p1.pointee.entire_mapcount, -1)
+        let lm = dax_atomic_add_return(dax_page_large_mapcount(p1), -1)
+        let em = dax_atomic_add_return(dax_page_entire_mapcount(p1), -1)
         if em < -1 || lm < -1 {
             vmReport(k, page, rule: "VM_WARN_ON_FOLIO(folio_entire_mapcount(folio) < 0)", function: "__folio_remove_rmap")
         }
         if em == -1 {
-            let mapped = dax_atomic_add_return(&p1.pointee.nr_pages_mapped, -entirelyMapped)
+            let mapped = dax_atomic_add_return(dax_page_nr_pages_mapped(p1), -entirelyMapped)
             if mapped < entirelyMapped {
                 let n = Int32(folio.nrPages)
                 if level == .pmd { nrPmdmapped = n }

@@ -41,8 +41,6 @@
 
 #define CDAX_INLINE static inline __attribute__((__always_inline__))
 
-#include "dax_mm.h"
-
 /* ------------------------------------------------------------------------ */
 /* struct dax_page: one record per 4 KiB pfn                                  */
 /* ------------------------------------------------------------------------ */
@@ -167,6 +165,9 @@ CDAX_INLINE void dax_clear_bit_unlock(int bit, uint64_t *word)
 {
 	(void)__atomic_fetch_and(word, ~(1ull << bit), __ATOMIC_RELEASE);
 }
+
+/* The mm port's records (they refer to struct dax_page). */
+#include "dax_mm.h"
 
 /* ------------------------------------------------------------------------ */
 /* Constants the importer cannot see or that older headers lack              */

@@ -343,4 +343,35 @@ struct dax_mm {
 	uint64_t id;
 };
 
+
+/* Field addresses for Swift. Taking `&p.pointee.field` in Swift is an inout
+ * access the thread sanitizer reports as a race when two threads update the
+ * same atomic field; these return the address without one. */
+DAX_MM_INLINE uint64_t *dax_page_flags(struct dax_page *p) { return &p->flags; }
+DAX_MM_INLINE int32_t *dax_page_refcount(struct dax_page *p) { return &p->refcount; }
+DAX_MM_INLINE int32_t *dax_page_mapcount(struct dax_page *p) { return &p->mapcount; }
+DAX_MM_INLINE uint64_t *dax_page_compound_head(struct dax_page *p) { return &p->compound_head; }
+DAX_MM_INLINE int32_t *dax_page_large_mapcount(struct dax_page *p) { return &p->large_mapcount; }
+DAX_MM_INLINE int32_t *dax_page_entire_mapcount(struct dax_page *p) { return &p->entire_mapcount; }
+DAX_MM_INLINE int32_t *dax_page_pincount(struct dax_page *p) { return &p->pincount; }
+DAX_MM_INLINE int32_t *dax_page_nr_pages_mapped(struct dax_page *p) { return &p->nr_pages_mapped; }
+DAX_MM_INLINE uint32_t *dax_kernel_section_lock(struct dax_kernel *p) { return &p->section_lock; }
+DAX_MM_INLINE int64_t *dax_kernel_pt_in_use(struct dax_kernel *p) { return &p->pt_in_use; }
+DAX_MM_INLINE uint64_t *dax_kernel_pt_free(struct dax_kernel *p) { return &p->pt_free; }
+DAX_MM_INLINE int64_t *dax_kernel_stats(struct dax_kernel *p) { return &p->stats[0]; }
+DAX_MM_INLINE struct dax_page_report *dax_kernel_reports(struct dax_kernel *p) { return &p->reports[0]; }
+DAX_MM_INLINE uint32_t *dax_kernel_wait_table(struct dax_kernel *p) { return &p->wait_table[0]; }
+DAX_MM_INLINE int64_t *dax_kernel_report_seq(struct dax_kernel *p) { return &p->report_seq; }
+DAX_MM_INLINE int64_t *dax_kernel_report_lost(struct dax_kernel *p) { return &p->report_lost; }
+DAX_MM_INLINE int64_t *dax_kernel_pt_next(struct dax_kernel *p) { return &p->pt_next; }
+DAX_MM_INLINE struct dax_rwsem *dax_mm_mmap_lock(struct dax_mm *p) { return &p->mmap_lock; }
+DAX_MM_INLINE int64_t *dax_mm_pgtables_bytes(struct dax_mm *p) { return &p->pgtables_bytes; }
+DAX_MM_INLINE int64_t *dax_mm_rss(struct dax_mm *p) { return &p->rss[0]; }
+DAX_MM_INLINE uint32_t *dax_mm_page_table_lock(struct dax_mm *p) { return &p->page_table_lock; }
+DAX_MM_INLINE int64_t *dax_pgmap_ref(struct dax_pgmap *p) { return &p->ref; }
+DAX_MM_INLINE int64_t *dax_pgmap_lookups(struct dax_pgmap *p) { return &p->lookups; }
+DAX_MM_INLINE uint32_t *dax_pgmap_done(struct dax_pgmap *p) { return &p->done; }
+DAX_MM_INLINE uint32_t *dax_pgmap_dead(struct dax_pgmap *p) { return &p->dead; }
+DAX_MM_INLINE uint64_t *dax_page_report_seq(struct dax_page_report *p) { return &p->seq; }
+
 #endif /* DAX_MM_H */
