@@ -82,10 +82,10 @@ struct MemremapValidationTests {
         #expect(pageToPfn(k.ref, first) == pfnOf(base), "memremap_pages returns the start of ranges[0]")
     }
 
-    @Test("vmemmap_shift above the PUD order is -EINVAL")
-    func shiftTooLarge() throws {
+    @Test("vmemmap_shift above the PUD order (or negative) is -EINVAL", arguments: [pudOrder + 1, -1])
+    func shiftTooLarge(shift: Int) throws {
         let k = try makeKernel()
-        let pg = DevPagemap(kernel: k, type: .fsDax, ranges: [phys(base, 2 * GiB)], vmemmapShift: pudOrder + 1)
+        let pg = DevPagemap(kernel: k, type: .fsDax, ranges: [phys(base, 2 * GiB)], vmemmapShift: shift)
         expectMMError(.invalid) { try pg.memremapPages() }
         #expect(!pg.isLive)
     }
