@@ -278,4 +278,55 @@ struct RmapTests {
         #expect(want.contains { rule.contains($0) }, "rule: \(rule)")
         #expect(reports.first?.function == "__folio_rmap_sanity_checks")
     }
+
+    // MARK: concurrency (rmap runs under different PT locks at once)
+
+    /// The stat update follows the mapcount transition non-atomically (as in
+    /// the kernel), so NR_FILE_MAPPED may be transiently off; only the final
+    /// balance is a rule.
+    @Test("concurrent PTE map/unmap of one small folio: first/last detection balances exactly")
+    func concurrentSmall() throws {
+        let k = try makeKernel()
+        let pg = try mapped(k, .fsDax, size: 2 * MiB)
+        let page = pg.firstPage().advanced(by: 1)
+        let f = page.folio
+        let ready = Shared(0)
+        let threads = (0..<2).map { _ in
+            TestThread {
+                ready.withLock { $0 += 1 }
+                while ready.value < 2 {}
+                for _ in 0..<20_000 {
+                    folioAddFileRmapPte(k.ref, f, page)
+                    folioRemoveRmapPte(k.ref, f, page)
+                }
+            }
+        }
+        threads.forEach { $0.join() }
+        #expect(f.mapcount == 0)
+        #expect(stat(k, fileMapped) == 0)
+        #expect(k.drainReports().isEmpty)
+    }
+
+    @Test("concurrent PTE map/unmap of different pages of one large folio balances every counter")
+    func concurrentLarge() throws {
+        let k = try makeKernel()
+        let pg = try mapped(k, .fsDax, size: 2 * MiB, shift: pmdOrder)
+        let f = pg.firstPage().folio
+        let ready = Shared(0)
+        let threads = (0..<2).map { t in
+            TestThread {
+                ready.withLock { $0 += 1 }
+                while ready.value < 2 {}
+                for i in 0..<20_000 {
+                    let p = f.page(t * 256 + i % 256)
+                    folioAddFileRmapPte(k.ref, f, p)
+                    folioRemoveRmapPte(k.ref, f, p)
+                }
+            }
+        }
+        threads.forEach { $0.join() }
+        #expect(f.mapcount == 0 && f.nrPagesMapped == 0 && f.entireMapcount == 0)
+        #expect(stat(k, fileMapped) == 0)
+        #expect(k.drainReports().isEmpty)
+    }
 }
