@@ -58,7 +58,7 @@ public final class DevPagemap: @unchecked Sendable {
     /// The owner cookie PRIVATE/COHERENT require (passed to page_free).
     public let owner: UnsafeMutableRawPointer?
 
-    enum State { case new, live, dying, gone }
+    enum State { case new, mapping, live, dying, unmapping, gone }
     private let state = Mutex(State.new)
     private static let ids = Atomic<UInt64>(1)
 
@@ -88,7 +88,7 @@ public final class DevPagemap: @unchecked Sendable {
 
     deinit {
         let s = state.withLock { $0 }
-        if s == .live || s == .dying {
+        if s == .live || s == .dying || s == .unmapping {
             // Still mapped in the vmemmap: tear down without waiting so no
             // page points at freed memory. Holders are the caller's bug.
             teardown(upTo: ranges.count)
@@ -123,8 +123,10 @@ public final class DevPagemap: @unchecked Sendable {
     /// address). On a failure in range i, ranges 0..<i are undone.
     @discardableResult
     public func memremapPages(nid: Int = 0) throws(MMError) -> Page {
-        let current = state.withLock { $0 }
+        let current = state.withLock { s -> State in let c = s; if c == .new { s = .mapping }; return c }
         guard current == .new else { throw .invalid("pgmap \(ref.pointee.id) already mapped (\(current))") }
+        var ok = false
+        defer { if !ok { state.withLock { $0 = .new } } }
         guard !ranges.isEmpty else { throw .invalid("memremap_pages: nr_range == 0") }
         switch type {
         case .devicePrivate:
@@ -155,6 +157,7 @@ public final class DevPagemap: @unchecked Sendable {
                 throw error
             }
         }
+        ok = true
         state.withLock { $0 = .live }
         return firstPage()
     }
@@ -163,22 +166,23 @@ public final class DevPagemap: @unchecked Sendable {
     private func pagemapRange(_ r: PhysicalRange, index: Int) throws(MMError) {
         let k = kernel.ref
         // Sub-section (2 MiB) granularity, as __add_pages requires.
+        guard r.end > r.start else { throw .invalid("empty range \(r)") }
+        let entry = Registry.Entry(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref, owner: ObjectIdentifier(self))
+        guard kernel.registry.insert(entry) else {
+            throw .noMemory("range \(r) conflicts with an existing dev_pagemap")
+        }
+        if kernel.registry.intersectsSystemRAM(r.start...r.end) {
+            throw .noDevice("range \(r) intersects System RAM")
+        }
+        guard r.endPfn <= kernel.maxPfn else {
+            throw .invalid("mhp_range_allowed: range \(r) beyond the \(kernel.physBits)-bit physical address space")
+        }
         let subsection = UInt64(pmdSize)
         guard r.start % subsection == 0, (r.end + 1) % subsection == 0, r.end > r.start else {
             throw .invalid("range \(r) is not aligned to the 2 MiB sub-section size")
         }
         guard r.size % (UInt64(pageSize) << UInt64(vmemmapShift)) == 0 else {
             throw .invalid("range \(r) is not a whole number of order-\(vmemmapShift) folios")
-        }
-        guard r.endPfn <= kernel.maxPfn else {
-            throw .invalid("mhp_range_allowed: range \(r) beyond the \(kernel.physBits)-bit physical address space")
-        }
-        if kernel.registry.intersectsSystemRAM(r.start...r.end) {
-            throw .noDevice("range \(r) intersects System RAM")
-        }
-        let entry = Registry.Entry(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref, owner: ObjectIdentifier(self))
-        guard kernel.registry.insert(entry) else {
-            throw .noMemory("range \(r) conflicts with an existing dev_pagemap")
         }
         try kernel.populateSections(startPfn: r.startPfn, endPfn: r.endPfn)
         memmapInitZoneDevice(k, r)
@@ -230,11 +234,10 @@ public final class DevPagemap: @unchecked Sendable {
     /// `.busy` naming who still holds references (the pgmap stays dying; call
     /// again to keep waiting).
     public func memunmapPages(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
-        let s = state.withLock { $0 }
+        let s = state.withLock { s -> State in let c = s; if c == .live { s = .dying }; return c }
         switch s {
-        case .new, .gone: throw .invalid("pgmap \(ref.pointee.id) is not mapped")
+        case .new, .mapping, .gone, .unmapping: throw .invalid("pgmap \(ref.pointee.id) is not mapped")
         case .live:
-            state.withLock { $0 = .dying }
             __atomic_store_dead(ref)
             if type.refsPerFolioAtCreation {
                 dax_pgmap_put_many(ref, Int64(nrFolios))
@@ -248,6 +251,8 @@ public final class DevPagemap: @unchecked Sendable {
             dax_load_u32(dax_pgmap_done(ref)) != 0
         }
         guard ok else { throw .busy(holdersReport()) }
+        let mine = state.withLock { s -> Bool in if s == .dying { s = .unmapping; return true }; return false }
+        guard mine else { throw .invalid("pgmap \(ref.pointee.id) is being unmapped by another caller") }
         teardown(upTo: ranges.count)
         state.withLock { $0 = .gone }
     }
@@ -285,8 +290,13 @@ public final class DevPagemap: @unchecked Sendable {
             }
             let s0 = r.startPfn / UInt64(pagesPerSection) * UInt64(pagesPerSection)
             let s1 = (r.endPfn + UInt64(pagesPerSection) - 1) / UInt64(pagesPerSection) * UInt64(pagesPerSection)
-            if !kernel.registry.othersOverlap(startPfn: s0, endPfn: s1, except: ObjectIdentifier(self)) {
-                kernel.depopulateSections(startPfn: s0, endPfn: min(s1, kernel.maxPfn))
+            var sec = s0
+            while sec < s1 {
+                let next = sec + UInt64(pagesPerSection)
+                if !kernel.registry.othersOverlap(startPfn: sec, endPfn: next, except: ObjectIdentifier(self)) {
+                    kernel.depopulateSections(startPfn: sec, endPfn: min(next, kernel.maxPfn))
+                }
+                sec = next
             }
         }
     }
@@ -306,7 +316,7 @@ public func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePo
     -> UnsafeMutablePointer<dax_pgmap>?
 {
     if let c = cached {
-        if pfn >= c.pointee.first_pfn && pfn < c.pointee.end_pfn { return c }
+        if pfn >= c.pointee.first_pfn && pfn < c.pointee.end_pfn && kernel.registry.lookup(pfn: pfn) == c { return c }
         putDevPagemap(c)
     }
     guard let p = kernel.registry.lookup(pfn: pfn), dax_pgmap_tryget_live(p) else { return nil }
