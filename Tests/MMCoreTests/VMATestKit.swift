@@ -9,12 +9,12 @@ import MMTestSupport
 enum VMAKit {
     /// The errno of an MMError.errno thrown by `body`; nil if nothing was
     /// thrown, -1 for another MMError case.
-    static func errno(_ body: () throws(MMError) -> Void) -> Int32? {
+    static func errno(_ body: () throws -> Void) -> Int32? {
         do {
             try body()
             return nil
         } catch {
-            if case .errno(let e, _) = error { return e }
+            if case .errno(let e, _)? = error as? MMError { return e }
             return -1
         }
     }
