@@ -124,13 +124,13 @@ struct VMAOpsTests {
     }
 
     @Test("mprotect dropping PROT_WRITE write-protects present entries; write faults then SIGSEGV; after PROT_WRITE returns a write fault re-establishes write with no counter change",
-          arguments: [0, 9])
+          arguments: [0, 9, 18])
     func mprotectWriteProtects(order: Int) throws {
-        let rig = try FaultRig(order: order, bytes: 4 << 20)
-        let len: UInt64 = order == 0 ? 64 << 10 : 2 << 20
+        let len: UInt64 = order == 0 ? 64 << 10 : UInt64(4096) << UInt64(order)
+        let rig = try FaultRig(order: order, bytes: max(len, 4 << 20))
         let a = try rig.mm.mmap(rig.map.request(length: len))
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
-        let entry = { order == 0 ? VMAKit.pte(rig.mm, a) : VMAKit.pmd(rig.mm, a) }
+        let entry = { order == 0 ? VMAKit.pte(rig.mm, a) : order == pmdOrder ? VMAKit.pmd(rig.mm, a) : VMAKit.pud(rig.mm, a) }
         #expect(entryWrite(entry()))
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -148,8 +148,8 @@ struct VMAOpsTests {
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
         #expect(entryWrite(entry()) && entryDirty(entry()))
         #expect(VMAKit.counters(rig, f) == before)
-        if order == pmdOrder {
-            // wp_huge_pmd -> huge_fault -> vmf_insert_folio_pmd upgrade.
+        if order > 0 {
+            // wp_huge_pmd/pud -> huge_fault -> vmf_insert_folio_pmd/pud upgrade.
             #expect(rig.map.state.pointee.faults == faults + 1)
         } else {
             // wp_page_shared without page_mkwrite: reused in place.
@@ -254,29 +254,70 @@ struct VMAOpsTests {
         rig.check()
     }
 
-    @Test("mremap MREMAP_MAYMOVE of a PMD-mapped VMA moves the PMD whole with its reference and entire mapcount")
-    func mremapMovePmd() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        var req = rig.map.request(length: 2 << 20)
+    @Test("mremap MREMAP_MAYMOVE of a PMD/PUD-mapped VMA moves the huge entry whole with its reference and entire mapcount",
+          arguments: [9, 18])
+    func mremapMoveHuge(order: Int) throws {
+        let size = UInt64(4096) << UInt64(order)
+        let rig = try FaultRig(order: order, bytes: 2 * size)
+        let entry = { (x: UInt64) in order == pmdOrder ? VMAKit.pmd(rig.mm, x) : VMAKit.pud(rig.mm, x) }
+        var req = rig.map.request(length: size)
         req.fixedAddress = Self.fixedBase
         let a = try rig.mm.mmap(req)
         var blocker = MMapRequest(length: 4096)
-        blocker.fixedAddress = a + (2 << 20)
+        blocker.fixedAddress = a + size
         _ = try rig.mm.mmap(blocker)
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
-        let e0 = VMAKit.pmd(rig.mm, a)
-        let b = try rig.mm.mremap(a, oldLength: 2 << 20, newLength: 4 << 20, mayMove: true)
-        #expect(b % (2 << 20) == 0)
-        #expect(VMAKit.pmd(rig.mm, b) == e0)
-        #expect(entryLeaf(VMAKit.pmd(rig.mm, b)) && entryPfn(VMAKit.pmd(rig.mm, b)) == rig.pgmap.ranges[0].startPfn)
-        #expect(!entryPresent(VMAKit.pmd(rig.mm, a)))
+        let e0 = entry(a)
+        #expect(entryLeaf(e0))
+        let b = try rig.mm.mremap(a, oldLength: size, newLength: 2 * size, mayMove: true)
+        #expect(b % size == 0)
+        #expect(entry(b) == e0)
+        #expect(entryLeaf(entry(b)) && entryPfn(entry(b)) == rig.pgmap.ranges[0].startPfn)
+        #expect(!entryPresent(entry(a)))
         #expect(VMAKit.counters(rig, f) == before)
         #expect(f.entireMapcount == 1)
         rig.check()
-        try rig.mm.munmap(b, 4 << 20)
+        try rig.mm.munmap(b, 2 * size)
         #expect(f.refCount == 1 && f.mapcount == 0 && rig.mm.rssFilePages == 0)
+        rig.check()
+    }
+
+    @Test("mremap argument errors: unaligned address -EINVAL; a range not inside one VMA -EFAULT; nothing changes")
+    func mremapArgumentErrors() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 32 << 10)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        req.fixedAddress = a + (32 << 10)
+        req.pgoff = 8
+        _ = try rig.mm.mmap(req)
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        #expect(VMAKit.errno { try rig.mm.mremap(a + 1, oldLength: 4096, newLength: 8192, mayMove: true) } == EINVAL)
+        #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 64 << 10, newLength: 128 << 10, mayMove: true) } == EFAULT)
+        #expect(VMAKit.errno { try rig.mm.mremap(Self.fixedBase - (1 << 20), oldLength: 4096, newLength: 8192, mayMove: true) } == EFAULT)
+        #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 0, newLength: 8192, mayMove: true) } == EINVAL)
+        #expect(rig.mm.vmaList().count == 2)
+        #expect(VMAKit.counters(rig, f) == before)
+        rig.check()
+    }
+
+    @Test("mprotect PROT_WRITE on a VMA without VM_MAYWRITE is -EACCES and changes nothing")
+    func mprotectNeedsMayWrite() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 32 << 10, prot: [.read])
+        req.mmapHook = { vma in
+            vma.pointee.vm_flags &= ~DAX_VM_MAYWRITE
+            return 0
+        }
+        let a = try rig.mm.mmap(req)
+        let flags = rig.mm.vmaList().first!.pointee.vm_flags
+        #expect(VMAKit.errno { try rig.mm.mprotect(a, 32 << 10, [.read, .write]) } == 13)
+        #expect(rig.mm.vmaList().first!.pointee.vm_flags == flags)
+        try rig.mm.mprotect(a, 32 << 10, [.read])
         rig.check()
     }
 
