@@ -513,3 +513,74 @@ struct GupTests {
         rig.check()
     }
 }
+
+@Suite("GUP (§6) fast-path rules and pin helpers")
+struct GupFastRuleTests {
+    @Test("GUP-fast refuses a writable long-term pin of a file mapping that needs dirty tracking and falls back to the slow path's -EFAULT")
+    func fastWritableLongtermFileFallsBack() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 64 << 10)
+        req.ops = VMAKit.writenotifyOps(rig.map)
+        let a = try rig.mm.mmap(req)
+        // A present, writable PTE: nothing else stops GUP-fast.
+        #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        #expect(entryWrite(VMAKit.pte(rig.mm, a)))
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        let pages = VMAKit.pages(1)
+        defer { pages.deallocate() }
+        #expect(pinUserPages(rig.mm.ref, a, 1, [.write, .longterm], pages) == Int(-EFAULT))
+        #expect(VMAKit.counters(rig, f) == before)
+        let n = pinUserPagesFast(rig.mm.ref, a, 1, [.write, .longterm], pages)
+        withKnownIssue("GUP.swift gupFast has no gup_fast_folio_allowed(): a file-backed folio is pinned FOLL_PIN|FOLL_LONGTERM|FOLL_WRITE without falling back") {
+            #expect(n == Int(-EFAULT))
+            #expect(VMAKit.counters(rig, f) == before)
+        }
+        if n > 0 { unpinUserPages(rig.kernel.ref, pages, n) }
+        #expect(f.refCount == before.ref)
+        rig.check()
+    }
+
+    @Test("FOLL_NOFAULT: an unfaulted address is -EFAULT without faulting; a mapped one is returned")
+    func noFault() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let pages = VMAKit.pages(2)
+        defer { pages.deallocate() }
+        #expect(getUserPages(rig.mm.ref, a, 1, [.nofault], pages) == Int(-EFAULT))
+        #expect(rig.mm.rssFilePages == 0)
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        #expect(getUserPages(rig.mm.ref, a, 2, [.nofault], pages) == 1, "stops at the first unmapped page")
+        putUserPages(rig.kernel.ref, pages, 1)
+        #expect(rig.folio(pgoff: 0).refCount == 2 && rig.mm.rssFilePages == 1)
+        rig.check()
+    }
+
+    @Test("folio_add_pin adds one pin with the same arithmetic; on an unpinned folio it WARNs", arguments: [0, 9])
+    func folioAddPinRules(order: Int) throws {
+        let rig = try FaultRig(order: order, bytes: 4 << 20)
+        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let f = rig.folio(pgoff: 0)
+        let pages = VMAKit.pages(1)
+        defer { pages.deallocate() }
+        #expect(pinUserPages(rig.mm.ref, a, 1, [], pages) == 1)
+        let r = f.refCount
+        folioAddPin(rig.kernel.ref, f)
+        if order == 0 {
+            #expect(f.refCount == r + 1024)
+        } else {
+            #expect(f.refCount == r + 1 && f.pincount == 2)
+        }
+        #expect(rig.kernel.drainReports().isEmpty)
+        unpinUserPage(rig.kernel.ref, f.head)
+        unpinUserPage(rig.kernel.ref, f.head)
+        #expect(f.refCount == 2 && !f.maybeDmaPinned)
+        rig.check()
+        // No pin before: a WARN (the pin is still added, as in the kernel).
+        folioAddPin(rig.kernel.ref, f)
+        #expect(rig.kernel.drainReports().map(\.function) == ["folio_add_pin"])
+        unpinUserPage(rig.kernel.ref, f.head)
+        #expect(f.refCount == 2)
+        rig.check()
+    }
+}
