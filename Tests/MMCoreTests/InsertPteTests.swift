@@ -425,9 +425,12 @@ struct InsertPteTests {
         }
         #expect(VMAKit.pte(rig.mm, addr) == e0)
         #expect(VMAKit.counters(rig, f) == bf && VMAKit.counters(rig, g) == bg)
-        // The kernel WARNs on the mismatch (not for the zero pfn); the port
-        // records nothing here (no struct page is required for a pfn).
-        _ = rig.kernel.drainReports()
+        // The kernel WARNs on the mismatch with mkwrite (not for the zero pfn);
+        // the mkwrite=false and vmf_insert_pfn calls never look at the pfn.
+        let reports = rig.kernel.drainReports()
+        withKnownIssue("Memory.swift insertPfn: the pfn-mismatch WARN_ON_ONCE of insert_pfn is not recorded") {
+            #expect(reports.count == 1)
+        }
         rig.check()
     }
 }
