@@ -158,6 +158,36 @@ struct VMAOpsTests {
         rig.check()
     }
 
+    @Test("mprotect of a middle part of a 4K-order VMA splits it in three and write-protects only that part")
+    func mprotectMiddleSplits() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        for i in 0..<16 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: true) & DAX_VM_FAULT_ERROR == 0) }
+        let before = (0..<16).map { VMAKit.counters(rig, rig.folio(pgoff: UInt64($0))) }
+        try rig.mm.mprotect(a + 4 * 4096, 4 * 4096, [.read])
+        let vmas = rig.mm.vmaList()
+        #expect(vmas.map { $0.pointee.vm_start } == [a, a + 4 * 4096, a + 8 * 4096])
+        #expect(vmas.map { $0.pointee.vm_pgoff } == [0, 4, 8])
+        #expect(vmas.map { $0.pointee.vm_flags & DAX_VM_WRITE != 0 } == [true, false, true])
+        for i in 0..<16 {
+            #expect(entryWrite(VMAKit.pte(rig.mm, a + UInt64(i) * 4096)) == !(4..<8).contains(i))
+        }
+        #expect((0..<16).map { VMAKit.counters(rig, rig.folio(pgoff: UInt64($0))) } == before)
+        #expect(rig.mm.handleFault(a + 5 * 4096, write: true) == DAX_VM_FAULT_SIGSEGV)
+        rig.check()
+    }
+
+    @Test("MAP_FIXED outside the user address range is -ENOMEM")
+    func mapFixedOutsideRange() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = MMapRequest(length: 4096)
+        req.fixedAddress = MM.mmapBase
+        #expect(VMAKit.errno { try rig.mm.mmap(req) } == ENOMEM)
+        req.fixedAddress = MM.mmapFloor - 4096
+        #expect(VMAKit.errno { try rig.mm.mmap(req) } == ENOMEM)
+        #expect(rig.mm.vmaList().isEmpty)
+    }
+
     @Test("mprotect over a range with a hole is -ENOMEM and changes nothing")
     func mprotectHoleIsENOMEM() throws {
         let rig = try FaultRig(order: 0, bytes: 2 << 20)

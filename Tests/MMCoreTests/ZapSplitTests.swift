@@ -208,4 +208,26 @@ struct ZapSplitTests {
         #expect(rig.kernel.pageTablesInUse == tables)
         rig.check()
     }
+    @Test("exit_mmap (the MM going away) zaps every entry at every level and frees every table including the pgd",
+          arguments: [0, 9])
+    func exitMmapUndoesEverything(order: Int) throws {
+        let rig = try FaultRig(order: order, bytes: 4 << 20)
+        let tables = rig.kernel.pageTablesInUse
+        let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED), pm = rig.kernel.stat(DAX_NR_FILE_PMDMAPPED)
+        let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: 512)
+        do {
+            let mm = try MM(kernel: rig.kernel)
+            let a = try mm.mmap(rig.map.request(length: 4 << 20))
+            #expect(mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+            #expect(mm.handleFault(a + (2 << 20), write: false) & DAX_VM_FAULT_ERROR == 0)
+            #expect(f.refCount == 2 && g.refCount == 2)
+            #expect(rig.kernel.pageTablesInUse > tables + 1)
+            #expect(invariants(mms: [mm], pgmaps: [rig.pgmap]).isEmpty)
+        }
+        #expect(f.refCount == 1 && f.mapcount == 0)
+        #expect(g.refCount == 1 && g.mapcount == 0)
+        #expect(rig.kernel.stat(DAX_NR_FILE_MAPPED) == fm && rig.kernel.stat(DAX_NR_FILE_PMDMAPPED) == pm)
+        #expect(rig.kernel.pageTablesInUse == tables)
+        rig.check()
+    }
 }
