@@ -212,6 +212,39 @@ struct InsertHugeTests {
         rig.check()
     }
 
+    @Test("PTE-mapped pages of a PMD-order folio beside its PMD mapping: one ref per entry; NR_FILE_MAPPED counts each page once")
+    func pteAndPmdMappingsOfOneFolio() throws {
+        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
+        let pmdVA = try rig.mm.mmap(rig.map.request(length: 2 << 20))
+        let pteVA = try rig.mm.mmap(rig.map.request(length: 2 << 20))
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        VMAKit.read(rig.mm) {
+            let vma = rig.mm.findVMA(pteVA)!
+            #expect(insertPage(vma, pteVA + 3 * 4096, f.page(3), vma.pointee.vm_page_prot, mkwrite: false) == 0)
+            #expect(insertPage(vma, pteVA + 4 * 4096, f.page(4), vma.pointee.vm_page_prot, mkwrite: false) == 0)
+        }
+        var c = VMAKit.counters(rig, f)
+        #expect(c.ref == before.ref + 2 && c.mapcount == 2 && c.entire == 0)
+        #expect(c.fileMapped == before.fileMapped + 2 && c.pmdMapped == before.pmdMapped && c.rss == 2)
+        #expect(f.page(3).pageMapcount == 1 && f.page(5).pageMapcount == 0)
+        rig.check()
+        #expect(rig.mm.handleFault(pmdVA, write: false) & DAX_VM_FAULT_ERROR == 0)
+        c = VMAKit.counters(rig, f)
+        #expect(c.ref == before.ref + 3 && c.mapcount == 3 && c.entire == 1)
+        #expect(c.fileMapped == before.fileMapped + 512, "pages already PTE-mapped are not counted again")
+        #expect(c.pmdMapped == before.pmdMapped + 512)
+        #expect(c.rss == 2 + 512)
+        rig.check()
+        try rig.mm.munmap(pmdVA, 2 << 20)
+        c = VMAKit.counters(rig, f)
+        #expect(c.ref == before.ref + 2 && c.entire == 0 && c.fileMapped == before.fileMapped + 2 && c.pmdMapped == before.pmdMapped)
+        rig.check()
+        try rig.mm.munmap(pteVA, 2 << 20)
+        #expect(VMAKit.counters(rig, f) == before)
+        rig.check()
+    }
+
     // MARK: 6.15 as merged
 
     @Test("6.15-as-merged mode: the huge entry is special but ref/mapcount/rss are taken; GUP refuses it (-EFAULT); zap drops the ref",
