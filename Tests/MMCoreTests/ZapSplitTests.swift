@@ -230,4 +230,24 @@ struct ZapSplitTests {
         #expect(rig.kernel.pageTablesInUse == tables)
         rig.check()
     }
+    @Test("fs-dax (zero-based) folios: zap returns them to idle refcount 0 with no report, at PTE and PMD level", arguments: [0, 9])
+    func fsdaxZapReturnsToIdle(order: Int) throws {
+        let rig = try FaultRig(type: .fsDax, order: order, bytes: 4 << 20)
+        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        #expect(before.ref == 0)
+        #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        #expect(f.refCount == 1 && f.mapcount == 1, "the temporary fs/dax reference is gone; the entry's stays")
+        let pages = VMAKit.pages(1)
+        defer { pages.deallocate() }
+        #expect(getUserPages(rig.mm.ref, a, 1, [], pages) == 1)
+        #expect(f.refCount == 2)
+        putUserPages(rig.kernel.ref, pages, 1)
+        rig.check(GupTests.ledger(rig, []))
+        try rig.mm.munmap(a, 4 << 20)
+        #expect(VMAKit.counters(rig, f) == before)
+        #expect(f.refCount == 0)
+        rig.check(GupTests.ledger(rig, []))
+    }
 }
