@@ -1,0 +1,372 @@
+// VMA operations: mmap (alignment, MAP_FIXED, the file's mmap hook), munmap,
+// mprotect (write-protect and the mkwrite re-fault) and mremap (shrink, grow,
+// move with the entries and their references).
+
+import CDax
+import Testing
+@testable import MMCore
+import MMTestSupport
+
+@Suite("VMA operations: mmap, munmap, mprotect, mremap")
+struct VMAOpsTests {
+    static let fixedBase: UInt64 = 0x5000_0000_0000
+
+    @Test("mmap returns an address aligned to the request's alignment",
+          arguments: [UInt64(4096), UInt64(2 << 20), UInt64(1 << 30)])
+    func mmapHonoursAlignment(alignment: UInt64) throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        // Something of an odd size first, so the top-down search must align.
+        _ = try rig.mm.mmap(MMapRequest(length: 3 * 4096))
+        var req = MMapRequest(length: 5 * 4096)
+        req.alignment = alignment
+        let a = try rig.mm.mmap(req)
+        #expect(a % alignment == 0)
+        let vma = try #require(VMAKit.read(rig.mm) { vmaLookup(rig.mm.ref, a) })
+        #expect(vma.pointee.vm_start == a && vma.pointee.vm_end == a + 5 * 4096)
+        #expect(rig.mm.vmaList().count == 2)
+        // The two do not overlap.
+        let l = rig.mm.vmaList()
+        #expect(l[0].pointee.vm_end <= l[1].pointee.vm_start)
+    }
+
+    @Test("mmap argument errors: zero length, bad alignment, unaligned MAP_FIXED are -EINVAL and leave no VMA")
+    func mmapArgumentErrors() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        let tables = rig.kernel.pageTablesInUse
+        #expect(VMAKit.errno { try rig.mm.mmap(MMapRequest(length: 0)) } == EINVAL)
+        var req = MMapRequest(length: 4096)
+        req.alignment = 3 * 4096
+        #expect(VMAKit.errno { try rig.mm.mmap(req) } == EINVAL)
+        req.alignment = 2048
+        #expect(VMAKit.errno { try rig.mm.mmap(req) } == EINVAL)
+        req = MMapRequest(length: 4096)
+        req.fixedAddress = Self.fixedBase + 100
+        #expect(VMAKit.errno { try rig.mm.mmap(req) } == EINVAL)
+        #expect(rig.mm.vmaList().isEmpty)
+        #expect(rig.kernel.pageTablesInUse == tables)
+    }
+
+    @Test("mmap hook returning -EINVAL refuses the mapping: no VMA, and a MAP_FIXED target keeps its old mapping")
+    func mmapHookRefusal() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 64 << 10)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        let e0 = VMAKit.pte(rig.mm, a)
+
+        var bad = rig.map.request(length: 64 << 10)
+        bad.mmapHook = { _ in -EINVAL }
+        #expect(VMAKit.errno { try rig.mm.mmap(bad) } == EINVAL)
+        #expect(rig.mm.vmaList().count == 1)
+        bad.fixedAddress = a
+        #expect(VMAKit.errno { try rig.mm.mmap(bad) } == EINVAL)
+        #expect(rig.mm.vmaList().count == 1)
+        #expect(VMAKit.pte(rig.mm, a) == e0)
+        #expect(VMAKit.counters(rig, f) == before)
+
+        // A hook that accepts runs on the new VMA before it is inserted.
+        var good = rig.map.request(length: 64 << 10)
+        good.mmapHook = { vma in
+            vma.pointee.vm_flags |= DAX_VM_DONTEXPAND
+            return 0
+        }
+        let b = try rig.mm.mmap(good)
+        #expect(VMAKit.read(rig.mm) { vmaLookup(rig.mm.ref, b)!.pointee.vm_flags } & DAX_VM_DONTEXPAND != 0)
+        rig.check()
+    }
+
+    @Test("MAP_FIXED over an existing mapping replaces it: old entries zapped and their references dropped")
+    func mapFixedReplaces() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 64 << 10)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        for i in 0..<4 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: true) & DAX_VM_FAULT_ERROR == 0) }
+        let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED)
+        var over = rig.map.request(length: 8192, pgoff: 100)
+        over.fixedAddress = a + 4096
+        #expect(try rig.mm.mmap(over) == a + 4096)
+        for i in [1, 2] {
+            let f = rig.folio(pgoff: UInt64(i))
+            #expect(f.refCount == 1 && f.mapcount == 0)
+        }
+        for i in [0, 3] {
+            let f = rig.folio(pgoff: UInt64(i))
+            #expect(f.refCount == 2 && f.mapcount == 1)
+        }
+        #expect(rig.mm.rssFilePages == 2)
+        #expect(rig.kernel.stat(DAX_NR_FILE_MAPPED) == fm - 2)
+        #expect(VMAKit.pte(rig.mm, a + 4096) == 0)
+        #expect(rig.mm.vmaList().count == 3)
+        // The new VMA faults from its own pgoff.
+        #expect(rig.mm.handleFault(a + 4096, write: false) & DAX_VM_FAULT_ERROR == 0)
+        #expect(rig.folio(pgoff: 100).refCount == 2)
+        #expect(entryPfn(VMAKit.pte(rig.mm, a + 4096)) == rig.pgmap.ranges[0].startPfn + 100)
+        rig.check()
+    }
+
+    @Test("munmap argument errors: unaligned start or zero length is -EINVAL; an empty range is a no-op")
+    func munmapArgumentErrors() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        #expect(VMAKit.errno { try rig.mm.munmap(a + 1, 4096) } == EINVAL)
+        #expect(VMAKit.errno { try rig.mm.munmap(a, 0) } == EINVAL)
+        #expect(VMAKit.errno { try rig.mm.munmap(Self.fixedBase, 4096) } == nil)
+        #expect(rig.mm.vmaList().count == 1)
+        #expect(VMAKit.counters(rig, f) == before)
+        rig.check()
+    }
+
+    @Test("mprotect dropping PROT_WRITE write-protects present entries; write faults then SIGSEGV; after PROT_WRITE returns a write fault re-establishes write with no counter change",
+          arguments: [0, 9, 18])
+    func mprotectWriteProtects(order: Int) throws {
+        let len: UInt64 = order == 0 ? 64 << 10 : UInt64(4096) << UInt64(order)
+        let rig = try FaultRig(order: order, bytes: max(len, 4 << 20))
+        let a = try rig.mm.mmap(rig.map.request(length: len))
+        #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        let entry = { order == 0 ? VMAKit.pte(rig.mm, a) : order == pmdOrder ? VMAKit.pmd(rig.mm, a) : VMAKit.pud(rig.mm, a) }
+        #expect(entryWrite(entry()))
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        let faults = rig.map.state.pointee.faults
+
+        try rig.mm.mprotect(a, len, [.read])
+        #expect(!entryWrite(entry()) && entryPresent(entry()))
+        #expect(VMAKit.counters(rig, f) == before)
+        #expect(rig.mm.handleFault(a, write: true) == DAX_VM_FAULT_SIGSEGV)
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        rig.check()
+
+        try rig.mm.mprotect(a, len, [.read, .write])
+        #expect(!entryWrite(entry()), "regaining VM_WRITE leaves the entries write-protected")
+        #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        #expect(entryWrite(entry()) && entryDirty(entry()))
+        #expect(VMAKit.counters(rig, f) == before)
+        if order > 0 {
+            // wp_huge_pmd/pud -> huge_fault -> vmf_insert_folio_pmd/pud upgrade.
+            #expect(rig.map.state.pointee.faults == faults + 1)
+        } else {
+            // wp_page_shared without page_mkwrite: reused in place.
+            #expect(rig.map.state.pointee.faults == faults)
+        }
+        rig.check()
+    }
+
+    @Test("mprotect of a middle part of a 4K-order VMA splits it in three and write-protects only that part")
+    func mprotectMiddleSplits() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        for i in 0..<16 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: true) & DAX_VM_FAULT_ERROR == 0) }
+        let before = (0..<16).map { VMAKit.counters(rig, rig.folio(pgoff: UInt64($0))) }
+        try rig.mm.mprotect(a + 4 * 4096, 4 * 4096, [.read])
+        let vmas = rig.mm.vmaList()
+        #expect(vmas.map { $0.pointee.vm_start } == [a, a + 4 * 4096, a + 8 * 4096])
+        #expect(vmas.map { $0.pointee.vm_pgoff } == [0, 4, 8])
+        #expect(vmas.map { $0.pointee.vm_flags & DAX_VM_WRITE != 0 } == [true, false, true])
+        for i in 0..<16 {
+            #expect(entryWrite(VMAKit.pte(rig.mm, a + UInt64(i) * 4096)) == !(4..<8).contains(i))
+        }
+        #expect((0..<16).map { VMAKit.counters(rig, rig.folio(pgoff: UInt64($0))) } == before)
+        #expect(rig.mm.handleFault(a + 5 * 4096, write: true) == DAX_VM_FAULT_SIGSEGV)
+        rig.check()
+    }
+
+    @Test("MAP_FIXED outside the user address range is -ENOMEM")
+    func mapFixedOutsideRange() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = MMapRequest(length: 4096)
+        req.fixedAddress = MM.mmapBase
+        #expect(VMAKit.errno { try rig.mm.mmap(req) } == ENOMEM)
+        req.fixedAddress = MM.mmapFloor - 4096
+        #expect(VMAKit.errno { try rig.mm.mmap(req) } == ENOMEM)
+        #expect(rig.mm.vmaList().isEmpty)
+    }
+
+    @Test("mprotect over a range with a hole is -ENOMEM and changes nothing")
+    func mprotectHoleIsENOMEM() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 64 << 10)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        req.fixedAddress = Self.fixedBase + (128 << 10)
+        _ = try rig.mm.mmap(req)
+        #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        let flags = rig.mm.vmaList().map { $0.pointee.vm_flags }
+        #expect(VMAKit.errno { try rig.mm.mprotect(a, 192 << 10, [.read]) } == ENOMEM)
+        #expect(VMAKit.errno { try rig.mm.mprotect(a, 192 << 10, [.read, .write]) } == ENOMEM)
+        #expect(rig.mm.vmaList().map { $0.pointee.vm_flags } == flags)
+        #expect(rig.mm.vmaList().count == 2)
+        #expect(entryWrite(VMAKit.pte(rig.mm, a)))
+        rig.check()
+    }
+
+    @Test("mremap shrink unmaps the tail and drops its references")
+    func mremapShrink() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let pages = VMAKit.pages(16)
+        defer { pages.deallocate() }
+        #expect(getUserPages(rig.mm.ref, a, 16, [], pages) == 16)
+        putUserPages(rig.kernel.ref, pages, 16)
+        let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED)
+        #expect(try rig.mm.mremap(a, oldLength: 64 << 10, newLength: 32 << 10, mayMove: false) == a)
+        for i in 0..<16 {
+            let f = rig.folio(pgoff: UInt64(i))
+            #expect(f.refCount == (i < 8 ? 2 : 1) && f.mapcount == (i < 8 ? 1 : 0))
+        }
+        #expect(rig.mm.rssFilePages == 8)
+        #expect(rig.kernel.stat(DAX_NR_FILE_MAPPED) == fm - 8)
+        #expect(rig.mm.vmaList().first?.pointee.vm_end == a + (32 << 10))
+        rig.check()
+    }
+
+    @Test("mremap grows in place when the space above is free; the new part faults from the right file offset")
+    func mremapGrowInPlace() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 32 << 10)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        let f0 = rig.folio(pgoff: 0)
+        let b0 = VMAKit.counters(rig, f0)
+        #expect(try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: false) == a)
+        #expect(rig.mm.vmaList().count == 1)
+        #expect(rig.mm.vmaList().first?.pointee.vm_end == a + (64 << 10))
+        #expect(VMAKit.counters(rig, f0) == b0)
+        #expect(rig.mm.handleFault(a + (48 << 10), write: false) & DAX_VM_FAULT_ERROR == 0)
+        #expect(entryPfn(VMAKit.pte(rig.mm, a + (48 << 10))) == rig.pgmap.ranges[0].startPfn + 12)
+        rig.check()
+    }
+
+    @Test("mremap MREMAP_MAYMOVE moves PTEs with their references: same pfns at the new address, old range empty, counters unchanged")
+    func mremapMovePtes() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 32 << 10)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        var blocker = MMapRequest(length: 4096)
+        blocker.fixedAddress = a + (32 << 10)
+        _ = try rig.mm.mmap(blocker)
+        for i in 0..<8 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: i % 2 == 0) & DAX_VM_FAULT_ERROR == 0) }
+        let folios = (0..<8).map { rig.folio(pgoff: UInt64($0)) }
+        let before = folios.map { VMAKit.counters(rig, $0) }
+        let oldEntries = (0..<8).map { VMAKit.pte(rig.mm, a + UInt64($0) * 4096) }
+
+        // Cannot grow in place; without MAYMOVE that is -ENOMEM and nothing moves.
+        #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: false) } == ENOMEM)
+        #expect(folios.map { VMAKit.counters(rig, $0) } == before)
+
+        let b = try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: true)
+        #expect(b != a)
+        #expect(folios.map { VMAKit.counters(rig, $0) } == before)
+        for i in 0..<8 {
+            let e = VMAKit.pte(rig.mm, b + UInt64(i) * 4096)
+            #expect(e == oldEntries[i], "the entry moves unchanged")
+            #expect(entryPfn(e) == rig.pgmap.ranges[0].startPfn + UInt64(i))
+            #expect(VMAKit.pte(rig.mm, a + UInt64(i) * 4096) == 0)
+        }
+        #expect(VMAKit.read(rig.mm) { vmaLookup(rig.mm.ref, a) } == nil)
+        let moved = try #require(VMAKit.read(rig.mm) { vmaLookup(rig.mm.ref, b) })
+        #expect(moved.pointee.vm_end == b + (64 << 10) && moved.pointee.vm_pgoff == 0)
+        rig.check()
+        // The grown part faults from the right offset; munmap drops everything.
+        #expect(rig.mm.handleFault(b + (40 << 10), write: false) & DAX_VM_FAULT_ERROR == 0)
+        #expect(rig.folio(pgoff: 10).refCount == 2)
+        try rig.mm.munmap(b, 64 << 10)
+        for f in folios { #expect(f.refCount == 1 && f.mapcount == 0) }
+        #expect(rig.mm.rssFilePages == 0)
+        rig.check()
+    }
+
+    @Test("mremap MREMAP_MAYMOVE of a PMD/PUD-mapped VMA moves the huge entry whole with its reference and entire mapcount",
+          arguments: [9, 18])
+    func mremapMoveHuge(order: Int) throws {
+        let size = UInt64(4096) << UInt64(order)
+        let rig = try FaultRig(order: order, bytes: 2 * size)
+        let entry = { (x: UInt64) in order == pmdOrder ? VMAKit.pmd(rig.mm, x) : VMAKit.pud(rig.mm, x) }
+        var req = rig.map.request(length: size)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        var blocker = MMapRequest(length: 4096)
+        blocker.fixedAddress = a + size
+        _ = try rig.mm.mmap(blocker)
+        #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        let e0 = entry(a)
+        #expect(entryLeaf(e0))
+        let b = try rig.mm.mremap(a, oldLength: size, newLength: 2 * size, mayMove: true)
+        #expect(b % size == 0)
+        #expect(entry(b) == e0)
+        #expect(entryLeaf(entry(b)) && entryPfn(entry(b)) == rig.pgmap.ranges[0].startPfn)
+        #expect(!entryPresent(entry(a)))
+        #expect(VMAKit.counters(rig, f) == before)
+        #expect(f.entireMapcount == 1)
+        rig.check()
+        try rig.mm.munmap(b, 2 * size)
+        #expect(f.refCount == 1 && f.mapcount == 0 && rig.mm.rssFilePages == 0)
+        rig.check()
+    }
+
+    @Test("mremap argument errors: unaligned address -EINVAL; a range not inside one VMA -EFAULT; nothing changes")
+    func mremapArgumentErrors() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 32 << 10)
+        req.fixedAddress = Self.fixedBase
+        let a = try rig.mm.mmap(req)
+        req.fixedAddress = a + (32 << 10)
+        req.pgoff = 8
+        _ = try rig.mm.mmap(req)
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        #expect(VMAKit.errno { try rig.mm.mremap(a + 1, oldLength: 4096, newLength: 8192, mayMove: true) } == EINVAL)
+        #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 64 << 10, newLength: 128 << 10, mayMove: true) } == EFAULT)
+        #expect(VMAKit.errno { try rig.mm.mremap(Self.fixedBase - (1 << 20), oldLength: 4096, newLength: 8192, mayMove: true) } == EFAULT)
+        #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 0, newLength: 8192, mayMove: true) } == EINVAL)
+        #expect(rig.mm.vmaList().count == 2)
+        #expect(VMAKit.counters(rig, f) == before)
+        rig.check()
+    }
+
+    @Test("mprotect PROT_WRITE on a VMA without VM_MAYWRITE is -EACCES and changes nothing")
+    func mprotectNeedsMayWrite() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 32 << 10, prot: [.read])
+        req.mmapHook = { vma in
+            vma.pointee.vm_flags &= ~DAX_VM_MAYWRITE
+            return 0
+        }
+        let a = try rig.mm.mmap(req)
+        let flags = rig.mm.vmaList().first!.pointee.vm_flags
+        #expect(VMAKit.errno { try rig.mm.mprotect(a, 32 << 10, [.read, .write]) } == 13)
+        #expect(rig.mm.vmaList().first!.pointee.vm_flags == flags)
+        try rig.mm.mprotect(a, 32 << 10, [.read])
+        rig.check()
+    }
+
+    @Test("mremap cannot grow a VM_DONTEXPAND VMA (-EFAULT), in place or by moving; shrinking is allowed")
+    func mremapDontExpand() throws {
+        let rig = try FaultRig(order: 0, bytes: 2 << 20)
+        var req = rig.map.request(length: 32 << 10)
+        req.fixedAddress = Self.fixedBase
+        req.extraFlags |= DAX_VM_DONTEXPAND
+        let a = try rig.mm.mmap(req)
+        #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: false) } == EFAULT)
+        #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: true) } == EFAULT)
+        #expect(rig.mm.vmaList().first?.pointee.vm_end == a + (32 << 10))
+        #expect(VMAKit.counters(rig, f) == before)
+        #expect(try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 16 << 10, mayMove: false) == a)
+        #expect(VMAKit.counters(rig, f) == before)
+        rig.check()
+    }
+}
