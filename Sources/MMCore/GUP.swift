@@ -383,7 +383,14 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
             }
         }
         if entrySpecial(e) { return i }
+        // pte_access_permitted: PROT_NONE entries (no _PAGE_USER) and
+        // write-protected ones for a write go to the slow path.
+        if e & PT.user == 0 { return i }
         if write && !entryWrite(e) { return i }
+        // gup_fast_folio_allowed: a writable long-term pin of a file mapping
+        // goes to the slow path, which decides whether the file needs dirty
+        // tracking (every folio of the port is file-backed).
+        if flags.contains(.pin) && flags.contains(.longterm) && write { return i }
         let pfn = entryPfn(e) + ((addr & (size - 1)) >> UInt64(pageShift))
         guard pfnValid(k, pfn) else { return i }
         // Every page of this entry that the request covers, in one grab.

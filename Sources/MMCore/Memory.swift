@@ -79,10 +79,12 @@ public func insertPageIntoPteLocked(_ k: KernelRef, _ vma: VMARef, _ pte: EntryP
         guard folioGet(k, folio) else { return -EINVAL }
         addMMCounter(vma.pointee.vm_mm, DAX_MM_FILEPAGES, 1)
         folioAddFileRmapPte(k, folio, page)
-    }
-    if mkwrite {
-        e = entryMkdirty(entryMkyoung(e))
-        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
+        // Only a refcounted page becomes young/dirty/writable: the shared zero
+        // page stays a read-only special entry.
+        if mkwrite {
+            e = entryMkdirty(entryMkyoung(e))
+            if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
+        }
     }
     dax_store_u64(pte, e)
     return 0
@@ -154,11 +156,17 @@ public func insertPfn(_ vma: VMARef, _ addr: UInt64, _ pfn: UInt64, _ prot: UInt
     if !entryNone(old) {
         guard mkwrite else { return DAX_VM_FAULT_NOPAGE }
         if entryPfn(old) != pfn {
-            // WARN unless zero pfn, and skip silently (insert_page returns -EFAULT instead).
+            // WARN unless zero pfn, then skip silently (insert_page returns
+            // -EFAULT instead).
+            let k = mm.pointee.kernel!
+            if !isZeroPfn(entryPfn(old)) && pfnValid(k, entryPfn(old)) {
+                vmReport(k, pfnToPage(k, entryPfn(old)), rule: "WARN_ON_ONCE(!is_zero_pfn(pte_pfn(entry)))",
+                         function: "insert_pfn")
+            }
             return DAX_VM_FAULT_NOPAGE
         }
-        var e = entryMkyoung(old)
-        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(entryMkdirty(e)) }
+        var e = entryMkdirty(entryMkyoung(old))
+        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
         dax_store_u64(pte, e)
         return DAX_VM_FAULT_NOPAGE
     }
@@ -349,19 +357,19 @@ func tableEmpty(_ t: EntryPtr) -> Bool {
 
 // MARK: change_protection (mprotect)
 
-/// Write-protects (or, removeAccess, unmaps) the present entries of a range.
+/// Write-protects the present entries of a range; with removeAccess
+/// (PROT_NONE) the entries also lose _PAGE_USER. Like the kernel's
+/// pte_protnone entries they stay mapped: references, mapcounts and rss do
+/// not change, and the VMA's missing VM_READ keeps faults and GUP out.
 func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, removeAccess: Bool) {
-    if removeAccess {
-        zapVMARange(mm, vma, start, end)
-        return
-    }
     let k = mm.pointee.kernel!
+    let clear = removeAccess ? (PT.rw | PT.user) : PT.rw
     var a = start
     while a < end {
         let w = walk(mm, a)
         if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
             dax_spin_lock(pudLockptr(mm))
-            dax_store_u64(pud, entryWrprotect(dax_load_u64(pud)))
+            dax_store_u64(pud, dax_load_u64(pud) & ~clear)
             dax_spin_unlock(pudLockptr(mm))
             a = roundDown(a, UInt64(pudSize)) + UInt64(pudSize)
             continue
@@ -369,7 +377,7 @@ func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64
         if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
             let l = pmdLockptr(k, pmd)
             dax_spin_lock(l)
-            dax_store_u64(pmd, entryWrprotect(dax_load_u64(pmd)))
+            dax_store_u64(pmd, dax_load_u64(pmd) & ~clear)
             dax_spin_unlock(l)
             a = roundDown(a, UInt64(pmdSize)) + UInt64(pmdSize)
             continue
@@ -378,7 +386,7 @@ func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64
             let l = pteLockptr(k, dax_load_u64(pmd))
             dax_spin_lock(l)
             let e = dax_load_u64(pte)
-            if entryPresent(e) { dax_store_u64(pte, entryWrprotect(e)) }
+            if entryPresent(e) { dax_store_u64(pte, e & ~clear) }
             dax_spin_unlock(l)
         }
         a += UInt64(pageSize)

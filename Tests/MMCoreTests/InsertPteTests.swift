@@ -367,10 +367,8 @@ struct InsertPteTests {
         let e = VMAKit.pte(rig.mm, addr)
         #expect(entrySpecial(e))
         #expect(VMAKit.counters(rig, zero.folio) == before)
-        withKnownIssue("Memory.swift insertPageIntoPteLocked applies the mkwrite bits to the zero page's special PTE (kernel: only in the non-zero branch)") {
-            #expect(!entryWrite(e), "the shared zero page must never be mapped writable")
-            #expect(!entryDirty(e))
-        }
+        #expect(!entryWrite(e), "the shared zero page must never be mapped writable")
+        #expect(!entryDirty(e))
         rig.check()
     }
 
@@ -428,9 +426,7 @@ struct InsertPteTests {
         // The kernel WARNs on the mismatch with mkwrite (not for the zero pfn);
         // the mkwrite=false and vmf_insert_pfn calls never look at the pfn.
         let reports = rig.kernel.drainReports()
-        withKnownIssue("Memory.swift insertPfn: the pfn-mismatch WARN_ON_ONCE of insert_pfn is not recorded") {
-            #expect(reports.count == 1)
-        }
+        #expect(reports.count == 1)
         rig.check()
     }
 }
