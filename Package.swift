@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .library(name: "MMCore", targets: ["MMCore"]),
         .library(name: "MMTestSupport", targets: ["MMTestSupport"]),
+        .library(name: "DAXCore", targets: ["DAXCore"]),
         .library(name: "DAXDevice", targets: ["DAXDevice"]),
         .executable(name: "daxmm", targets: ["daxmm"]),
     ],
@@ -46,6 +47,12 @@ let package = Package(
             dependencies: ["MMCore", "CDax"],
             swiftSettings: hotPathSwiftSettings
         ),
+        // drivers/dax/device.c and fs/dax.c ported, on MMCore.
+        .target(
+            name: "DAXCore",
+            dependencies: ["MMCore", "CDax"],
+            swiftSettings: hotPathSwiftSettings
+        ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
         .target(
             name: "DAXDevice",
@@ -66,6 +73,10 @@ let package = Package(
         .testTarget(
             name: "DAXDeviceTests",
             dependencies: ["DAXDevice", "CDax"]
+        ),
+        .testTarget(
+            name: "DAXCoreTests",
+            dependencies: ["DAXCore", "MMCore", "CDax"]
         ),
         .testTarget(
             name: "MMCoreTests",

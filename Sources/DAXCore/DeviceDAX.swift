@@ -1,0 +1,235 @@
+// drivers/dax/device.c after the series: a device-dax instance over one or
+// more physical ranges, its probe (GENERIC pgmap, vmemmap_shift from the
+// alignment), mmap (check_vma, VM_HUGEPAGE, aligned addresses) and fault
+// handlers (the PTE/PMD/PUD outcome matrix), dax_pgoff_to_phys and
+// dax_set_mapping.
+//
+// The fault handlers are C function pointers reading a C-layout state
+// record, so they run with no Swift object on the path.
+
+import CDax
+import MMCore
+
+/// One range of a device (struct dev_dax_range): physical [start, end] and
+/// the device page offset it starts at.
+public struct DevDaxRange: Sendable, Equatable {
+    public var start: UInt64
+    public var end: UInt64
+    public var pgoff: UInt64
+    public var size: UInt64 { end - start + 1 }
+    public var pages: UInt64 { size >> 12 }
+}
+
+/// What the fault handlers read (through the file's private_data).
+public struct DevDaxState {
+    public var kernel: KernelRef
+    public var align: UInt64
+    public var alive: UInt32
+    public var nrRange: Int
+    public var ranges: UnsafeMutablePointer<DevDaxRange>
+    /// The char device's address_space (folio->mapping of faulted folios).
+    public var mapping: UInt64
+}
+
+public final class DevDax: @unchecked Sendable {
+    // @unchecked: `state` is read by the fault handlers under the kernel's
+    // rules (alive is atomic; the ranges never change after probe).
+    public let kernel: Kernel
+    public let align: UInt64
+    public let ranges: [DevDaxRange]
+    public let state: UnsafeMutablePointer<DevDaxState>
+    public let file: MappedFile
+    public let ops: VMOperations
+    public private(set) var pgmap: DevPagemap?
+
+    /// - Parameters:
+    ///   - ranges: physical (start, size) pieces in device order, as
+    ///     `daxctl create-device` may produce; each a multiple of `align`.
+    ///   - align: 4K, 2M or 1G.
+    public init(kernel: Kernel, ranges phys: [(start: UInt64, size: UInt64)], align: UInt64) throws(MMError) {
+        guard [UInt64(4096), UInt64(pmdSize), UInt64(pudSize)].contains(align) else {
+            throw .invalid("device-dax align \(align) is not 4K, 2M or 1G")
+        }
+        guard !phys.isEmpty else { throw .invalid("device-dax needs at least one range") }
+        var rs: [DevDaxRange] = []
+        var pgoff: UInt64 = 0
+        for p in phys {
+            guard p.size > 0, p.start % align == 0, p.size % align == 0 else {
+                throw .invalid("range [\(p.start), +\(p.size)) is not aligned to \(align)")
+            }
+            rs.append(DevDaxRange(start: p.start, end: p.start + p.size - 1, pgoff: pgoff))
+            pgoff += p.size >> 12
+        }
+        self.kernel = kernel
+        self.align = align
+        self.ranges = rs
+        let buf = UnsafeMutablePointer<DevDaxRange>.allocate(capacity: rs.count)
+        buf.initialize(from: rs, count: rs.count)
+        state = .allocate(capacity: 1)
+        state.initialize(to: DevDaxState(kernel: kernel.ref, align: align, alive: 0, nrRange: rs.count,
+                                         ranges: buf, mapping: 0))
+        file = MappedFile(kind: .characterDevice, dax: true, privateData: UnsafeMutableRawPointer(state))
+        state.pointee.mapping = file.mapping
+        var o = dax_vm_operations()
+        o.fault = devDaxFault
+        o.huge_fault = devDaxHugeFault
+        o.may_split = devDaxMaySplit
+        o.pagesize = devDaxPagesize
+        ops = VMOperations(o)
+    }
+
+    deinit {
+        state.pointee.ranges.deallocate()
+        state.deallocate()
+    }
+
+    /// Total bytes.
+    public var size: UInt64 { ranges.reduce(0) { $0 + $1.size } }
+
+    /// dev_dax_probe: a GENERIC pgmap over the ranges with vmemmap_shift =
+    /// order of the alignment, then memremap_pages; the device is alive.
+    public func probe() throws(MMError) {
+        guard pgmap == nil else { throw .invalid("device already probed") }
+        let shift = (align >> 12).trailingZeroBitCount
+        let p = DevPagemap(kernel: kernel, type: .generic,
+                           ranges: ranges.map { PhysicalRange(start: $0.start, size: $0.size) }, vmemmapShift: shift)
+        try p.memremapPages()
+        pgmap = p
+        dax_store_u32(&state.pointee.alive, 1)
+    }
+
+    /// kill_dax + memunmap_pages: faults and new mmaps fail from now on.
+    public func remove(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
+        dax_store_u32(&state.pointee.alive, 0)
+        try pgmap?.memunmapPages(timeoutNanos: timeoutNanos)
+        pgmap = nil
+    }
+
+    /// dax_mmap: check_vma, then vm_ops and VM_HUGEPAGE; addresses aligned to
+    /// the device alignment (dax_get_unmapped_area).
+    public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
+                            fixedAddress: UInt64? = nil) -> MMapRequest {
+        var req = MMapRequest(length: length)
+        req.prot = prot
+        req.shared = shared
+        req.file = file
+        req.ops = ops
+        req.pgoff = pgoff
+        req.alignment = align
+        req.fixedAddress = fixedAddress
+        req.mmapHook = { vma in
+            let rc = checkVma(vma)
+            if rc != 0 { return rc }
+            vma.pointee.vm_flags |= DAX_VM_HUGEPAGE
+            return 0
+        }
+        return req
+    }
+
+    /// dax_pgoff_to_phys
+    public func pgoffToPhys(_ pgoff: UInt64, size: UInt64) -> UInt64? {
+        devDaxPgoffToPhys(state, pgoff, size)
+    }
+}
+
+@inline(__always)
+func devDaxState(_ vma: VMARef) -> UnsafeMutablePointer<DevDaxState> {
+    vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: DevDaxState.self)
+}
+
+/// check_vma: 0 or -errno.
+@inline(__always)
+public func checkVma(_ vma: VMARef) -> Int32 {
+    guard let file = vma.pointee.vm_file, let pd = file.pointee.private_data else { return -EINVAL }
+    let st = pd.assumingMemoryBound(to: DevDaxState.self)
+    if dax_load_u32(&st.pointee.alive) == 0 { return -ENXIO }
+    if vma.pointee.vm_flags & DAX_VM_MAYSHARE == 0 { return -EINVAL }   // private mapping
+    let mask = st.pointee.align - 1
+    if (vma.pointee.vm_start | vma.pointee.vm_end) & mask != 0 { return -EINVAL }
+    if !vmaIsDax(vma) { return -EINVAL }
+    return 0
+}
+
+/// dax_pgoff_to_phys: the first range whose page window holds `pgoff`
+/// decides; the whole [phys, phys+size) must fit in it.
+@inline(__always)
+func devDaxPgoffToPhys(_ st: UnsafeMutablePointer<DevDaxState>, _ pgoff: UInt64, _ size: UInt64) -> UInt64? {
+    for i in 0..<st.pointee.nrRange {
+        let r = st.pointee.ranges[i]
+        guard pgoff >= r.pgoff, pgoff < r.pgoff + r.pages else { continue }
+        let phys = r.start + (pgoff - r.pgoff) * 4096
+        return phys + size - 1 <= r.end ? phys : nil
+    }
+    return nil
+}
+
+/// dax_set_mapping: mapping/index on the covered folios that have none
+/// (only the head when the pages are compound).
+@inline(__always)
+func devDaxSetMapping(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaultRef, _ pfn: UInt64, _ faultSize: UInt64) {
+    let k = st.pointee.kernel
+    let compound = st.pointee.align > 4096
+    let nr = compound ? 1 : Int(faultSize >> 12)
+    let pgoff = linearPageIndex(vmf.pointee.vma, vmf.pointee.address & ~(faultSize - 1))
+    for i in 0..<nr {
+        let folio = pfnToPage(k, pfn + UInt64(i)).folio
+        if folio.mapping != 0 { continue }
+        folio.mapping = st.pointee.mapping
+        folio.index = pgoff + UInt64(i)
+    }
+}
+
+/// __dev_dax_pte_fault
+@inline(__always)
+func devDaxPteFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaultRef) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    if checkVma(vma) != 0 { return DAX_VM_FAULT_SIGBUS }
+    if st.pointee.align > 4096 { return DAX_VM_FAULT_SIGBUS }
+    guard let phys = devDaxPgoffToPhys(st, vmf.pointee.pgoff, 4096) else { return DAX_VM_FAULT_SIGBUS }
+    let pfn = phys >> 12
+    devDaxSetMapping(st, vmf, pfn, 4096)
+    return vmfInsertPageMkwrite(vmf, pfnToPage(st.pointee.kernel, pfn),
+                                write: vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0)
+}
+
+/// __dev_dax_pmd_fault / __dev_dax_pud_fault
+@inline(__always)
+func devDaxHugeLevelFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaultRef, faultSize: UInt64) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    if checkVma(vma) != 0 { return DAX_VM_FAULT_SIGBUS }
+    let align = st.pointee.align
+    if align > faultSize && faultSize == UInt64(pmdSize) { return DAX_VM_FAULT_SIGBUS }   // align > PMD_SIZE
+    if faultSize < align { return DAX_VM_FAULT_SIGBUS }
+    if faultSize > align { return DAX_VM_FAULT_FALLBACK }
+    let start = vmf.pointee.address & ~(faultSize - 1)
+    if start < vma.pointee.vm_start || start + faultSize > vma.pointee.vm_end { return DAX_VM_FAULT_SIGBUS }
+    let pgoff = linearPageIndex(vma, start)
+    guard let phys = devDaxPgoffToPhys(st, pgoff, faultSize) else { return DAX_VM_FAULT_SIGBUS }
+    let pfn = phys >> 12
+    devDaxSetMapping(st, vmf, pfn, faultSize)
+    let folio = pfnToPage(st.pointee.kernel, pfn).folio
+    let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
+    return faultSize == UInt64(pmdSize) ? vmfInsertFolioPmd(vmf, folio, write: write)
+                                        : vmfInsertFolioPud(vmf, folio, write: write)
+}
+
+/// dev_dax_huge_fault: dispatch by order.
+@inline(__always)
+func devDaxHugeFaultImpl(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
+    let st = devDaxState(vmf.pointee.vma)
+    switch Int(order) {
+    case 0: return devDaxPteFault(st, vmf)
+    case pmdOrder: return devDaxHugeLevelFault(st, vmf, faultSize: UInt64(pmdSize))
+    case pudOrder: return devDaxHugeLevelFault(st, vmf, faultSize: UInt64(pudSize))
+    default: return DAX_VM_FAULT_SIGBUS
+    }
+}
+
+let devDaxFault: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in devDaxHugeFaultImpl(vmf!, 0) }
+let devDaxHugeFault: @convention(c) (VMFaultRef?, UInt32) -> UInt32 = { vmf, order in devDaxHugeFaultImpl(vmf!, order) }
+/// dev_dax_may_split
+let devDaxMaySplit: @convention(c) (VMARef?, UInt64) -> Int32 = { vma, addr in
+    addr & (devDaxState(vma!).pointee.align - 1) != 0 ? -EINVAL : 0
+}
+/// dev_dax_pagesize
+let devDaxPagesize: @convention(c) (VMARef?) -> UInt64 = { vma in devDaxState(vma!).pointee.align }
