@@ -359,6 +359,7 @@ public final class MM: @unchecked Sendable {
         m.pointee.vmas[i] = vma
         m.pointee.nr_vmas += 1
         if !retain.isEmpty { retained[vma] = retain }
+        vma.pointee.vm_ops?.pointee.open?(vma)
     }
 
     func removeVMAs(_ victims: [VMARef]) {
@@ -374,6 +375,7 @@ public final class MM: @unchecked Sendable {
         }
         m.pointee.nr_vmas = Int64(j)
         for v in victims {
+            v.pointee.vm_ops?.pointee.close?(v)
             retained[v] = nil
             v.deallocate()
         }

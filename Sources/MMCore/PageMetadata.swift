@@ -157,7 +157,7 @@ func prepCompoundTail(_ head: Page, _ tail: Page) {
 }
 
 /// prep_compound_page: make head..head+2^order one folio.
-func prepCompoundPage(_ head: Page, order: Int) {
+public func prepCompoundPage(_ head: Page, order: Int) {
     head.set(DAX_PG_head)
     for i in 1..<(1 << order) { prepCompoundTail(head, head.advanced(by: i)) }
     prepCompoundHead(head, order: order)
@@ -165,7 +165,7 @@ func prepCompoundPage(_ head: Page, order: Int) {
 
 /// folio_reset_order + clear_compound_head on every page: back to order-0
 /// pages (fs/dax dax_folio_reset_order does this plus pgmap/mapping resets).
-func resetCompound(_ folio: Folio) {
+public func resetCompound(_ folio: Folio) {
     let n = folio.nrPages
     if folio.isLarge {
         let p1 = folio.raw + 1

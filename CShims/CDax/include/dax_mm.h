@@ -268,6 +268,11 @@ struct dax_vm_operations {
 	uint32_t (*pfn_mkwrite)(struct dax_vm_fault *vmf);
 	int32_t (*may_split)(struct dax_vma *vma, uint64_t addr);   /* 0 or -errno */
 	uint64_t (*pagesize)(struct dax_vma *vma);
+	/* A VMA came into being by mmap, split or move (vm_ops->open is called
+	 * for the copies; the port also calls it for the first mapping, after
+	 * insertion, so a file can track its mappings), and one went away. */
+	void (*open)(struct dax_vma *vma);
+	void (*close)(struct dax_vma *vma);
 };
 
 struct dax_mm;

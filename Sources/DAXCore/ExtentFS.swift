@@ -1,0 +1,425 @@
+// A small extent-based file store on a DAX device, enough to drive fs/dax
+// the way ext4/XFS do: files map 4 KiB blocks of an FS_DAX pgmap, the
+// allocator hands out 2 MiB-aligned chunks to 2 MiB-aligned file ranges (so
+// PMD faults happen), reflink shares blocks (so the share count of §8.3 is
+// exercised), and truncate, hole punch and unmount break layouts first.
+//
+// The block map, allocator and entry index are C-style records reached from
+// the fault handlers through the file's private_data; the classes own them
+// and give the safe API.
+
+import CDax
+import MMCore
+import Synchronization
+
+/// The allocator: one bit per block, a share count per block.
+public struct DaxFSCore {
+    public var lock: UInt32 = 0
+    public var nblocks: UInt64
+    public var bitmap: UnsafeMutablePointer<UInt64>
+    public var refs: UnsafeMutablePointer<UInt32>
+    public var freeBlocks: Int64
+    /// Metadata not yet durable (a MAP_SYNC fault must sync first).
+    public var metaDirty: UInt32 = 0
+    public var syncs: Int64 = 0
+}
+
+/// One file's block map: file page -> device block + 1 (0 = hole).
+public struct DaxFileCore {
+    public var fs: UnsafeMutablePointer<DaxFSCore>
+    public var blocks: UnsafeMutablePointer<UInt64>
+    public var maxPages: UInt64
+}
+
+public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
+    case noSpace(String)
+    case invalid(String)
+    /// A layout could not be broken: a page stayed busy.
+    case busy(file: String, pfn: UInt64, refcount: Int32, pincount: Int32)
+    case unmounted
+
+    public var description: String {
+        switch self {
+        case .noSpace(let s): return "ENOSPC: \(s)"
+        case .invalid(let s): return "EINVAL: \(s)"
+        case .busy(let f, let pfn, let r, let p):
+            return "EBUSY: \(f): page pfn 0x\(String(pfn, radix: 16)) still busy (refcount \(r), pincount \(p))"
+        case .unmounted: return "EIO: file system is unmounted"
+        }
+    }
+}
+
+public final class DaxFS: @unchecked Sendable {
+    // @unchecked: the allocator record is guarded by its spinlock; `files`
+    // by the mutex.
+    public let kernel: Kernel
+    public let pgmap: DevPagemap
+    public let core: UnsafeMutablePointer<DaxFSCore>
+    public let basePfn: UInt64
+    private let files = Mutex<[ObjectIdentifier: DaxFile]>([:])
+    public private(set) var mounted = true
+
+    /// A file system over [start, start+size) of physical memory, as a pmem
+    /// fsdax namespace gives one: an FS_DAX pgmap with order-0 pages.
+    public init(kernel: Kernel, start: UInt64, size: UInt64) throws(MMError) {
+        self.kernel = kernel
+        pgmap = DevPagemap(kernel: kernel, type: .fsDax, ranges: [PhysicalRange(start: start, size: size)])
+        try pgmap.memremapPages()
+        basePfn = start >> UInt64(pageShift)
+        let nblocks = size >> UInt64(pageShift)
+        core = .allocate(capacity: 1)
+        let words = Int((nblocks + 63) / 64)
+        let bm = UnsafeMutablePointer<UInt64>.allocate(capacity: words)
+        bm.initialize(repeating: 0, count: words)
+        let refs = UnsafeMutablePointer<UInt32>.allocate(capacity: Int(nblocks))
+        refs.initialize(repeating: 0, count: Int(nblocks))
+        core.initialize(to: DaxFSCore(nblocks: nblocks, bitmap: bm, refs: refs, freeBlocks: Int64(nblocks)))
+    }
+
+    deinit {
+        core.pointee.bitmap.deallocate()
+        core.pointee.refs.deallocate()
+        core.deallocate()
+    }
+
+    public var freeBlocks: Int64 { dax_atomic64_read(&core.pointee.freeBlocks) }
+    public var syncs: Int64 { dax_atomic64_read(&core.pointee.syncs) }
+
+    /// Creates an empty file that may grow to `maxSize` bytes.
+    public func create(name: String, maxSize: UInt64) throws(FSError) -> DaxFile {
+        guard mounted else { throw .unmounted }
+        guard maxSize > 0, maxSize % UInt64(pageSize) == 0 else { throw .invalid("maxSize must be a positive multiple of 4K") }
+        let f = DaxFile(fs: self, name: name, maxPages: maxSize >> UInt64(pageShift))
+        files.withLock { $0[ObjectIdentifier(f)] = f }
+        return f
+    }
+
+    /// Unmount: every file's layout is broken with dax_break_layout_final,
+    /// which waits until every page is idle (at most `timeoutNanos` per busy
+    /// page; the kernel waits forever), then the entries are deleted.
+    public func unmount(timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
+        let all = files.withLock { Array($0.values) }
+        for f in all {
+            if case .busy(let pfn, let r, let p) = daxBreakLayoutFinal(f.mapping, timeoutNanos: timeoutNanos) {
+                throw .busy(file: f.name, pfn: pfn, refcount: r, pincount: p)
+            }
+        }
+        mounted = false
+    }
+
+    func forget(_ f: DaxFile) { files.withLock { $0[ObjectIdentifier(f)] = nil } }
+}
+
+public final class DaxFile: @unchecked Sendable {
+    public let fs: DaxFS
+    public let name: String
+    public let maxPages: UInt64
+    public let inode: DaxInodeRef
+    public let mapping: DaxMappingRef
+    public let fileCore: UnsafeMutablePointer<DaxFileCore>
+    public let file: MappedFile
+    public let ops: VMOperations
+
+    init(fs: DaxFS, name: String, maxPages: UInt64) {
+        self.fs = fs
+        self.name = name
+        self.maxPages = maxPages
+        let k = fs.kernel.ref
+        let slots = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(maxPages))
+        slots.initialize(repeating: 0, count: Int(maxPages))
+        let marks = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(maxPages))
+        marks.initialize(repeating: 0, count: Int(maxPages))
+        let vmas = UnsafeMutablePointer<VMARef?>.allocate(capacity: 256)
+        vmas.initialize(repeating: nil, count: 256)
+        mapping = .allocate(capacity: 1)
+        mapping.initialize(to: DaxMappingCore(kernel: k, vmas: vmas, vmasCap: 256, slots: slots, marks: marks,
+                                              nslots: maxPages, mappingID: 0))
+        let blocks = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(maxPages))
+        blocks.initialize(repeating: 0, count: Int(maxPages))
+        fileCore = .allocate(capacity: 1)
+        fileCore.initialize(to: DaxFileCore(fs: fs.core, blocks: blocks, maxPages: maxPages))
+        inode = .allocate(capacity: 1)
+        inode.initialize(to: DaxInodeCore(mapping: mapping, sizePages: 0, basePfn: fs.basePfn,
+                                          iomapBegin: extentIomapBegin, fsPrivate: UnsafeMutableRawPointer(fileCore),
+                                          sync: extentSync))
+        file = MappedFile(kind: .regularFile, dax: true, privateData: UnsafeMutableRawPointer(inode))
+        mapping.pointee.mappingID = file.mapping
+        var o = dax_vm_operations()
+        o.fault = fsDaxFaultFn
+        o.huge_fault = fsDaxHugeFaultFn
+        o.page_mkwrite = fsDaxMkwriteFn
+        o.pfn_mkwrite = fsDaxMkwriteFn
+        o.open = fsDaxOpenFn
+        o.close = fsDaxCloseFn
+        ops = VMOperations(o)
+    }
+
+    deinit {
+        mapping.pointee.slots.deallocate()
+        mapping.pointee.marks.deallocate()
+        mapping.pointee.vmas.deallocate()
+        mapping.deallocate()
+        fileCore.pointee.blocks.deallocate()
+        fileCore.deallocate()
+        inode.deallocate()
+    }
+
+    /// i_size in bytes.
+    public var size: UInt64 { inode.pointee.sizePages << UInt64(pageShift) }
+    /// Page-cache entries (xarray nrpages).
+    public var nrpages: Int64 { mapping.pointee.nrpages }
+    /// The entry word covering `index` (0 if none), without its lock bit.
+    public func entry(at index: UInt64) -> UInt64 { dax_load_u64(entrySlot(mapping, index)) & ~DaxEntry.locked }
+    /// The device block of a file page, nil for a hole.
+    public func block(at index: UInt64) -> UInt64? {
+        let b = fileCore.pointee.blocks[Int(index)]
+        return b == 0 ? nil : b - 1
+    }
+    /// The folio of a file page's block, if allocated.
+    public func folio(at index: UInt64) -> Folio? {
+        block(at: index).map { pfnToPage(fs.kernel.ref, fs.basePfn + $0).folio }
+    }
+
+    /// Sets i_size (growing only; use truncate to shrink). Blocks stay holes.
+    public func extend(to bytes: UInt64) throws(FSError) {
+        guard bytes <= maxPages << UInt64(pageShift) else { throw .invalid("size beyond the file's maximum") }
+        let pages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
+        if pages > inode.pointee.sizePages { inode.pointee.sizePages = pages }
+    }
+
+    /// fallocate: allocate blocks for [pgoff, pgoff+pages) (2 MiB chunks where aligned).
+    public func allocate(pgoff: UInt64, pages: UInt64) throws(FSError) {
+        try extend(to: (pgoff + pages) << UInt64(pageShift))
+        var i = pgoff
+        while i < pgoff + pages {
+            var map = DaxIomap(kind: .hole, block: 0, pages: 0, new: false, shared: false, dirty: false, error: 0)
+            let chunk: UInt64 = i % UInt64(hpagePmdNr) == 0 && pgoff + pages - i >= UInt64(hpagePmdNr) ? UInt64(hpagePmdNr) : 1
+            extentIomapBegin(UnsafeMutableRawPointer(fileCore), i, chunk, true, UnsafeMutableRawPointer(&map))
+            if map.error != 0 { throw .noSpace("\(name): no free blocks") }
+            i += chunk
+        }
+        extentSync(UnsafeMutableRawPointer(fileCore))
+    }
+
+    /// A MAP_SHARED (or MAP_SHARED_VALIDATE|MAP_SYNC) mapping request.
+    public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
+                            sync: Bool = false) -> MMapRequest {
+        var req = MMapRequest(length: length)
+        req.prot = prot
+        req.shared = shared
+        req.file = file
+        req.ops = ops
+        req.pgoff = pgoff
+        req.alignment = UInt64(pmdSize)
+        if sync { req.extraFlags |= DAX_VM_SYNC }
+        return req
+    }
+
+    /// dax_break_layout over file pages [start, end].
+    public func breakLayout(start: UInt64 = 0, end: UInt64 = UInt64.max, wait: Bool = true,
+                            timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
+        if case .busy(let pfn, let r, let p) = daxBreakLayout(mapping, start: start, end: end, wait: wait,
+                                                               timeoutNanos: timeoutNanos) {
+            throw .busy(file: name, pfn: pfn, refcount: r, pincount: p)
+        }
+    }
+
+    /// Truncate to `bytes`: break the layout of the cut range (waiting for
+    /// busy pages), then truncate the page cache and free the blocks.
+    public func truncate(to bytes: UInt64, timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
+        let newPages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
+        guard newPages <= inode.pointee.sizePages else { return try extend(to: bytes) }
+        try breakLayout(start: newPages, end: maxPages - 1, timeoutNanos: timeoutNanos)
+        inode.pointee.sizePages = newPages
+        truncatePagecache(from: newPages)
+        freeBlocks(from: newPages, to: maxPages)
+    }
+
+    /// Punch a hole: break the layout of the range, drop its entries and blocks.
+    public func punchHole(pgoff: UInt64, pages: UInt64, timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
+        guard pages > 0 else { return }
+        try breakLayout(start: pgoff, end: pgoff + pages - 1, timeoutNanos: timeoutNanos)
+        truncatePagecache(from: pgoff, to: pgoff + pages)
+        freeBlocks(from: pgoff, to: pgoff + pages)
+    }
+
+    /// A file system that forgets to break layouts: truncate_pagecache then
+    /// finds entries, WARNs (truncate_folio_batch_exceptionals) and deletes
+    /// them. Exists for the test of that rule.
+    public func truncateWithoutBreakingLayouts(to bytes: UInt64) {
+        let newPages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
+        inode.pointee.sizePages = newPages
+        unmapMappingPages(mapping, newPages, maxPages - newPages)
+        truncatePagecache(from: newPages)
+        freeBlocks(from: newPages, to: maxPages)
+    }
+
+    /// truncate_pagecache for a DAX mapping: any entry still present is a
+    /// bug (WARN once) and is deleted so truncation cannot loop.
+    func truncatePagecache(from start: UInt64, to end: UInt64? = nil) {
+        let k = fs.kernel.ref
+        let stop = end ?? maxPages
+        var i = start
+        while i < stop {
+            let e = entry(at: i)
+            if e != 0 {
+                let page = DaxEntry.isReal(e) ? pfnToPage(k, DaxEntry.pfn(e)) : pfnToPage(k, 0)
+                vmReport(k, page, rule: "WARN_ON_ONCE(dax_mapping(mapping)): DAX entry present at truncate",
+                         function: "truncate_folio_batch_exceptionals")
+                daxInvalidateEntry(mapping, i, trunc: true)
+            }
+            i += 1
+        }
+    }
+
+    func freeBlocks(from start: UInt64, to end: UInt64) {
+        let fc = fileCore
+        dax_spin_lock(&fc.pointee.fs.pointee.lock)
+        for i in start..<min(end, maxPages) {
+            let b = fc.pointee.blocks[Int(i)]
+            guard b != 0 else { continue }
+            releaseBlock(fc.pointee.fs, b - 1)
+            fc.pointee.blocks[Int(i)] = 0
+        }
+        dax_spin_unlock(&fc.pointee.fs.pointee.lock)
+    }
+
+    /// reflink: [dst, dst+pages) of this file shares the blocks of
+    /// [src, src+pages) of `from`. Layouts of both ranges are broken first
+    /// (as xfs_reflink_remap_prep does), so no stale association survives.
+    public func reflink(from: DaxFile, srcPgoff: UInt64, dstPgoff: UInt64, pages: UInt64,
+                        timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
+        guard srcPgoff + pages <= from.maxPages, dstPgoff + pages <= maxPages else { throw .invalid("range beyond file") }
+        try from.breakLayout(start: srcPgoff, end: srcPgoff + pages - 1, timeoutNanos: timeoutNanos)
+        try breakLayout(start: dstPgoff, end: dstPgoff + pages - 1, timeoutNanos: timeoutNanos)
+        freeBlocks(from: dstPgoff, to: dstPgoff + pages)
+        let fsc = fs.core
+        dax_spin_lock(&fsc.pointee.lock)
+        for i in 0..<pages {
+            let b = from.fileCore.pointee.blocks[Int(srcPgoff + i)]
+            guard b != 0 else { continue }
+            fsc.pointee.refs[Int(b - 1)] += 1
+            fileCore.pointee.blocks[Int(dstPgoff + i)] = b
+        }
+        dax_spin_unlock(&fsc.pointee.lock)
+        try extend(to: (dstPgoff + pages) << UInt64(pageShift))
+    }
+}
+
+// MARK: allocator and iomap (called from the fault path: no allocation)
+
+@inline(__always)
+func blockBusy(_ fs: UnsafeMutablePointer<DaxFSCore>, _ b: UInt64) -> Bool {
+    fs.pointee.bitmap[Int(b / 64)] & (1 << (b % 64)) != 0
+}
+
+@inline(__always)
+func claimBlock(_ fs: UnsafeMutablePointer<DaxFSCore>, _ b: UInt64) {
+    fs.pointee.bitmap[Int(b / 64)] |= 1 << (b % 64)
+    fs.pointee.refs[Int(b)] = 1
+    fs.pointee.freeBlocks -= 1
+}
+
+@inline(__always)
+func releaseBlock(_ fs: UnsafeMutablePointer<DaxFSCore>, _ b: UInt64) {
+    fs.pointee.refs[Int(b)] -= 1
+    if fs.pointee.refs[Int(b)] == 0 {
+        fs.pointee.bitmap[Int(b / 64)] &= ~(1 << (b % 64))
+        fs.pointee.freeBlocks += 1
+    }
+}
+
+/// Allocates `n` contiguous blocks aligned to `n` (n = 1 or 512). Lock held.
+@inline(__always)
+func allocBlocks(_ fs: UnsafeMutablePointer<DaxFSCore>, _ n: UInt64) -> UInt64? {
+    var start: UInt64 = 0
+    while start + n <= fs.pointee.nblocks {
+        var ok = true
+        var j: UInt64 = 0
+        while j < n {
+            if blockBusy(fs, start + j) { ok = false; break }
+            j += 1
+        }
+        if ok {
+            for x in 0..<n { claimBlock(fs, start + x) }
+            fs.pointee.metaDirty = 1
+            return start
+        }
+        start += n
+    }
+    return nil
+}
+
+/// iomap_begin of the extent store.
+let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, Bool, UnsafeMutableRawPointer?) -> Void = {
+    priv, index, pages, write, out in
+    let fc = priv!.assumingMemoryBound(to: DaxFileCore.self)
+    let map = out!.assumingMemoryBound(to: DaxIomap.self)
+    let fs = fc.pointee.fs
+    dax_spin_lock(&fs.pointee.lock)
+    defer { dax_spin_unlock(&fs.pointee.lock) }
+    map.pointee = DaxIomap(kind: .hole, block: 0, pages: pages, new: false, shared: false, dirty: false, error: 0)
+    let blocks = fc.pointee.blocks
+    if pages > 1 {
+        // A PMD request: a whole aligned hole, or one contiguous aligned extent.
+        var holes: UInt64 = 0, shared = false, contiguous = true
+        let first = blocks[Int(index)]
+        for i in 0..<pages {
+            let b = blocks[Int(index + i)]
+            if b == 0 { holes += 1; continue }
+            if fs.pointee.refs[Int(b - 1)] > 1 { shared = true }
+            if first == 0 || b != first + i { contiguous = false }
+        }
+        if holes == pages {
+            guard write else { return }
+            guard let start = allocBlocks(fs, pages) else { map.pointee.error = -ENOSPC; return }
+            for i in 0..<pages { blocks[Int(index + i)] = start + i + 1 }
+            map.pointee = DaxIomap(kind: .mapped, block: start, pages: pages, new: true, shared: false,
+                                   dirty: fs.pointee.metaDirty != 0, error: 0)
+            return
+        }
+        if holes == 0 && contiguous && (first - 1) % pages == 0 && !(shared && write) {
+            map.pointee = DaxIomap(kind: .mapped, block: first - 1, pages: pages, new: false, shared: shared,
+                                   dirty: fs.pointee.metaDirty != 0, error: 0)
+            return
+        }
+        map.pointee.kind = .mapped
+        map.pointee.pages = 1   // shorter than a PMD: the caller falls back
+        return
+    }
+    let b = blocks[Int(index)]
+    if b == 0 {
+        guard write else { return }
+        guard let start = allocBlocks(fs, 1) else { map.pointee.error = -ENOSPC; return }
+        blocks[Int(index)] = start + 1
+        map.pointee = DaxIomap(kind: .mapped, block: start, pages: 1, new: true, shared: false,
+                               dirty: fs.pointee.metaDirty != 0, error: 0)
+        return
+    }
+    if fs.pointee.refs[Int(b - 1)] > 1 {
+        if write {
+            // Copy on write of a reflinked block: a new private block replaces it.
+            guard let nb = allocBlocks(fs, 1) else { map.pointee.error = -ENOSPC; return }
+            releaseBlock(fs, b - 1)
+            blocks[Int(index)] = nb + 1
+            map.pointee = DaxIomap(kind: .mapped, block: nb, pages: 1, new: true, shared: true,
+                                   dirty: fs.pointee.metaDirty != 0, error: 0)
+            return
+        }
+        map.pointee = DaxIomap(kind: .mapped, block: b - 1, pages: 1, new: false, shared: true,
+                               dirty: fs.pointee.metaDirty != 0, error: 0)
+        return
+    }
+    map.pointee = DaxIomap(kind: .mapped, block: b - 1, pages: 1, new: false, shared: false,
+                           dirty: fs.pointee.metaDirty != 0, error: 0)
+}
+
+/// fsync of metadata: makes allocations durable (clears IOMAP_F_DIRTY).
+let extentSync: @convention(c) (UnsafeMutableRawPointer?) -> Void = { priv in
+    let fc = priv!.assumingMemoryBound(to: DaxFileCore.self)
+    let fs = fc.pointee.fs
+    dax_spin_lock(&fs.pointee.lock)
+    fs.pointee.metaDirty = 0
+    fs.pointee.syncs += 1
+    dax_spin_unlock(&fs.pointee.lock)
+}

@@ -1,0 +1,319 @@
+// fs/dax.c after the series: DAX entries in a file's page-cache index, entry
+// locking, association and share counting with on-demand compound folios,
+// the PTE/PMD fault paths with the temporary-reference protocol, MAP_SYNC,
+// busy-page scans and layout breaking, and entry removal.
+//
+// The index is a flat array of entry words, one per file page, in a C-style
+// record (`DaxMappingCore`), guarded by a spinlock (the i_pages lock); a PMD
+// entry lives in the slot of its first index. Entry waiters sleep on the
+// kernel's hashed wait table keyed by the slot address, so nothing on the
+// fault path allocates.
+
+import CDax
+import MMCore
+
+// MARK: entry encoding (§8.1)
+
+public enum DaxEntry {
+    public static let locked: UInt64 = 1
+    public static let pmd: UInt64 = 2
+    public static let zeroPage: UInt64 = 4
+    public static let empty: UInt64 = 8
+    public static let shift: UInt64 = 4
+
+    @inline(__always) public static func make(pfn: UInt64, flags: UInt64) -> UInt64 { (pfn << shift) | flags }
+    @inline(__always) public static func pfn(_ e: UInt64) -> UInt64 { e >> shift }
+    @inline(__always) public static func isLocked(_ e: UInt64) -> Bool { e & locked != 0 }
+    @inline(__always) public static func isPMD(_ e: UInt64) -> Bool { e & pmd != 0 }
+    @inline(__always) public static func isZero(_ e: UInt64) -> Bool { e & zeroPage != 0 }
+    @inline(__always) public static func isEmpty(_ e: UInt64) -> Bool { e & empty != 0 }
+    /// dax_entry_order
+    @inline(__always) public static func order(_ e: UInt64) -> Int { isPMD(e) ? pmdOrder : 0 }
+    /// A real entry maps device memory (not zero, not empty).
+    @inline(__always) public static func isReal(_ e: UInt64) -> Bool { e != 0 && e & (zeroPage | empty) == 0 }
+}
+
+/// Marks kept beside the entries (xarray marks).
+public enum DaxMark {
+    public static let dirty: UInt8 = 1
+    public static let towrite: UInt8 = 2
+}
+
+/// The address_space of a DAX file, as the fault path sees it.
+public struct DaxMappingCore {
+    public var kernel: KernelRef
+    /// i_pages lock.
+    public var lock: UInt32 = 0
+    /// i_mmap lock and the VMAs mapping the file.
+    public var immapLock: UInt32 = 0
+    public var nrVmas: Int = 0
+    public var vmas: UnsafeMutablePointer<VMARef?>
+    public var vmasCap: Int
+    /// Entry words, one per file page.
+    public var slots: UnsafeMutablePointer<UInt64>
+    public var marks: UnsafeMutablePointer<UInt8>
+    public var nslots: UInt64
+    public var nrpages: Int64 = 0
+    /// The folio->mapping value of this file.
+    public var mappingID: UInt64
+    /// I_DIRTY_PAGES
+    public var dirtyPages: UInt32 = 0
+}
+
+public typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>
+
+// MARK: entry locking (§8.2)
+
+/// The slot holding the entry that covers `index` for a request of `order`,
+/// and the entry (0 if none). A PMD entry covers its 512 indices.
+@inline(__always)
+func entrySlot(_ m: DaxMappingRef, _ index: UInt64) -> UnsafeMutablePointer<UInt64> {
+    let base = index & ~UInt64(hpagePmdNr - 1)
+    let head = m.pointee.slots + Int(base)
+    if base + UInt64(hpagePmdNr) <= m.pointee.nslots || base < m.pointee.nslots, DaxEntry.isPMD(dax_load_u64(head)) {
+        return head
+    }
+    return m.pointee.slots + Int(index)
+}
+
+/// Whether any order-0 entry lives in the PMD window of `index`.
+@inline(__always)
+func smallEntriesInWindow(_ m: DaxMappingRef, _ index: UInt64) -> Bool {
+    let base = index & ~UInt64(hpagePmdNr - 1)
+    let end = min(base + UInt64(hpagePmdNr), m.pointee.nslots)
+    var i = base
+    while i < end {
+        let e = dax_load_u64(m.pointee.slots + Int(i))
+        if e != 0 && !DaxEntry.isPMD(e) { return true }
+        i += 1
+    }
+    return false
+}
+
+public enum NextEntry {
+    case none
+    case conflict
+    case entry(UInt64, UnsafeMutablePointer<UInt64>)
+}
+
+/// get_next_unlocked_entry: with the i_pages lock held on entry and on
+/// return; sleeps (dropping it) while the entry is locked.
+@inline(__always)
+func getNextUnlockedEntry(_ m: DaxMappingRef, _ index: UInt64, order: Int) -> NextEntry {
+    let k = m.pointee.kernel
+    while true {
+        let slot = entrySlot(m, index)
+        let e = dax_load_u64(slot)
+        if e == 0 {
+            if order > 0 && smallEntriesInWindow(m, index) { return .conflict }
+            return .none
+        }
+        if DaxEntry.order(e) < order { return .conflict }
+        if !DaxEntry.isLocked(e) { return .entry(e, slot) }
+        // wait_entry_unlocked: sleep exclusively, then look again.
+        dax_spin_unlock(&m.pointee.lock)
+        _ = waitVarEvent(k, UnsafeRawPointer(slot), timeoutNanos: -1) { !DaxEntry.isLocked(dax_load_u64(slot)) }
+        dax_spin_lock(&m.pointee.lock)
+    }
+}
+
+/// dax_lock_entry: store the locked form.
+@inline(__always)
+func daxLockEntry(_ slot: UnsafeMutablePointer<UInt64>, _ e: UInt64) {
+    dax_store_u64(slot, e | DaxEntry.locked)
+}
+
+/// dax_unlock_entry: store the unlocked entry and wake the next waiter.
+@inline(__always)
+func daxUnlockEntry(_ m: DaxMappingRef, _ slot: UnsafeMutablePointer<UInt64>, _ e: UInt64) {
+    dax_spin_lock(&m.pointee.lock)
+    dax_store_u64(slot, e & ~DaxEntry.locked)
+    dax_spin_unlock(&m.pointee.lock)
+    wakeUpVar(m.pointee.kernel, UnsafeRawPointer(slot))
+}
+
+// MARK: association (§8.3)
+
+/// dax_folio_init
+@inline(__always)
+func daxFolioInit(_ k: KernelRef, _ e: UInt64) -> Folio {
+    let page = pfnToPage(k, DaxEntry.pfn(e))
+    let folio = page.folio
+    if folio.isLarge {
+        vmReport(k, page, rule: "WARN_ON_ONCE(folio_test_large(folio)): the last put should have split it",
+                 function: "dax_folio_init")
+    }
+    let order = DaxEntry.order(e)
+    if order > 0 {
+        prepCompoundPage(folio.head, order: order)
+        if folio.refCount != 0 {
+            vmReport(k, page, rule: "WARN_ON_ONCE(folio_ref_count(folio))", function: "dax_folio_init")
+        }
+    }
+    return page.folio
+}
+
+/// dax_associate_entry
+@inline(__always)
+func daxAssociateEntry(_ m: DaxMappingRef, _ e: UInt64, _ vma: VMARef, _ address: UInt64, shared: Bool) {
+    guard DaxEntry.isReal(e) else { return }
+    let k = m.pointee.kernel
+    let size = UInt64(pageSize) << UInt64(DaxEntry.order(e))
+    let index = linearPageIndex(vma, address & ~(size - 1))
+    let folio = pfnToPage(k, DaxEntry.pfn(e)).folio
+    if shared && (folio.mapping != 0 || isShared(folio)) {
+        if folio.mapping != 0 {
+            // dax_folio_make_shared
+            folio.mapping = 0
+            folio.share = 1
+        }
+        if folio.share == 0 || folio.order != DaxEntry.order(e) {
+            vmReport(k, folio.head, rule: "WARN_ON_ONCE(!folio->share || order mismatch)", function: "dax_associate_entry")
+        }
+        folio.share += 1
+        return
+    }
+    if folio.mapping != 0 {
+        vmReport(k, folio.head, rule: "WARN_ON_ONCE(folio->mapping)", function: "dax_associate_entry")
+    }
+    let f = daxFolioInit(k, e)
+    f.mapping = m.pointee.mappingID
+    f.index = index
+}
+
+/// dax_folio_is_shared: no mapping and a share count.
+@inline(__always)
+func isShared(_ folio: Folio) -> Bool { folio.mapping == 0 && folio.share > 0 }
+
+/// dax_folio_put: drop one association; at the last, split back to order-0
+/// pages (every page must be idle). Returns the remaining share count.
+@inline(__always)
+func daxFolioPut(_ k: KernelRef, _ folio: Folio) -> UInt64 {
+    var ref: UInt64 = 0
+    if isShared(folio) {
+        folio.share -= 1
+        ref = folio.share
+    }
+    if ref > 0 { return ref }
+    folio.mapping = 0
+    let order = folio.order
+    let pgmap = folio.raw.pointee.pgmap
+    if order > 0 {
+        resetCompound(folio)
+    }
+    for i in 0..<(1 << order) {
+        let p = Page(folio.raw + i)
+        p.raw.pointee.pgmap = pgmap
+        p.raw.pointee.mapping = 0
+        p.raw.pointee.index = 0
+        if dax_atomic_read(dax_page_refcount(p.raw)) != 0 {
+            vmReport(k, p, rule: "WARN_ON_ONCE(folio_ref_count(page_folio(page))): association dropped while busy",
+                     function: "dax_folio_put")
+        }
+    }
+    return 0
+}
+
+/// dax_disassociate_entry
+@inline(__always)
+func daxDisassociateEntry(_ k: KernelRef, _ e: UInt64) {
+    guard DaxEntry.isReal(e) else { return }
+    _ = daxFolioPut(k, pfnToPage(k, DaxEntry.pfn(e)).folio)
+}
+
+// MARK: busy pages (§8.4, §8.5)
+
+/// dax_busy_page: the head page if refcount - mapcount != 0.
+@inline(__always)
+public func daxBusyPage(_ k: KernelRef, _ e: UInt64) -> Page? {
+    guard DaxEntry.isReal(e) else { return nil }
+    let folio = pfnToPage(k, DaxEntry.pfn(e)).folio
+    return folio.refCount - folio.mapcount != 0 ? folio.head : nil
+}
+
+/// unmap_mapping_pages: zap every user mapping of file pages
+/// [start, start+nr) in every VMA that maps the file.
+public func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64) {
+    dax_spin_lock(&m.pointee.immapLock)
+    defer { dax_spin_unlock(&m.pointee.immapLock) }
+    for i in 0..<m.pointee.nrVmas {
+        guard let vma = m.pointee.vmas[i] else { continue }
+        let vs = vma.pointee.vm_pgoff
+        let ve = vs + vmaPages(vma)
+        let lo = max(vs, start), hi = min(ve, start &+ nr)
+        guard lo < hi else { continue }
+        let a0 = vma.pointee.vm_start + (lo - vs) * UInt64(pageSize)
+        let a1 = vma.pointee.vm_start + (hi - vs) * UInt64(pageSize)
+        zapVMARange(vma.pointee.vm_mm, vma, a0, a1)
+    }
+}
+
+/// dax_layout_busy_page_range: unmap the range, then return the first busy
+/// page (head), waiting for locked entries. Does not wait for idleness.
+public func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) -> Page? {
+    let k = m.pointee.kernel
+    let end = min(endIdx, m.pointee.nslots &- 1)
+    guard startIdx <= end else { return nil }
+    unmapMappingPages(m, startIdx, end - startIdx + 1)
+    dax_spin_lock(&m.pointee.lock)
+    defer { dax_spin_unlock(&m.pointee.lock) }
+    var i = startIdx
+    while i <= end {
+        switch getNextUnlockedEntry(m, i, order: 0) {
+        case .entry(let e, _):
+            if let p = daxBusyPage(k, e) { return p }
+            i = DaxEntry.isPMD(e) ? (i & ~UInt64(hpagePmdNr - 1)) + UInt64(hpagePmdNr) : i + 1
+        default:
+            i += 1
+        }
+    }
+    return nil
+}
+
+// MARK: removal (§8.7)
+
+/// dax_delete_mapping_range: remove every entry in the range (no busy check).
+public func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) {
+    let k = m.pointee.kernel
+    let end = min(endIdx, m.pointee.nslots &- 1)
+    guard startIdx <= end else { return }
+    dax_spin_lock(&m.pointee.lock)
+    var i = startIdx
+    while i <= end {
+        let next: UInt64
+        switch getNextUnlockedEntry(m, i, order: 0) {
+        case .entry(let e, let slot):
+            daxDisassociateEntry(k, e)
+            dax_store_u64(slot, 0)
+            m.pointee.marks[slot - m.pointee.slots] = 0
+            m.pointee.nrpages -= Int64(1) << Int64(DaxEntry.order(e))
+            wakeUpVar(k, UnsafeRawPointer(slot))
+            next = DaxEntry.isPMD(e) ? (i & ~UInt64(hpagePmdNr - 1)) + UInt64(hpagePmdNr) : i + 1
+        default:
+            next = i + 1
+        }
+        i = next
+    }
+    dax_spin_unlock(&m.pointee.lock)
+}
+
+/// __dax_invalidate_entry: 1 if removed. Without `trunc`, dirty or
+/// to-write entries are kept.
+@discardableResult
+public func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool) -> Int {
+    let k = m.pointee.kernel
+    dax_spin_lock(&m.pointee.lock)
+    defer { dax_spin_unlock(&m.pointee.lock) }
+    guard case .entry(let e, let slot) = getNextUnlockedEntry(m, index, order: 0) else { return 0 }
+    let marks = m.pointee.marks[slot - m.pointee.slots]
+    if !trunc && marks & (DaxMark.dirty | DaxMark.towrite) != 0 {
+        wakeUpVar(k, UnsafeRawPointer(slot))
+        return 0
+    }
+    daxDisassociateEntry(k, e)
+    dax_store_u64(slot, 0)
+    m.pointee.marks[slot - m.pointee.slots] = 0
+    m.pointee.nrpages -= Int64(1) << Int64(DaxEntry.order(e))
+    wakeUpVar(k, UnsafeRawPointer(slot))
+    return 1
+}
