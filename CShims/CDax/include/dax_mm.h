@@ -126,7 +126,7 @@ struct dax_page_report {
 	uint64_t mapping;
 	uint64_t index;
 	char rule[DAX_REPORT_RULE_LEN];
-	char function[32];
+	char function[48];
 };
 
 /* Behaviour switches for scenarios that reproduce older kernels. */
