@@ -60,9 +60,14 @@ public final class DeviceDax: DaxDevice {
         devname = String(target.split(separator: "/").last ?? "")
         let sysfs = "/sys/bus/dax/devices/\(devname)"
 
-        if let driver = try? Sys.readlink(sysfs + "/driver").get(),
-           let drv = driver.split(separator: "/").last, drv != "device_dax" {
-            throw .busy(device: path, reason: "bound to driver '\(drv)', not device_dax (system-ram mode? try: daxctl reconfigure-device -m devdax \(devname))")
+        switch Sys.readlink(sysfs + "/driver") {
+        case .success(let driver):
+            if let drv = driver.split(separator: "/").last, drv != "device_dax" {
+                throw .busy(device: path, reason: "bound to driver '\(drv)', not device_dax (system-ram mode? try: daxctl reconfigure-device -m devdax \(devname))")
+            }
+        case .failure:
+            // The node can outlive the driver (no udev to remove it).
+            throw .disabled(device: path, reason: "no driver bound (try: daxctl enable-device \(devname))")
         }
 
         // libdaxctl's view (fresh context); sysfs directly if it does not list

@@ -57,7 +57,12 @@ func parseJSON(_ text: String) throws -> NSObject {
     return try JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as! NSObject
 }
 
-@Suite("Real device-dax: discovery", .serialized)
+/// Every real-device suite runs inside this one, one test at a time: some
+/// tests disable and re-enable a device, which must not race the others.
+@Suite("Real device-dax", .serialized)
+struct RealDeviceTests {
+
+@Suite("Real device-dax: discovery")
 struct RealDiscoveryTests {
     /// `daxmm list --json` reports exactly what `daxctl list -R -D` reports,
     /// with -M and -i as well.
@@ -100,7 +105,7 @@ struct RealDiscoveryTests {
     }
 }
 
-@Suite("Real device-dax: mappings", .serialized)
+@Suite("Real device-dax: mappings")
 struct RealMappingTests {
     /// Each device maps MAP_SHARED at its alignment, holds a pattern, and the
     /// kernel's pagemap confirms the physical address the port computes.
@@ -115,7 +120,10 @@ struct RealMappingTests {
             #expect(m.address % UInt(a) == 0, "\(info.devname): address not aligned")
             let r = try PatternCheck.run(m, bytes: min(len, 8 << 20))
             #expect(r.bytes > 0)
-            for off in [UInt64(0), len / 2, len - 4096] {
+            // /proc/self/pagemap has no PUD handler: its walk splits (for DAX:
+            // unmaps) a 1 GiB mapping and reports it absent, so only 4K and
+            // 2M devices can be checked this way.
+            for off in dev.align == .pud ? [] : [UInt64(0), len / 2, len - 4096] {
                 let pfn = try pagemapPFN(m.baseAddress + Int(off))
                 #expect(pfn == dev.physicalAddress(ofOffset: off)! >> 12, "\(info.devname) offset \(formatHex(off))")
             }
@@ -132,7 +140,10 @@ struct RealMappingTests {
             let dev = try DeviceDax(path: info.path)
             let emu = try EmulatedDevice(size: UInt64(dev.align.bytes) * 2, align: dev.align)
             let a = UInt64(dev.align.bytes)
-            var cases: [(UInt64, UInt64, MapOptions)] = [(0, a, .private)]
+            // Read-only: a private writable mapping is charged against the
+            // commit limit first, and a 1 GiB one fails there with ENOMEM in a
+            // small guest before device-dax's check_vma runs.
+            var cases: [(UInt64, UInt64, MapOptions)] = [(0, a, [.private, .readOnly])]
             if dev.align != .pte { cases += [(0, 4096, .shared), (4096, a, .shared)] }
             for (off, len, opts) in cases {
                 let kernel = mapErrno(dev, off, len, opts)
@@ -164,7 +175,7 @@ struct RealMappingTests {
     }
 }
 
-@Suite("Real device-dax: bad states", .serialized)
+@Suite("Real device-dax: bad states")
 struct RealDeviceStateTests {
     /// A disabled device is named as disabled, with how to enable it; the
     /// device is re-enabled afterwards.
@@ -206,6 +217,8 @@ struct RealDeviceStateTests {
         let missing = "/dev/dax\(devs[0].regionID).99"
         #expect(throws: DeviceError.noSuchDevice(path: missing)) { try DeviceDax(path: missing) }
     }
+}
+
 }
 
 func mapErrno(_ dev: any DaxDevice, _ off: UInt64, _ len: UInt64, _ opts: MapOptions) -> Errno? {
