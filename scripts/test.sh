@@ -88,6 +88,22 @@ if [ "$HOST_ONLY" = 0 ]; then
     done
 fi
 
+if [ "$HOST_ONLY" = 0 ]; then
+    # Two DIMMs on two NUMA nodes: discovery reports each device's node.
+    k=${KERNELS%% *}
+    echo "== guest tests, two NUMA nodes, kernel $k"
+    log=$RESULTS/vm-numa.log xml=$RESULTS/vm-numa.xml
+    set +e
+    scripts/vm/vmrun --kernel "$k" --numa-nodes 2 --pmem nfit:2G,node=0 --pmem nfit:2G,node=1 \
+        --namespace devdax:2M:1G@nmem0 --namespace devdax:2M:1G@nmem1 \
+        --env DAXMM_VM_EXPECT_NODES=0,1 --env DAXMM_VM_EXPECT_ALIGNS=2M \
+        --timeout 1800 --console-log "$RESULTS/vm-numa.console" -- \
+        sh -c "'$TESTBIN' --testing-library swift-testing --filter 'Real device-dax: discovery' --xunit-output '$xml'" \
+        2>&1 | tee "$log"
+    set -e
+    count "vm-numa" "$log" "$xml" 1
+fi
+
 echo "== summary"
 for p in "${PHASES[@]}"; do echo "  $p"; done
 echo "$TOTAL_PASS passed, $TOTAL_FAIL failed, $TOTAL_SKIP skipped"

@@ -95,6 +95,21 @@ struct RealDiscoveryTests {
         }
     }
 
+    /// A multi-node topology (DAXMM_VM_EXPECT_NODES, set by the NUMA boot):
+    /// every expected node has a device and libnuma sees the nodes.
+    @Test func targetNodesMatchTopology() throws {
+        let devs = try RealDevices.require()
+        let expected = (ProcessInfo.processInfo.environment["DAXMM_VM_EXPECT_NODES"] ?? "")
+            .split(separator: ",").compactMap { Int($0) }
+        let nodes = Set(devs.compactMap(\.targetNode))
+        for n in expected { #expect(nodes.contains(n), "no device on node \(n): \(devs.map { "\($0.devname)@\(String(describing: $0.targetNode))" })") }
+        if !expected.isEmpty {
+            let numa = try #require(NUMA.nodes())
+            #expect(numa.count >= expected.count)
+            for n in numa where expected.contains(n.id) { #expect(n.distances[n.id] == 10) }
+        }
+    }
+
     @Test func defaultDeviceIsReal() throws {
         let devs = try RealDevices.require()
         let spec = try DeviceSpec.defaultSpec()
