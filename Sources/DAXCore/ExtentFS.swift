@@ -229,16 +229,29 @@ public final class DaxFile: @unchecked Sendable {
     public func truncate(to bytes: UInt64, timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
         let newPages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
         guard newPages <= inode.pointee.sizePages else { return try extend(to: bytes) }
-        try breakLayout(start: newPages, end: maxPages - 1, timeoutNanos: timeoutNanos)
+        // The invalidate lock is held across break, size change and freeing,
+        // so no fault can map the range again in between.
+        dax_down_write(&mapping.pointee.invalidateLock)
+        defer { dax_up_write(&mapping.pointee.invalidateLock) }
+        try breakLayoutLocked(start: newPages, end: maxPages - 1, timeoutNanos: timeoutNanos)
         inode.pointee.sizePages = newPages
         truncatePagecache(from: newPages)
         freeBlocks(from: newPages, to: maxPages)
     }
 
+    func breakLayoutLocked(start: UInt64, end: UInt64, timeoutNanos: Int64) throws(FSError) {
+        if case .busy(let pfn, let r, let p) = daxBreakLayoutLocked(mapping, start: start, end: end, wait: true,
+                                                                     timeoutNanos: timeoutNanos) {
+            throw .busy(file: name, pfn: pfn, refcount: r, pincount: p)
+        }
+    }
+
     /// Punch a hole: break the layout of the range, drop its entries and blocks.
     public func punchHole(pgoff: UInt64, pages: UInt64, timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
         guard pages > 0 else { return }
-        try breakLayout(start: pgoff, end: pgoff + pages - 1, timeoutNanos: timeoutNanos)
+        dax_down_write(&mapping.pointee.invalidateLock)
+        defer { dax_up_write(&mapping.pointee.invalidateLock) }
+        try breakLayoutLocked(start: pgoff, end: pgoff + pages - 1, timeoutNanos: timeoutNanos)
         truncatePagecache(from: pgoff, to: pgoff + pages)
         freeBlocks(from: pgoff, to: pgoff + pages)
     }

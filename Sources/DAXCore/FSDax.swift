@@ -58,6 +58,9 @@ public struct DaxMappingCore {
     public var mappingID: UInt64
     /// I_DIRTY_PAGES
     public var dirtyPages: UInt32 = 0
+    /// mapping->invalidate_lock: faults take it shared, layout breaking and
+    /// truncation exclusive (ext4/XFS hold it across break + delete).
+    public var invalidateLock = dax_rwsem()
 }
 
 public typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>

@@ -272,10 +272,14 @@ public func daxInsertPfnMkwrite(_ vmf: VMFaultRef, pfn: UInt64, order: Int) -> U
     return ret
 }
 
-/// The filesystem's huge_fault (ext4_dax_huge_fault): dax_iomap_fault, and
-/// for VM_FAULT_NEEDDSYNC the fsync and dax_finish_sync_fault.
+/// The filesystem's huge_fault (ext4_dax_huge_fault): under the shared
+/// invalidate lock, dax_iomap_fault, and for VM_FAULT_NEEDDSYNC the fsync and
+/// dax_finish_sync_fault.
 @inline(__always)
 func fsDaxHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
+    let m = daxInode(vmf.pointee.vma).pointee.mapping
+    dax_down_read(&m.pointee.invalidateLock)
+    defer { dax_up_read(&m.pointee.invalidateLock) }
     var ret: UInt32
     switch Int(order) {
     case 0: ret = daxIomapPteFault(vmf)
@@ -333,15 +337,30 @@ public enum BreakLayoutResult: Equatable, Sendable {
 /// (woken by free_zone_device_folio), then delete the entries. `wait:
 /// false` is the NOWAIT case (-ERESTARTSYS in the kernel). The kernel waits
 /// until a signal; the port waits at most `timeoutNanos` per busy page.
+///
+/// Takes the invalidate lock exclusive, dropping it while it sleeps (the
+/// kernel's wait callback does the same), so faults cannot remap the range
+/// between the last busy scan and the deletion.
 public func daxBreakLayout(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
                            timeoutNanos: Int64 = -1) -> BreakLayoutResult {
+    dax_down_write(&m.pointee.invalidateLock)
+    defer { dax_up_write(&m.pointee.invalidateLock) }
+    return daxBreakLayoutLocked(m, start: start, end: end, wait: wait, timeoutNanos: timeoutNanos)
+}
+
+/// dax_break_layout with the invalidate lock held exclusive by the caller
+/// (held again on return, whatever the result).
+public func daxBreakLayoutLocked(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
+                                 timeoutNanos: Int64 = -1) -> BreakLayoutResult {
     let k = m.pointee.kernel
     while let page = daxLayoutBusyPageRange(m, start, end) {
         let folio = page.folio
         if !wait {
             return .busy(pfn: pageToPfn(k, page), refcount: folio.refCount, pincount: folio.pincount)
         }
+        dax_up_write(&m.pointee.invalidateLock)
         let idle = waitVarEvent(k, UnsafeRawPointer(page.raw), timeoutNanos: timeoutNanos) { daxPageIsIdle(page) }
+        dax_down_write(&m.pointee.invalidateLock)
         if !idle {
             return .busy(pfn: pageToPfn(k, page), refcount: folio.refCount, pincount: folio.pincount)
         }
