@@ -34,18 +34,25 @@ rm -rf "$RESULTS"; mkdir -p "$RESULTS"
 TOTAL_PASS=0 TOTAL_FAIL=0 TOTAL_SKIP=0
 PHASES=()
 
-# count PHASE LOG XML STRICT: adds a phase's figures to the totals.
+# count PHASE LOG XML STRICT RC: adds a phase's figures to the totals. A
+# run that exited non-zero (a crash, a dead guest) counts as a failure even
+# when its report shows none.
 count() {
-    local phase=$1 log=$2 xml=$3 strict=$4 tests failed skipped passed
-    tests=$(grep -o 'tests="[0-9]*"' "$xml" 2>/dev/null | head -n1 | tr -dc 0-9)
-    failed=$(grep -o 'failures="[0-9]*"' "$xml" 2>/dev/null | head -n1 | tr -dc 0-9)
+    local phase=$1 log=$2 xml=$3 strict=$4 rc=${5:-0} tests failed skipped passed
+    tests=$(grep -o 'tests="[0-9]*"' "$xml" 2>/dev/null | head -n1 | tr -dc 0-9 || true)
+    failed=$(grep -o 'failures="[0-9]*"' "$xml" 2>/dev/null | head -n1 | tr -dc 0-9 || true)
     tests=${tests:-0} failed=${failed:-0}
     skipped=$(grep -cE '➜ Test .*(skipped|was cancelled)' "$log" || true)
     if [ "$tests" = 0 ] && [ "$failed" = 0 ]; then
         # No report at all: the run died before Swift Testing finished.
         failed=1
     fi
+    if [ "$rc" -ne 0 ] && [ "$failed" = 0 ]; then
+        echo "test.sh: $phase: the run exited with status $rc" >&2
+        failed=1
+    fi
     passed=$((tests - failed - skipped))
+    [ "$passed" -ge 0 ] || passed=0
     if [ "$strict" = 1 ] && [ "$skipped" -gt 0 ]; then
         echo "test.sh: $phase: $skipped test(s) skipped inside the guest; counted as failures:" >&2
         grep -E '➜ Test .*(skipped|was cancelled)' "$log" >&2 || true
@@ -63,8 +70,9 @@ TESTBIN=$BIN/daxmmPackageTests.xctest
 echo "== host tests"
 set +e
 "$TESTBIN" --testing-library swift-testing --xunit-output "$RESULTS/host.xml" 2>&1 | tee "$RESULTS/host.log"
+rc=${PIPESTATUS[0]}
 set -e
-count host "$RESULTS/host.log" "$RESULTS/host.xml" 0
+count host "$RESULTS/host.log" "$RESULTS/host.xml" 0 "$rc"
 
 if [ "$HOST_ONLY" = 0 ]; then
     # One boot per kernel serves the whole real-device batch. 1G alignment needs
@@ -84,7 +92,7 @@ if [ "$HOST_ONLY" = 0 ]; then
         if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
             echo "test.sh: guest run on kernel $k ended with status $rc (console: $RESULTS/vm-$k.console)" >&2
         fi
-        count "vm-$k" "$log" "$xml" 1
+        count "vm-$k" "$log" "$xml" 1 "$rc"
     done
 fi
 
@@ -100,8 +108,9 @@ if [ "$HOST_ONLY" = 0 ]; then
         --timeout 1800 --console-log "$RESULTS/vm-numa.console" -- \
         sh -c "'$TESTBIN' --testing-library swift-testing --filter 'Real device-dax: discovery' --xunit-output '$xml'" \
         2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
     set -e
-    count "vm-numa" "$log" "$xml" 1
+    count "vm-numa" "$log" "$xml" 1 "$rc"
 fi
 
 echo "== summary"

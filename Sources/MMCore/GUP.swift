@@ -209,20 +209,23 @@ public func putUserPages(_ k: KernelRef, _ pages: PageArray, _ n: Int) {
 func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlags, _ err: inout Int32) -> Page? {
     let k = mm.pointee.kernel!
     let write = flags.contains(.write)
-    let pgd = pgdOffset(mm, addr)
-    guard entryPresent(dax_load_u64(pgd)) else { return nil }
-    let pud = pudOffset(pgd, addr)
-    if entryLeaf(dax_load_u64(pud)) {
+    // Each level is read once: a racing fault or zap may change an entry
+    // between two reads (none -> huge leaf -> none).
+    let pgde = dax_load_u64(pgdOffset(mm, addr))
+    guard entryPresent(pgde) else { return nil }
+    let pud = entryTable(pgde) + pudIndex(addr)
+    let pude = dax_load_u64(pud)
+    if entryLeaf(pude) {
         return followHuge(k, vma, pud, pudLockptr(mm), addr, UInt64(pudSize), write, flags, &err)
     }
-    guard entryPresent(dax_load_u64(pud)) else { return nil }
-    let pmd = pmdOffset(pud, addr)
-    if entryLeaf(dax_load_u64(pmd)) {
+    guard entryPresent(pude) else { return nil }
+    let pmd = entryTable(pude) + pmdIndex(addr)
+    let pmde = dax_load_u64(pmd)
+    if entryLeaf(pmde) {
         return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, &err)
     }
-    let pmde = dax_load_u64(pmd)
     guard entryPresent(pmde) else { return nil }
-    let pte = pteOffset(pmd, addr)
+    let pte = entryTable(pmde) + pteIndex(addr)
     let ptl = pteLockptr(k, pmde)
     dax_spin_lock(ptl)
     defer { dax_spin_unlock(ptl) }

@@ -207,7 +207,7 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
             var rss: Int64 = 0
             dax_spin_lock(ptl)
             while a < end && n < mmuGatherBatch {
-                let pte = pteOffset(pmd, a)
+                let pte = entryTable(pmde) + pteIndex(a)
                 let e = dax_xchg_u64(pte, 0)
                 if entryPresent(e), let page = vmNormalPage(k, vma, e) {
                     let folio = page.folio

@@ -179,11 +179,17 @@ func populateTable(_ mm: MMRef, _ entry: EntryPtr, lock: UnsafeMutablePointer<UI
 
 /// pud_alloc(mm, pgd_offset(mm, addr), addr): the PUD entry for addr,
 /// allocating the PUD table if needed. nil on -ENOMEM.
+///
+/// Each entry is read once after it is populated: a racing fault may turn an
+/// empty entry into a huge leaf (and a racing zap turn the leaf back into an
+/// empty entry), so a second read could see something else.
 @inline(__always)
 public func pudAlloc(_ mm: MMRef, _ addr: UInt64) -> EntryPtr? {
     let pgd = pgdOffset(mm, addr)
     if entryNone(dax_load_u64(pgd)) && !populateTable(mm, pgd, lock: pudLockptr(mm)) { return nil }
-    return pudOffset(pgd, addr)
+    let e = dax_load_u64(pgd)
+    guard entryPresent(e) else { return nil }
+    return entryTable(e) + pudIndex(addr)
 }
 
 /// pmd_alloc: the PMD entry under `pud`, allocating the PMD table. nil on
@@ -191,8 +197,9 @@ public func pudAlloc(_ mm: MMRef, _ addr: UInt64) -> EntryPtr? {
 @inline(__always)
 public func pmdAlloc(_ mm: MMRef, _ pud: EntryPtr, _ addr: UInt64) -> EntryPtr? {
     if entryNone(dax_load_u64(pud)) && !populateTable(mm, pud, lock: pudLockptr(mm)) { return nil }
-    if entryLeaf(dax_load_u64(pud)) { return nil }
-    return pmdOffset(pud, addr)
+    let e = dax_load_u64(pud)
+    guard entryPresent(e), !entryLeaf(e) else { return nil }
+    return entryTable(e) + pmdIndex(addr)
 }
 
 /// pte_alloc + pte_offset_map: the PTE entry under `pmd`, allocating the PTE
@@ -201,8 +208,9 @@ public func pmdAlloc(_ mm: MMRef, _ pud: EntryPtr, _ addr: UInt64) -> EntryPtr? 
 public func pteAlloc(_ mm: MMRef, _ pmd: EntryPtr, _ addr: UInt64) -> EntryPtr? {
     let k = mm.pointee.kernel!
     if entryNone(dax_load_u64(pmd)) && !populateTable(mm, pmd, lock: pmdLockptr(k, pmd)) { return nil }
-    if entryLeaf(dax_load_u64(pmd)) { return nil }
-    return pteOffset(pmd, addr)
+    let e = dax_load_u64(pmd)
+    guard entryPresent(e), !entryLeaf(e) else { return nil }
+    return entryTable(e) + pteIndex(addr)
 }
 
 /// Lookup without allocation: the entry pointers down to the deepest present
@@ -216,17 +224,17 @@ public struct PageWalk {
 @inline(__always)
 public func walk(_ mm: MMRef, _ addr: UInt64) -> PageWalk {
     var w = PageWalk()
-    let pgd = pgdOffset(mm, addr)
-    guard entryPresent(dax_load_u64(pgd)) else { return w }
-    let pud = pudOffset(pgd, addr)
+    let pgde = dax_load_u64(pgdOffset(mm, addr))
+    guard entryPresent(pgde) else { return w }
+    let pud = entryTable(pgde) + pudIndex(addr)
     w.pud = pud
     let pude = dax_load_u64(pud)
     guard entryPresent(pude), !entryLeaf(pude) else { return w }
-    let pmd = pmdOffset(pud, addr)
+    let pmd = entryTable(pude) + pmdIndex(addr)
     w.pmd = pmd
     let pmde = dax_load_u64(pmd)
     guard entryPresent(pmde), !entryLeaf(pmde) else { return w }
-    w.pte = pteOffset(pmd, addr)
+    w.pte = entryTable(pmde) + pteIndex(addr)
     return w
 }
 
