@@ -320,3 +320,8 @@ public func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool)
     wakeUpVar(k, UnsafeRawPointer(slot))
     return 1
 }
+
+/// dax_layout_busy_page: the whole file.
+public func daxLayoutBusyPage(_ m: DaxMappingRef) -> Page? {
+    daxLayoutBusyPageRange(m, 0, UInt64.max)
+}
