@@ -42,7 +42,8 @@ count() {
     tests=$(grep -o 'tests="[0-9]*"' "$xml" 2>/dev/null | head -n1 | tr -dc 0-9 || true)
     failed=$(grep -o 'failures="[0-9]*"' "$xml" 2>/dev/null | head -n1 | tr -dc 0-9 || true)
     tests=${tests:-0} failed=${failed:-0}
-    skipped=$(grep -cE '➜ Test .*(skipped|was cancelled)' "$log" || true)
+    # Swift Testing may colour its lines: strip the escapes before matching.
+    skipped=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -cE '➜ Test .*(skipped|was cancelled)' || true)
     if [ "$tests" = 0 ] && [ "$failed" = 0 ]; then
         # No report at all: the run died before Swift Testing finished.
         failed=1
@@ -55,7 +56,7 @@ count() {
     [ "$passed" -ge 0 ] || passed=0
     if [ "$strict" = 1 ] && [ "$skipped" -gt 0 ]; then
         echo "test.sh: $phase: $skipped test(s) skipped inside the guest; counted as failures:" >&2
-        grep -E '➜ Test .*(skipped|was cancelled)' "$log" >&2 || true
+        sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '➜ Test .*(skipped|was cancelled)' >&2 || true
         failed=$((failed + skipped)); skipped=0
     fi
     TOTAL_PASS=$((TOTAL_PASS + passed)); TOTAL_FAIL=$((TOTAL_FAIL + failed)); TOTAL_SKIP=$((TOTAL_SKIP + skipped))
@@ -106,7 +107,7 @@ if [ "$HOST_ONLY" = 0 ]; then
         --namespace devdax:2M:1G@nmem0 --namespace devdax:2M:1G@nmem1 \
         --env DAXMM_VM_EXPECT_NODES=0,1 --env DAXMM_VM_EXPECT_ALIGNS=2M \
         --timeout 1800 --console-log "$RESULTS/vm-numa.console" -- \
-        sh -c "'$TESTBIN' --testing-library swift-testing --filter 'Real device-dax: discovery' --xunit-output '$xml'" \
+        sh -c "'$TESTBIN' --testing-library swift-testing --filter RealDiscoveryTests --xunit-output '$xml'" \
         2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
