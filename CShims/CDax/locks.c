@@ -42,13 +42,18 @@ void dax_spin_lock_slow(uint32_t *l)
 
 static void rwsem_wait(struct dax_rwsem *s, uint32_t seq)
 {
+	__atomic_add_fetch(&s->waiters, 1, __ATOMIC_SEQ_CST);
 	dax_futex_wait(&s->seq, seq, 1000000);   /* 1 ms cap: recheck */
+	__atomic_sub_fetch(&s->waiters, 1, __ATOMIC_SEQ_CST);
 }
 
+/* Bump the sequence (so a sleeper that read the old one does not sleep) and
+ * wake sleepers, if any: the uncontended release makes no system call. */
 static void rwsem_release(struct dax_rwsem *s)
 {
 	__atomic_add_fetch(&s->seq, 1, __ATOMIC_SEQ_CST);
-	dax_futex_wake(&s->seq, INT_MAX);
+	if (__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST))
+		dax_futex_wake(&s->seq, INT_MAX);
 }
 
 bool dax_down_read_trylock(struct dax_rwsem *s)

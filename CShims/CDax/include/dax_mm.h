@@ -80,7 +80,9 @@ DAX_MM_INLINE bool dax_spin_is_locked(const uint32_t *l) { return __atomic_load_
 /* A reader/writer semaphore (mmap_lock): count > 0 readers, -1 a writer. */
 struct dax_rwsem {
 	int32_t count;
-	uint32_t seq;   /* futex word bumped on every release */
+	uint32_t seq;     /* futex word bumped on every release */
+	uint32_t waiters; /* sleepers: a release makes a futex call only if > 0 */
+	uint32_t _pad;
 };
 
 bool dax_down_read_trylock(struct dax_rwsem *s);
