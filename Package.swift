@@ -76,7 +76,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXCoreTests",
-            dependencies: ["DAXCore", "MMCore", "CDax"]
+            dependencies: ["DAXCore", "MMCore", "MMTestSupport", "CDax"]
         ),
         .testTarget(
             name: "MMCoreTests",

@@ -143,68 +143,68 @@ func folioModStat(_ k: KernelRef, _ nr: Int32, _ nrPmdmapped: Int32) {
 
 // MARK: the file rmap API
 
+/// __folio_add_file_rmap: sanity checks, the counters, the node stats.
+@inline(__always)
+func folioAddFileRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _ level: RmapLevel) -> Bool {
+    guard folioRmapSanityChecks(k, folio, page, nr, level) else { return false }
+    let (n, pmd) = folioAddRmap(k, folio, page, nr, level)
+    folioModStat(k, n, pmd)
+    return true
+}
+
+/// __folio_remove_rmap for file folios.
+@inline(__always)
+func folioRemoveFileRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _ level: RmapLevel) -> Bool {
+    guard folioRmapSanityChecks(k, folio, page, nr, level) else { return false }
+    let (n, pmd) = folioRemoveRmap(k, folio, page, nr, level)
+    folioModStat(k, -n, -pmd)
+    return true
+}
+
 /// folio_add_file_rmap_ptes
 @inline(__always) @discardableResult
 public func folioAddFileRmapPtes(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int) -> Bool {
-    guard folioRmapSanityChecks(k, folio, page, nr, .pte) else { return false }
-    let (n, pmd) = folioAddRmap(k, folio, page, nr, .pte)
-    folioModStat(k, n, pmd)
-    return true
+    folioAddFileRmap(k, folio, page, nr, .pte)
 }
 
 /// folio_add_file_rmap_pte
 @inline(__always) @discardableResult
 public func folioAddFileRmapPte(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    folioAddFileRmapPtes(k, folio, page, 1)
+    folioAddFileRmap(k, folio, page, 1, .pte)
 }
 
 /// folio_add_file_rmap_pmd
 @inline(__always) @discardableResult
 public func folioAddFileRmapPmd(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    guard folioRmapSanityChecks(k, folio, page, hpagePmdNr, .pmd) else { return false }
-    let (n, pmd) = folioAddRmap(k, folio, page, hpagePmdNr, .pmd)
-    folioModStat(k, n, pmd)
-    return true
+    folioAddFileRmap(k, folio, page, hpagePmdNr, .pmd)
 }
 
 /// folio_add_file_rmap_pud
 @inline(__always) @discardableResult
 public func folioAddFileRmapPud(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    guard folioRmapSanityChecks(k, folio, page, hpagePudNr, .pud) else { return false }
-    let (n, pmd) = folioAddRmap(k, folio, page, hpagePudNr, .pud)
-    folioModStat(k, n, pmd)
-    return true
+    folioAddFileRmap(k, folio, page, hpagePudNr, .pud)
 }
 
 /// folio_remove_rmap_ptes
 @inline(__always) @discardableResult
 public func folioRemoveRmapPtes(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int) -> Bool {
-    guard folioRmapSanityChecks(k, folio, page, nr, .pte) else { return false }
-    let (n, pmd) = folioRemoveRmap(k, folio, page, nr, .pte)
-    folioModStat(k, -n, -pmd)
-    return true
+    folioRemoveFileRmap(k, folio, page, nr, .pte)
 }
 
 /// folio_remove_rmap_pte
 @inline(__always) @discardableResult
 public func folioRemoveRmapPte(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    folioRemoveRmapPtes(k, folio, page, 1)
+    folioRemoveFileRmap(k, folio, page, 1, .pte)
 }
 
 /// folio_remove_rmap_pmd
 @inline(__always) @discardableResult
 public func folioRemoveRmapPmd(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    guard folioRmapSanityChecks(k, folio, page, hpagePmdNr, .pmd) else { return false }
-    let (n, pmd) = folioRemoveRmap(k, folio, page, hpagePmdNr, .pmd)
-    folioModStat(k, -n, -pmd)
-    return true
+    folioRemoveFileRmap(k, folio, page, hpagePmdNr, .pmd)
 }
 
 /// folio_remove_rmap_pud
 @inline(__always) @discardableResult
 public func folioRemoveRmapPud(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    guard folioRmapSanityChecks(k, folio, page, hpagePudNr, .pud) else { return false }
-    let (n, pmd) = folioRemoveRmap(k, folio, page, hpagePudNr, .pud)
-    folioModStat(k, -n, -pmd)
-    return true
+    folioRemoveFileRmap(k, folio, page, hpagePudNr, .pud)
 }

@@ -5,18 +5,8 @@ import Synchronization
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestSupport
 
-/// splitmix64 for replayable sequences.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 /// Random sequences mixing device-dax and fs-dax operations in one kernel and
 /// one MM, with the §11 invariants (against a ledger of held references) and
@@ -29,7 +19,7 @@ struct DAXPropertyTests {
 
     @Test("mixed sequences", arguments: [1, 2] as [UInt64])
     func mixed(seed: UInt64) throws {
-        var rng = SplitMix(state: seed &* 0x1234_5678)
+        var rng = SplitMix64(seed: seed &* 0x1234_5678)
         let kernel = try Kernel(physBits: 40)
         let k = kernel.ref
         let dev = try DevDax(kernel: kernel, ranges: [(start: 0x1_0000_0000, size: 8 << 20)], align: 2 << 20)
@@ -148,7 +138,7 @@ struct DAXPropertyTests {
         let failures = Mutex<[String]>([])
         let iterations = 3000
         DispatchQueue.concurrentPerform(iterations: 2) { t in
-            var rng = SplitMix(state: UInt64(t + 7))
+            var rng = SplitMix64(seed: UInt64(t + 7))
             let pages = PageArray.allocate(capacity: 4)
             defer { pages.deallocate() }
             for i in 0..<iterations {

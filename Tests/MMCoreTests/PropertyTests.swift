@@ -4,18 +4,6 @@ import Testing
 @testable import MMCore
 import MMTestSupport
 
-/// splitmix64: a small seeded generator so every failing sequence can be
-/// replayed from its seed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 /// Random sequences of fault / write-upgrade / zap / pin / unpin / get / put /
 /// munmap / remap over GENERIC and FS_DAX pgmaps at 4K and 2M folio order,
@@ -50,7 +38,7 @@ struct PropertyTests {
     func randomSequences(type: MemoryType, order: Int) throws {
         let steps = Self.totalSteps / 4
         let seed = UInt64(ProcessInfo.processInfo.environment["DAXMM_PROPERTY_SEED"] ?? "") ?? 0xdac5_0000 &+ UInt64(order) &* 31 &+ UInt64(type.rawValue)
-        var rng = SeededRandom(state: seed)
+        var rng = SplitMix64(seed: seed)
         let kernel = try Kernel(physBits: 40)
         let folioBytes = UInt64(4096) << UInt64(order)
         let nrFolios: UInt64 = order == 0 ? 64 : 4

@@ -33,7 +33,7 @@ struct StressTests {
         let failures = Mutex<[String]>([])
 
         DispatchQueue.concurrentPerform(iterations: 2) { t in
-            var rng = SeededRandom(state: UInt64(t + 1) * 7919 + UInt64(order))
+            var rng = SplitMix64(seed: UInt64(t + 1) * 7919 + UInt64(order))
             let pages = PageArray.allocate(capacity: 8)
             defer { pages.deallocate() }
             // Disjoint: each thread owns half. Overlapping: both use all of it.

@@ -35,6 +35,24 @@ struct Rig {
     }
 }
 
+/// Pins one page per call over 1000 faulted pages of a fresh rig; unpins
+/// outside the measurement. Three rounds per sample.
+func pinOnePagePerCall(_ benchmark: Benchmark, order: Int, flags: GupFlags) {
+    let rig = Rig(order: order, folios: order == 0 ? 1024 : 2)
+    var a = rig.base
+    while a < rig.base + rig.length { _ = rig.mm.handleFault(a, write: true); a += UInt64(4096) << UInt64(order) }
+    let pages = PageArray.allocate(capacity: 1000)
+    defer { pages.deallocate() }
+    for _ in 0..<3 {
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            blackHole(pinUserPagesFast(rig.mm.ref, rig.base + UInt64(i) * 4096, 1, flags, pages + i))
+        }
+        benchmark.stopMeasurement()
+        unpinUserPages(rig.kernel.ref, pages, 1000)
+    }
+}
+
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
         metrics: [.wallClock, .throughput, .mallocCountTotal],
@@ -87,51 +105,17 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     Benchmark("pin_user_pages_fast 1 page per call, FOLL_WRITE (4K device)") { benchmark in
-        let rig = Rig(order: 0, folios: 1024)
-        for i in 0..<1000 { _ = rig.mm.handleFault(rig.base + UInt64(i) * 4096, write: true) }
-        let pages = PageArray.allocate(capacity: 1000)
-        defer { pages.deallocate() }
-        for _ in 0..<3 {
-            benchmark.startMeasurement()
-            for i in benchmark.scaledIterations {
-                blackHole(pinUserPagesFast(rig.mm.ref, rig.base + UInt64(i) * 4096, 1, [.write], pages + i))
-            }
-            benchmark.stopMeasurement()
-            unpinUserPages(rig.kernel.ref, pages, 1000)
-        }
+        pinOnePagePerCall(benchmark, order: 0, flags: [.write])
     }
 
     Benchmark("pin_user_pages_fast 1 page per call, FOLL_WRITE (2M device)") { benchmark in
-        let rig = Rig(order: 9, folios: 2)
-        _ = rig.mm.handleFault(rig.base, write: true)
-        _ = rig.mm.handleFault(rig.base + (2 << 20), write: true)
-        let pages = PageArray.allocate(capacity: 1000)
-        defer { pages.deallocate() }
-        for _ in 0..<3 {
-            benchmark.startMeasurement()
-            for i in benchmark.scaledIterations {
-                blackHole(pinUserPagesFast(rig.mm.ref, rig.base + UInt64(i) * 4096, 1, [.write], pages + i))
-            }
-            benchmark.stopMeasurement()
-            unpinUserPages(rig.kernel.ref, pages, 1000)
-        }
+        pinOnePagePerCall(benchmark, order: 9, flags: [.write])
     }
 
     // A writable FOLL_LONGTERM pin of a file mapping leaves GUP-fast for the
     // slow path (gup_fast_folio_allowed), as device-dax does in the kernel.
     Benchmark("pin_user_pages_fast 1 page per call, FOLL_WRITE|FOLL_LONGTERM (4K device, slow path)") { benchmark in
-        let rig = Rig(order: 0, folios: 1024)
-        for i in 0..<1000 { _ = rig.mm.handleFault(rig.base + UInt64(i) * 4096, write: true) }
-        let pages = PageArray.allocate(capacity: 1000)
-        defer { pages.deallocate() }
-        for _ in 0..<3 {
-            benchmark.startMeasurement()
-            for i in benchmark.scaledIterations {
-                blackHole(pinUserPagesFast(rig.mm.ref, rig.base + UInt64(i) * 4096, 1, [.write, .longterm], pages + i))
-            }
-            benchmark.stopMeasurement()
-            unpinUserPages(rig.kernel.ref, pages, 1000)
-        }
+        pinOnePagePerCall(benchmark, order: 0, flags: [.write, .longterm])
     }
 
     Benchmark("unpin_user_page (4K device)") { benchmark in
