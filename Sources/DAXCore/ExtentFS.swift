@@ -56,7 +56,7 @@ public final class DaxFS: @unchecked Sendable {
     public let pgmap: DevPagemap
     public let core: UnsafeMutablePointer<DaxFSCore>
     public let basePfn: UInt64
-    private let files = Mutex<[ObjectIdentifier: DaxFile]>([:])
+    private let files = Locked<[ObjectIdentifier: DaxFile]>([:])
     public private(set) var mounted = true
 
     /// A file system over [start, start+size) of physical memory, as a pmem

@@ -201,11 +201,11 @@ final class Registry: Sendable {
         var pgmap: UnsafeMutablePointer<dax_pgmap>
         var owner: ObjectIdentifier
     }
-    private struct State: ~Copyable, Sendable {
+    private struct State: Sendable {
         var pgmaps: [Entry] = []
         var systemRAM: [ClosedRange<UInt64>] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     func lookup(pfn: UInt64) -> UnsafeMutablePointer<dax_pgmap>? {
         state.withLock { s in s.pgmaps.first { pfn >= $0.startPfn && pfn < $0.endPfn }?.pgmap }

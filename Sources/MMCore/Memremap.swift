@@ -59,7 +59,7 @@ public final class DevPagemap: @unchecked Sendable {
     public let owner: UnsafeMutableRawPointer?
 
     enum State { case new, mapping, live, dying, unmapping, gone }
-    private let state = Mutex(State.new)
+    private let state = Locked(State.new)
     private static let ids = Atomic<UInt64>(1)
 
     public init(kernel: Kernel, type: MemoryType, ranges: [PhysicalRange], vmemmapShift: Int = 0,

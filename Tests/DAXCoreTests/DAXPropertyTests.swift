@@ -135,7 +135,7 @@ struct DAXPropertyTests {
         try f.allocate(pgoff: 0, pages: 1024)
         let mm = try MM(kernel: kernel)
         let addr = try mm.mmap(f.mmapRequest(length: 4 << 20))
-        let failures = Mutex<[String]>([])
+        let failures = Locked<[String]>([])
         let iterations = 3000
         DispatchQueue.concurrentPerform(iterations: 2) { t in
             var rng = SplitMix64(seed: UInt64(t + 7))

@@ -217,7 +217,7 @@ struct FSDaxTests {
             #expect(error.description.contains("refcount 2, pincount 2"))
         }
         #expect(f.nrpages == 512, "entries stay when the break fails")
-        let done = Mutex(false)
+        let done = Locked(false)
         let worker = Thread {
             do { try f.breakLayout(timeoutNanos: 10_000_000_000) } catch { Issue.record("\(error)") }
             done.withLock { $0 = true }

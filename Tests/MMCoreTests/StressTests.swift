@@ -30,7 +30,7 @@ struct StressTests {
         let base = try mm.mmap(map.request(length: length))
         let k = kernel.ref
         let iterations = Self.iterations
-        let failures = Mutex<[String]>([])
+        let failures = Locked<[String]>([])
 
         DispatchQueue.concurrentPerform(iterations: 2) { t in
             var rng = SplitMix64(seed: UInt64(t + 1) * 7919 + UInt64(order))

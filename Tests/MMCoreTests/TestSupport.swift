@@ -92,7 +92,7 @@ func mapped(_ k: Kernel, _ type: MemoryType, start: UInt64 = base, size: UInt64 
 }
 
 /// Keeps FreeLogs alive exactly as long as the pgmap that points at them.
-private let keptLogs = Mutex<[ObjectIdentifier: FreeLog]>([:])
+private let keptLogs = Locked<[ObjectIdentifier: FreeLog]>([:])
 extension DevPagemap {
     func keeping(_ log: FreeLog) -> DevPagemap {
         keptLogs.withLock { $0[ObjectIdentifier(self)] = log }
@@ -177,8 +177,8 @@ struct TestThread {
 
 /// A mutable box shared between test threads.
 final class Shared<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ v: T) { m = Mutex(v) }
+    private let m: Locked<T>
+    init(_ v: T) { m = Locked(v) }
     func withLock<R>(_ f: (inout T) -> R) -> R { m.withLock { f(&$0) } }
     var value: T { m.withLock { $0 } }
 }
