@@ -70,7 +70,10 @@ public final class EmulatedDevice: DaxDevice {
         }
         // check_vma: vm_start and vm_end aligned. The address is chosen aligned
         // to the offset modulo align (as dax_get_unmapped_area does), so both
-        // hold exactly when offset and length are multiples of align.
+        // hold exactly when offset and length are multiples of align. (For a
+        // misaligned offset the kernel gives up on aligning and takes any free
+        // address, so it accepts such a request when that address happens to
+        // be aligned; the emulated device refuses it every time.)
         let a = UInt64(align.bytes)
         if offset % a != 0 || len % a != 0 {
             throw .mapFailed(device: name, request: req, errno: .invalidArgument,

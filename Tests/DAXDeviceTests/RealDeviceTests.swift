@@ -159,7 +159,11 @@ struct RealMappingTests {
             // commit limit first, and a 1 GiB one fails there with ENOMEM in a
             // small guest before device-dax's check_vma runs.
             var cases: [(UInt64, UInt64, MapOptions)] = [(0, a, [.private, .readOnly])]
-            if dev.align != .pte { cases += [(0, 4096, .shared), (4096, a, .shared)] }
+            // A length that is not a multiple of the alignment can never give an
+            // aligned vm_end. (A misaligned offset is not compared: the kernel
+            // then takes any free address, and check_vma passes whenever that
+            // address happens to be aligned; the emulated device always refuses.)
+            if dev.align != .pte { cases += [(0, 4096, .shared)] }
             for (off, len, opts) in cases {
                 let kernel = mapErrno(dev, off, len, opts)
                 let port = mapErrno(emu, off, len, opts)
