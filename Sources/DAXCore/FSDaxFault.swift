@@ -237,13 +237,12 @@ public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
     let iomap = callIomapBegin(inode, pgoffOfAddr, UInt64(hpagePmdNr), write)
     if iomap.error != 0 { return DAX_VM_FAULT_FALLBACK }
     if iomap.kind == .mapped && iomap.pages < UInt64(hpagePmdNr) { return DAX_VM_FAULT_FALLBACK }
-    var v = vmf.pointee
-    v.pgoff = pgoffOfAddr
-    return withUnsafeMutablePointer(to: &v) { pv in
-        let r = daxFaultIter(inode, pv, iomap, slot, entry, pmd: true)
-        vmf.pointee.pfn = pv.pointee.pfn
-        return r
-    }
+    // The PMD path works on the PMD's first page offset; the fault walk may
+    // go on to the PTE level with this vmf, so the original comes back.
+    let pgoff = vmf.pointee.pgoff
+    vmf.pointee.pgoff = pgoffOfAddr
+    defer { vmf.pointee.pgoff = pgoff }
+    return daxFaultIter(inode, vmf, iomap, slot, entry, pmd: true)
 }
 
 /// dax_insert_pfn_mkwrite: after a MAP_SYNC fault's fsync, map the pfn
