@@ -25,6 +25,17 @@ let package = Package(
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         .executableTarget(
+            name: "DAXBenchmarks",
+            dependencies: [
+                .product(name: "DAXCore", package: "daxmm"),
+                .product(name: "MMCore", package: "daxmm"),
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/DAXBenchmarks",
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
             name: "MMBenchmarks",
             dependencies: [
                 .product(name: "MMCore", package: "daxmm"),

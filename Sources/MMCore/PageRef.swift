@@ -51,18 +51,29 @@ func folioFree(_ k: KernelRef, _ folio: Folio) {
 // MARK: wait_var_event / wake_up_var
 
 @inline(__always)
-func waitWord(_ k: KernelRef, _ addr: UnsafeRawPointer) -> UnsafeMutablePointer<UInt32> {
+func waitBucket(_ addr: UnsafeRawPointer) -> Int {
     var h = UInt(bitPattern: addr) >> 6
     h ^= h >> 8
-    return dax_kernel_wait_table(k) + Int(h & 255)
+    return Int(h & 255)
+}
+
+/// The futex word of `addr`'s bucket.
+@inline(__always)
+func waitWord(_ k: KernelRef, _ addr: UnsafeRawPointer) -> UnsafeMutablePointer<UInt32> {
+    dax_kernel_wait_table(k) + waitBucket(addr)
 }
 
 /// wake_up_var: wakes every waiter hashed to `addr`'s bucket; they recheck.
+/// The sequence bump keeps a waiter that is about to sleep from sleeping;
+/// the system call happens only when someone already sleeps there.
 @inline(__always)
 public func wakeUpVar(_ k: KernelRef, _ addr: UnsafeRawPointer) {
-    let w = waitWord(k, addr)
+    let b = waitBucket(addr)
+    let w = dax_kernel_wait_table(k) + b
     _ = dax_inc_u32(w)
-    dax_futex_wake(w, Int32.max)
+    if dax_load_u32(dax_kernel_wait_sleepers(k) + b) != 0 {
+        dax_futex_wake(w, Int32.max)
+    }
 }
 
 /// wait_var_event_timeout: waits until `condition()` holds, woken by
@@ -70,7 +81,9 @@ public func wakeUpVar(_ k: KernelRef, _ addr: UnsafeRawPointer) {
 /// (negative: no limit).
 public func waitVarEvent(_ k: KernelRef, _ addr: UnsafeRawPointer, timeoutNanos: Int64,
                          _ condition: () -> Bool) -> Bool {
-    let w = waitWord(k, addr)
+    let b = waitBucket(addr)
+    let w = dax_kernel_wait_table(k) + b
+    let sleepers = dax_kernel_wait_sleepers(k) + b
     let deadline = timeoutNanos < 0 ? UInt64.max : monotonicNanos() &+ UInt64(timeoutNanos)
     while true {
         let seq = dax_load_u32(w)
@@ -79,7 +92,15 @@ public func waitVarEvent(_ k: KernelRef, _ addr: UnsafeRawPointer, timeoutNanos:
         if now >= deadline { return false }
         // Cap each sleep so a wake-up hashed elsewhere cannot strand us.
         let slice = min(deadline - now, 10_000_000)
+        _ = dax_inc_u32(sleepers)
+        // Recheck after announcing ourselves: a wake that saw no sleeper has
+        // bumped the sequence, so the futex wait below returns at once.
+        if condition() {
+            dax_dec_u32(sleepers)
+            return true
+        }
         _ = dax_futex_wait(w, seq, Int64(slice))
+        dax_dec_u32(sleepers)
     }
 }
 

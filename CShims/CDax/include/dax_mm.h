@@ -41,6 +41,7 @@ void dax_futex_wake(uint32_t *word, int nr);
 DAX_MM_INLINE uint32_t dax_load_u32(const uint32_t *w) { return __atomic_load_n(w, __ATOMIC_ACQUIRE); }
 DAX_MM_INLINE void dax_store_u32(uint32_t *w, uint32_t v) { __atomic_store_n(w, v, __ATOMIC_RELEASE); }
 DAX_MM_INLINE uint32_t dax_inc_u32(uint32_t *w) { return __atomic_add_fetch(w, 1, __ATOMIC_SEQ_CST); }
+DAX_MM_INLINE void dax_dec_u32(uint32_t *w) { (void)__atomic_sub_fetch(w, 1, __ATOMIC_SEQ_CST); }
 
 DAX_MM_INLINE int64_t dax_atomic64_read(const int64_t *v) { return __atomic_load_n(v, __ATOMIC_RELAXED); }
 DAX_MM_INLINE void dax_atomic64_set(int64_t *v, int64_t i) { __atomic_store_n(v, i, __ATOMIC_RELAXED); }
@@ -149,8 +150,10 @@ struct dax_kernel {
 	uint32_t section_lock;
 	uint32_t mode;                 /* dax_kernel_mode bits */
 	int64_t stats[DAX_NR_STATS];
-	/* wake_up_var hash table (bit_wait_table): futex words. */
+	/* wake_up_var hash table (bit_wait_table): futex words, and how many
+	 * sleep on each (a wake makes a system call only when some do). */
 	uint32_t wait_table[256];
+	uint32_t wait_sleepers[256];
 	/* Debug reports, written by VM_BUG/VM_WARN checks. */
 	int64_t report_seq;
 	int64_t report_lost;
@@ -368,6 +371,7 @@ DAX_MM_INLINE uint64_t *dax_kernel_pt_free(struct dax_kernel *p) { return &p->pt
 DAX_MM_INLINE int64_t *dax_kernel_stats(struct dax_kernel *p) { return &p->stats[0]; }
 DAX_MM_INLINE struct dax_page_report *dax_kernel_reports(struct dax_kernel *p) { return &p->reports[0]; }
 DAX_MM_INLINE uint32_t *dax_kernel_wait_table(struct dax_kernel *p) { return &p->wait_table[0]; }
+DAX_MM_INLINE uint32_t *dax_kernel_wait_sleepers(struct dax_kernel *p) { return &p->wait_sleepers[0]; }
 DAX_MM_INLINE int64_t *dax_kernel_report_seq(struct dax_kernel *p) { return &p->report_seq; }
 DAX_MM_INLINE int64_t *dax_kernel_report_lost(struct dax_kernel *p) { return &p->report_lost; }
 DAX_MM_INLINE int64_t *dax_kernel_pt_next(struct dax_kernel *p) { return &p->pt_next; }
