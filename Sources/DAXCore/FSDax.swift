@@ -73,7 +73,7 @@ public typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>
 func entrySlot(_ m: DaxMappingRef, _ index: UInt64) -> UnsafeMutablePointer<UInt64> {
     let base = index & ~UInt64(hpagePmdNr - 1)
     let head = m.pointee.slots + Int(base)
-    if base + UInt64(hpagePmdNr) <= m.pointee.nslots || base < m.pointee.nslots, DaxEntry.isPMD(dax_load_u64(head)) {
+    if base < m.pointee.nslots, DaxEntry.isPMD(dax_load_u64(head)) {
         return head
     }
     return m.pointee.slots + Int(index)

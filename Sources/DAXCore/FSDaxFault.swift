@@ -204,7 +204,7 @@ public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
     if let pmd = vmf.pointee.pmd, entryLeaf(dax_load_u64(pmd)) { return DAX_VM_FAULT_NOPAGE }
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
     var iomap = callIomapBegin(inode, index, 1, write)
-    if iomap.error != 0 { return iomap.error == -ENOSPC ? DAX_VM_FAULT_SIGBUS : DAX_VM_FAULT_SIGBUS }
+    if iomap.error != 0 { return DAX_VM_FAULT_SIGBUS }   // vmf_error(-ENOSPC)
     if iomap.kind == .mapped && iomap.pages < 1 { return DAX_VM_FAULT_SIGBUS }
     iomap.pages = 1
     var ret = daxFaultIter(inode, vmf, iomap, slot, entry, pmd: false)

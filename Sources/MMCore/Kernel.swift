@@ -190,7 +190,6 @@ func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64) {
 }
 
 func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
-func hex(_ v: UInt) -> String { "0x" + String(v, radix: 16) }
 
 /// The lookups memremap needs: which pgmap covers a pfn (pgmap_array, an
 /// xarray in the kernel) and which physical ranges are System RAM (iomem).
