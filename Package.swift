@@ -7,9 +7,15 @@ let hotPathSwiftSettings: [SwiftSetting] = [
     .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
 
+// daxmm supports Linux on x86-64 only: the port's page tables use the x86-64
+// entry layout, the shims use x86 atomics, and the devices are Linux's
+// device-dax. CDaxMM refuses to compile elsewhere; CDaxSys is empty off Linux.
+#if !os(Linux)
+#warning("daxmm builds and runs on Linux x86-64 only")
+#endif
+
 let package = Package(
     name: "daxmm",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "MMCore", targets: ["MMCore"]),
         .library(name: "MMTestSupport", targets: ["MMTestSupport"]),
@@ -22,11 +28,17 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
     ],
     targets: [
-        // C shim: struct dax_page, atomics on it, and the libdaxctl/libndctl/libnuma/
-        // liburing headers in an order that keeps the Swift importer happy.
+        // C records of the mm port: struct dax_page, the mm records, atomics and
+        // futex locks. Links nothing.
         .target(
-            name: "CDax",
-            path: "CShims/CDax",
+            name: "CDaxMM",
+            path: "CShims/CDaxMM"
+        ),
+        // The system side: libdaxctl/libndctl/libnuma/liburing headers in an order
+        // that keeps the Swift importer happy, and constants it cannot see.
+        .target(
+            name: "CDaxSys",
+            path: "CShims/CDaxSys",
             linkerSettings: [
                 .linkedLibrary("daxctl"),
                 .linkedLibrary("ndctl"),
@@ -38,26 +50,26 @@ let package = Package(
         // Knows nothing of devices.
         .target(
             name: "MMCore",
-            dependencies: ["CDax"],
+            dependencies: ["CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // A linear pfn-mapping "driver" for tests and benchmarks of MMCore.
         .target(
             name: "MMTestSupport",
-            dependencies: ["MMCore", "CDax"],
+            dependencies: ["MMCore", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // drivers/dax/device.c and fs/dax.c ported, on MMCore.
         .target(
             name: "DAXCore",
-            dependencies: ["MMCore", "CDax"],
+            dependencies: ["MMCore", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
         .target(
             name: "DAXDevice",
             dependencies: [
-                "CDax",
+                "CDaxSys",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: hotPathSwiftSettings
@@ -72,15 +84,15 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXDeviceTests",
-            dependencies: ["DAXDevice", "CDax"]
+            dependencies: ["DAXDevice", "CDaxSys"]
         ),
         .testTarget(
             name: "DAXCoreTests",
-            dependencies: ["DAXCore", "MMCore", "MMTestSupport", "CDax"]
+            dependencies: ["DAXCore", "MMCore", "MMTestSupport", "CDaxMM"]
         ),
         .testTarget(
             name: "MMCoreTests",
-            dependencies: ["MMCore", "MMTestSupport", "CDax"]
+            dependencies: ["MMCore", "MMTestSupport", "CDaxMM"]
         ),
     ]
 )

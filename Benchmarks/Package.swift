@@ -6,7 +6,6 @@ import PackageDescription
 
 let package = Package(
     name: "daxmm-benchmarks",
-    platforms: [.macOS(.v15)],
     dependencies: [
         .package(name: "daxmm", path: "../"),
         // MallocInterposer only: the default RuntimeInterposer trait pulls a package
@@ -17,7 +16,7 @@ let package = Package(
         .executableTarget(
             name: "PageBenchmarks",
             dependencies: [
-                .product(name: "DAXDevice", package: "daxmm"),
+                .product(name: "MMCore", package: "daxmm"),
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/PageBenchmarks",

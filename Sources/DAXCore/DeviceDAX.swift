@@ -7,7 +7,7 @@
 // The fault handlers are C function pointers reading a C-layout state
 // record, so they run with no Swift object on the path.
 
-import CDax
+import CDaxMM
 import MMCore
 
 /// One range of a device (struct dev_dax_range): physical [start, end] and

@@ -8,7 +8,7 @@
 // the fault handlers through the file's private_data; the classes own them
 // and give the safe API.
 
-import CDax
+import CDaxMM
 import MMCore
 import Synchronization
 

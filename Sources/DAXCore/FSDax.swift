@@ -9,7 +9,7 @@
 // kernel's hashed wait table keyed by the slot address, so nothing on the
 // fault path allocates.
 
-import CDax
+import CDaxMM
 import MMCore
 
 // MARK: entry encoding (§8.1)

@@ -3,7 +3,7 @@
 // fault handlers, MAP_SYNC (VM_FAULT_NEEDDSYNC and dax_insert_pfn_mkwrite),
 // and dax_break_layout(_final).
 
-import CDax
+import CDaxMM
 import MMCore
 
 /// What the filesystem's iomap_begin answers for a fault (struct iomap).

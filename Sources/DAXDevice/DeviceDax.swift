@@ -1,6 +1,6 @@
 // A real device-dax character device, /dev/daxX.Y.
 
-import CDax
+import CDaxSys
 import SystemPackage
 
 #if canImport(Glibc)

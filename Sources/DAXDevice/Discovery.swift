@@ -4,7 +4,7 @@
 // regions it never rescans, so every query here makes a fresh context and
 // drops it before returning.
 
-import CDax
+import CDaxSys
 
 /// One physical range of a device (a `mappingN` directory in sysfs).
 public struct DaxMappingInfo: Sendable, Equatable {

@@ -6,7 +6,7 @@
 // addresses chosen aligned to it (dax_get_unmapped_area). It is the default
 // device when no real one exists; tests that claim a real device never use it.
 
-import CDax
+import CDaxSys
 import SystemPackage
 
 #if canImport(Glibc)

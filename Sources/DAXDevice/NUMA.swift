@@ -1,6 +1,6 @@
 // NUMA facts from libnuma, for placing and describing device memory.
 
-import CDax
+import CDaxSys
 
 public struct NUMANode: Sendable, Equatable {
     public var id: Int

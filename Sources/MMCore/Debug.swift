@@ -6,7 +6,7 @@
 // the caller refuses the operation. The safe API turns reports into
 // `MMError.bug(PageDump)`, and `PageDump.description` prints like dump_page.
 
-import CDax
+import CDaxMM
 
 /// What dump_page printed for one folio, and the rule that failed.
 public struct PageDump: Equatable, Sendable, CustomStringConvertible {

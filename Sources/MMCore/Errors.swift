@@ -1,4 +1,4 @@
-import CDax
+import CDaxMM
 
 // Errors of the port's safe API. Inside the port, kernel conventions stay
 // visible (negative errno, VM_FAULT_* bits); these wrap them at the edge.
@@ -32,7 +32,7 @@ public enum MMError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-// Errno values come from <errno.h> through CDax (EINVAL, EFAULT, EOPNOTSUPP, ...).
+// Errno values come from <errno.h> through CDaxMM (EINVAL, EFAULT, EOPNOTSUPP, ...).
 
 public func errnoName(_ e: Int32) -> String {
     switch abs(e) {

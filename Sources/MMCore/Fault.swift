@@ -7,7 +7,7 @@
 // Swift object, safe from a signal handler once the caller holds mmap_lock
 // for read.
 
-import CDax
+import CDaxMM
 
 /// thp_vma_allowable_order at fault time: DAX VMAs may fault any order their
 /// huge_fault handler supports.

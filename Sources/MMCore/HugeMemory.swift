@@ -7,7 +7,7 @@
 // merged, where the same references were taken but the entry was special.
 // x86-64 needs no deposited page table for PMD mappings, so none is kept.
 
-import CDax
+import CDaxMM
 
 @inline(__always)
 func specialHugeMode(_ k: KernelRef) -> Bool { k.pointee.mode & DAX_MODE_SPECIAL_HUGE_ENTRIES.rawValue != 0 }

@@ -1,7 +1,7 @@
 // The global invariants of the spec (§11) as a checker over MMs and pgmaps.
 // Not a hot path: it allocates freely and takes every lock it reads under.
 
-import CDax
+import CDaxMM
 
 public struct InvariantViolation: Sendable, CustomStringConvertible {
     /// "§11 rule 1" etc.

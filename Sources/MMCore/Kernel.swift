@@ -6,7 +6,7 @@
 // pointer to the C record `struct dax_kernel`. The `Kernel` class owns that
 // record and the memory behind it.
 
-import CDax
+import CDaxMM
 import Synchronization
 
 #if canImport(Glibc)

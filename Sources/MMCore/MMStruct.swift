@@ -6,7 +6,7 @@
 // the sorted VMA array, rss counters and mmap_lock. VMA-changing calls take
 // mmap_lock for write; faults and GUP take it for read.
 
-import CDax
+import CDaxMM
 import Synchronization
 
 #if canImport(Glibc)

@@ -6,7 +6,7 @@
 // Hot-path rules: pointers only, no allocation, no Swift object; locks are
 // the split ptlocks (spinlocks) and mmap_lock (held by the caller).
 
-import CDax
+import CDaxMM
 
 // MARK: the zero page
 

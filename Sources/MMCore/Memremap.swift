@@ -1,7 +1,7 @@
 // mm/memremap.c and the ZONE_DEVICE parts of mm/mm_init.c: memremap_pages,
 // memunmap_pages, get/put_dev_pagemap, free_zone_device_folio.
 
-import CDax
+import CDaxMM
 import Synchronization
 
 /// enum memory_type

@@ -5,7 +5,7 @@
 // memunmap_pages); like struct page pointers in the kernel, nothing checks
 // that at run time. Every accessor is inlined.
 
-import CDax
+import CDaxMM
 
 /// A struct page.
 public struct Page: Hashable, @unchecked Sendable {

@@ -1,7 +1,7 @@
 // include/linux/mm.h: folio_get / folio_put and the wait-on-variable helpers
 // fs-dax uses to wait for a folio to go idle.
 
-import CDax
+import CDaxMM
 
 /// folio_get: +1 on a folio that already has a reference.
 ///

@@ -11,7 +11,7 @@
 // would hold (mmap_lock for walks that allocate; the ptlock to change an
 // entry).
 
-import CDax
+import CDaxMM
 
 public typealias PTEntry = UInt64
 public typealias EntryPtr = UnsafeMutablePointer<UInt64>

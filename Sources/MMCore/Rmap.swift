@@ -5,7 +5,7 @@
 // The rmap functions never touch _refcount; callers pair every add with a
 // folio_get and every remove with a put (mm/memory.c, mm/huge_memory.c).
 
-import CDax
+import CDaxMM
 
 /// enum rmap_level
 public enum RmapLevel: Int, Sendable { case pte = 0, pmd, pud }

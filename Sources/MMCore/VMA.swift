@@ -5,7 +5,7 @@
 // retains them for as long as any of its VMAs does, so the pointers stay
 // valid on the fault path without any reference counting there.
 
-import CDax
+import CDaxMM
 
 public typealias VMARef = UnsafeMutablePointer<dax_vma>
 public typealias VMFaultRef = UnsafeMutablePointer<dax_vm_fault>

@@ -7,7 +7,7 @@
 // Tests, the property tests and the benchmarks share it. The real drivers
 // (device-dax, fs-dax) live in DAXCore.
 
-import CDax
+import CDaxMM
 import MMCore
 
 /// What the fault handlers read from vm_private_data.

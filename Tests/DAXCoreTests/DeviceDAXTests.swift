@@ -1,4 +1,4 @@
-import CDax
+import CDaxMM
 import Testing
 @testable import DAXCore
 @testable import MMCore

@@ -3,7 +3,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 
 @Suite("MMCore get_dev_pagemap / put_dev_pagemap (§2.6)")
 struct GetDevPagemapTests {

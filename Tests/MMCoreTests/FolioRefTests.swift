@@ -3,7 +3,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 
 @Suite("MMCore free_zone_device_folio (§2.7)")
 struct FreeZoneDeviceFolioTests {

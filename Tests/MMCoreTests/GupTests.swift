@@ -1,7 +1,7 @@
 // §6: get_user_pages / pin_user_pages (slow and fast): argument checks,
 // check_vma_flags, FOLL_LONGTERM, try_grab_folio accounting and release.
 
-import CDax
+import CDaxMM
 import Testing
 @testable import MMCore
 import MMTestSupport

@@ -1,7 +1,7 @@
 // §4.1-4.3: vmf_insert_folio_pmd / vmf_insert_folio_pud, the 6.15-as-merged
 // special-entry mode, and the pfn-only huge inserts.
 
-import CDax
+import CDaxMM
 import Testing
 @testable import MMCore
 import MMTestSupport

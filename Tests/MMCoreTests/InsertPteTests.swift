@@ -1,7 +1,7 @@
 // §3: PTE inserts (validate_page_before_insert, insert_page,
 // vm_insert_page, vmf_insert_page_mkwrite) and the pfn-only contrast.
 
-import CDax
+import CDaxMM
 import Testing
 @testable import MMCore
 import MMTestSupport

@@ -4,7 +4,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 
 @Suite("MMCore pgmap life-cycle edges")
 struct MemremapEdgeTests {

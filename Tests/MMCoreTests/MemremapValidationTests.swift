@@ -3,7 +3,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 
 @Suite("MMCore memremap_pages validation (§2.3)")
 struct MemremapValidationTests {

@@ -4,7 +4,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 
 /// A dax_mm with a pgd from the pool (no MM type exists in Sources yet).
 final class TestMM: @unchecked Sendable {

@@ -1,4 +1,4 @@
-import CDax
+import CDaxMM
 import Foundation
 import Testing
 @testable import MMCore

@@ -4,7 +4,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 
 @Suite("MMCore file rmap (§5)")
 struct RmapTests {

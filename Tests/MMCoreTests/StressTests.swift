@@ -1,4 +1,4 @@
-import CDax
+import CDaxMM
 import Dispatch
 import Foundation
 import Testing

@@ -6,7 +6,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 import Synchronization
 
 #if canImport(Glibc)

@@ -2,7 +2,7 @@
 // mprotect (write-protect and the mkwrite re-fault) and mremap (shrink, grow,
 // move with the entries and their references).
 
-import CDax
+import CDaxMM
 import Testing
 @testable import MMCore
 import MMTestSupport

@@ -1,7 +1,7 @@
 // Helpers shared by the Insert*, Zap*, VMA* and Gup* tests. Everything is
 // namespaced in `VMAKit` so it cannot collide with other helper files.
 
-import CDax
+import CDaxMM
 import Testing
 @testable import MMCore
 import MMTestSupport

@@ -1,7 +1,7 @@
 // §3.7, §4.4, §4.5: zap of PTE/PMD/PUD mappings, splits (which unmap DAX
 // huge entries), may_split refusals and page-table freeing.
 
-import CDax
+import CDaxMM
 import Testing
 @testable import MMCore
 import MMTestSupport

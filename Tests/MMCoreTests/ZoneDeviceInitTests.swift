@@ -3,7 +3,7 @@
 
 import Testing
 @testable import MMCore
-import CDax
+import CDaxMM
 
 @Suite("MMCore ZONE_DEVICE page init (§2.5)")
 struct ZoneDeviceInitTests {

@@ -4,7 +4,7 @@
 // for fs-dax the layout broken) outside the measurement.
 
 import Benchmark
-import CDax
+import CDaxMM
 import DAXCore
 import MMCore
 

@@ -4,7 +4,7 @@
 // covers only the measured part and must read 0.
 
 import Benchmark
-import CDax
+import CDaxMM
 import MMCore
 import MMTestSupport
 

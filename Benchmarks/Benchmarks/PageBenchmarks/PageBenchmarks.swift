@@ -4,7 +4,7 @@
 // the malloc counter must read 0.
 
 import Benchmark
-import CDax
+import CDaxMM
 
 let records = 1 << 20
 

@@ -2,7 +2,7 @@
 // wrapper retries EINTR where the call can be interrupted and returns the
 // kernel's errno as a swift-system `Errno`.
 
-import CDax
+import CDaxSys
 import SystemPackage
 
 #if canImport(Glibc)

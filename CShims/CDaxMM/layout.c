@@ -1,10 +1,6 @@
-/* Out-of-line helpers and layout guards for CDax.h. */
-#define _GNU_SOURCE
-#include "CDax.h"
-#include <sys/syscall.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
-#include <sched.h>
+/* Layout guards for struct dax_page, and the accessors a Swift test compares
+ * against MemoryLayout. */
+#include "CDaxMM.h"
 
 /* struct dax_page is shared between C and Swift and stands for struct page:
  * keep its layout fixed. */
@@ -24,24 +20,7 @@ _Static_assert(DAX_PG_head < 64 && DAX_PG_reserved < 64 && DAX_PG_zone_device < 
 /* The order lives in the low byte of page[1].flags: no flag bit may sit there
  * that page[1] needs. Only DAX_PG_* bits below 8 would collide, and page[1]
  * (a tail) never carries them. */
-_Static_assert(MAP_SHARED_VALIDATE == 0x03, "MAP_SHARED_VALIDATE value");
-_Static_assert(MAP_SYNC == 0x80000, "MAP_SYNC value");
-
-int dax_memfd_create(const char *name, unsigned int flags)
-{
-	return (int)syscall(SYS_memfd_create, name, flags);
-}
-
-int dax_errno(void)
-{
-	return errno;
-}
 
 size_t dax_page_sizeof(void) { return sizeof(struct dax_page); }
 size_t dax_page_offsetof_refcount(void) { return offsetof(struct dax_page, refcount); }
 size_t dax_page_offsetof_pincount(void) { return offsetof(struct dax_page, pincount); }
-
-int dax_stat(const char *path, struct stat *st) { return stat(path, st); }
-unsigned int dax_dev_major(dev_t dev) { return major(dev); }
-unsigned int dax_dev_minor(dev_t dev) { return minor(dev); }
-int dax_sched_getcpu(void) { return sched_getcpu(); }

@@ -1,7 +1,7 @@
 /* Futex-backed waiting for the port's locks and wait queues. Nothing here
  * allocates, and every call is async-signal-safe (raw syscalls, atomics). */
 #define _GNU_SOURCE
-#include "CDax.h"
+#include "CDaxMM.h"
 #include <errno.h>
 #include <sched.h>
 

@@ -1,43 +1,32 @@
 /*
- * CDax: the C side of daxmm.
+ * CDaxMM: the C records of the mm port, and nothing else.
  *
- * Only what Swift cannot express or import lives here:
- *   - struct dax_page, the per-pfn metadata record of the port (the userspace
- *     counterpart of struct page), with a fixed C layout checked in shim.c;
- *   - static inline atomics on that record (Swift cannot import _Atomic fields,
- *     so the fields are plain integers and every access that must be atomic goes
- *     through these helpers, which inline to single lock-prefixed instructions);
- *   - getters for flags and ioctl numbers the importer cannot see;
- *   - the system headers of libdaxctl, libndctl, libnuma and liburing.
+ *   - struct dax_page, the per-pfn metadata record (the userspace counterpart
+ *     of struct page), with a fixed C layout checked in layout.c;
+ *   - static inline atomics on it (Swift cannot import _Atomic fields, so the
+ *     fields are plain integers and every access that must be atomic goes
+ *     through these helpers, which inline to single lock-prefixed
+ *     instructions);
+ *   - the mm records (dax_mm.h): machine, dev_pagemap, mm_struct, VMA,
+ *     vm_fault, and the futex-backed locks.
  *
- * Include order matters (see the notes beside each include): glibc headers and
- * the kernel's <linux/io_uring.h> must come before <liburing.h>.
+ * It links no library: MMCore and DAXCore build on this alone. The system
+ * libraries (libdaxctl, libndctl, libnuma, liburing) live in CDaxSys.
+ *
+ * The records use the x86-64 page-table layout and x86 atomics (pause): the
+ * port supports Linux on x86-64 only, and says so at compile time.
  */
-#ifndef CDAX_H
-#define CDAX_H
+#ifndef CDAXMM_H
+#define CDAXMM_H
 
-/* glibc first: liburing.h defines _XOPEN_SOURCE/_GNU_SOURCE, which would change
- * glibc's fd_set member names and clash with the SwiftGlibc module. */
+#if !defined(__linux__) || !defined(__x86_64__)
+#error "daxmm's mm port supports Linux on x86-64 only"
+#endif
+
 #include <stdint.h>
 #include <stddef.h>
 #include <stdbool.h>
 #include <errno.h>
-#include <sys/types.h>
-#include <sys/select.h>
-#include <sys/mman.h>
-#include <sys/ioctl.h>
-#include <signal.h>
-#include <unistd.h>
-#include <fcntl.h>
-/* The kernel's io_uring definitions before liburing's bundled copy: both use
- * the same include guard, so liburing then reuses the kernel's structs and the
- * module agrees with swift-system's CSystem, which includes the kernel header. */
-#include <linux/io_uring.h>
-#include <liburing.h>
-
-#include <daxctl/libdaxctl.h>
-#include <ndctl/libndctl.h>
-#include <numa.h>
 
 #define CDAX_INLINE static inline __attribute__((__always_inline__))
 
@@ -169,39 +158,9 @@ CDAX_INLINE void dax_clear_bit_unlock(int bit, uint64_t *word)
 /* The mm port's records (they refer to struct dax_page). */
 #include "dax_mm.h"
 
-/* ------------------------------------------------------------------------ */
-/* Constants the importer cannot see or that older headers lack              */
-/* ------------------------------------------------------------------------ */
-
-/* mmap flags for synchronous DAX faults (MAP_SYNC needs MAP_SHARED_VALIDATE). */
-CDAX_INLINE int dax_map_shared_validate(void) { return 0x03; }
-CDAX_INLINE int dax_map_sync(void) { return 0x80000; }
-
-/* statx: STATX_ATTR_DAX (linux/stat.h, 5.8+). */
-CDAX_INLINE uint64_t dax_statx_attr_dax(void) { return 0x00200000ull; }
-
-/* FS_IOC_GETFLAGS / FS_IOC_FSGETXATTR and the per-inode DAX flag. */
-CDAX_INLINE unsigned long dax_fs_ioc_getflags(void) { return (unsigned long)_IOR('f', 1, long); }
-CDAX_INLINE unsigned long dax_fs_ioc_fsgetxattr(void) { return (unsigned long)_IOR('X', 31, char[28]); }
-CDAX_INLINE uint32_t dax_fs_xflag_dax(void) { return 0x00008000u; }
-
-/* memfd_create flags (glibc 2.36 has them, but older headers may not). */
-CDAX_INLINE unsigned int dax_mfd_cloexec(void) { return 0x0001u; }
-
-/* Out-of-line wrappers (shim.c). */
-int dax_memfd_create(const char *name, unsigned int flags);
-/* errno as an int, readable from Swift without going through Glibc's macro. */
-int dax_errno(void);
-/* stat(2), major/minor and sched_getcpu, which Swift's Glibc import hides or
- * confuses with the struct of the same name. */
-struct stat;
-int dax_stat(const char *path, struct stat *st);
-unsigned int dax_dev_major(dev_t dev);
-unsigned int dax_dev_minor(dev_t dev);
-int dax_sched_getcpu(void);
 /* Size and offsets of struct dax_page, for a Swift-side layout check. */
 size_t dax_page_sizeof(void);
 size_t dax_page_offsetof_refcount(void);
 size_t dax_page_offsetof_pincount(void);
 
-#endif /* CDAX_H */
+#endif /* CDAXMM_H */
