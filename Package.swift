@@ -17,6 +17,7 @@ let hotPathSwiftSettings: [SwiftSetting] = [
 let package = Package(
     name: "daxmm",
     products: [
+        .library(name: "DAXBase", targets: ["DAXBase"]),
         .library(name: "MMCore", targets: ["MMCore"]),
         .library(name: "MMTestSupport", targets: ["MMTestSupport"]),
         .library(name: "DAXCore", targets: ["DAXCore"]),
@@ -46,29 +47,37 @@ let package = Package(
                 .linkedLibrary("uring"),
             ]
         ),
+        // What every module shares: the physical-range type, the hex
+        // formatter, the monotonic clock and the seeded generator. Pure Swift,
+        // no dependencies.
+        .target(
+            name: "DAXBase",
+            swiftSettings: hotPathSwiftSettings
+        ),
         // mm/ ported: memremap, page tables, inserts, rmap, zap, faults, GUP.
         // Knows nothing of devices.
         .target(
             name: "MMCore",
-            dependencies: ["CDaxMM"],
+            dependencies: ["DAXBase", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // A linear pfn-mapping "driver" for tests and benchmarks of MMCore.
         .target(
             name: "MMTestSupport",
-            dependencies: ["MMCore", "CDaxMM"],
+            dependencies: ["DAXBase", "MMCore", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // drivers/dax/device.c and fs/dax.c ported, on MMCore.
         .target(
             name: "DAXCore",
-            dependencies: ["MMCore", "CDaxMM"],
+            dependencies: ["DAXBase", "MMCore", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
         .target(
             name: "DAXDevice",
             dependencies: [
+                "DAXBase",
                 "CDaxSys",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
@@ -77,6 +86,7 @@ let package = Package(
         .executableTarget(
             name: "daxmm",
             dependencies: [
+                "DAXBase",
                 "DAXDevice",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -84,15 +94,15 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXDeviceTests",
-            dependencies: ["DAXDevice", "CDaxSys"]
+            dependencies: ["DAXBase", "DAXDevice", "CDaxSys"]
         ),
         .testTarget(
             name: "DAXCoreTests",
-            dependencies: ["DAXCore", "MMCore", "MMTestSupport", "CDaxMM"]
+            dependencies: ["DAXBase", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM"]
         ),
         .testTarget(
             name: "MMCoreTests",
-            dependencies: ["MMCore", "MMTestSupport", "CDaxMM"]
+            dependencies: ["DAXBase", "MMCore", "MMTestSupport", "CDaxMM"]
         ),
     ]
 )

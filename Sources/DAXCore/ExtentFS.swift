@@ -9,6 +9,7 @@
 // and give the safe API.
 
 import CDaxMM
+import DAXBase
 import MMCore
 import Synchronization
 
@@ -43,7 +44,7 @@ public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
         case .noSpace(let s): return "ENOSPC: \(s)"
         case .invalid(let s): return "EINVAL: \(s)"
         case .busy(let f, let pfn, let r, let p):
-            return "EBUSY: \(f): page pfn 0x\(String(pfn, radix: 16)) still busy (refcount \(r), pincount \(p))"
+            return "EBUSY: \(f): page pfn \(hex(pfn)) still busy (refcount \(r), pincount \(p))"
         case .unmounted: return "EIO: file system is unmounted"
         }
     }

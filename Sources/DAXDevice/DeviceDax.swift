@@ -1,6 +1,7 @@
 // A real device-dax character device, /dev/daxX.Y.
 
 import CDaxSys
+import DAXBase
 import SystemPackage
 
 #if canImport(Glibc)
@@ -13,7 +14,7 @@ public final class DeviceDax: DaxDevice {
     public let devname: String
     public let size: UInt64
     public let align: DaxAlign
-    public let ranges: [PhysRange]
+    public let ranges: [DevDaxRange]
     public let targetNode: Int?
     public let info: DaxDeviceInfo
     private let fd: Int32
@@ -81,7 +82,7 @@ public final class DeviceDax: DaxDevice {
         guard info.size > 0 else { throw .zeroSize(device: path) }
         let alignBytes = info.align == 0 ? UInt64(Sys.pageSize()) : info.align
         guard let a = DaxAlign(bytes: Int(alignBytes)) else {
-            throw .badSpec(spec: path, reason: "unsupported alignment \(formatHex(alignBytes)) (expected 4K, 2M or 1G)")
+            throw .badSpec(spec: path, reason: "unsupported alignment \(hex(alignBytes)) (expected 4K, 2M or 1G)")
         }
         align = a
         size = info.size
@@ -150,14 +151,14 @@ public final class DeviceDax: DaxDevice {
         }
     }
 
-    static func ranges(of info: DaxDeviceInfo) -> [PhysRange] {
+    static func ranges(of info: DaxDeviceInfo) -> [DevDaxRange] {
         if !info.mappings.isEmpty {
-            let page = UInt64(Sys.pageSize())
+            // page_offset counts PAGE_SIZE (4K on x86-64) pages, as pgoff does.
             return info.mappings
                 .sorted { $0.pageOffset < $1.pageOffset }
-                .map { PhysRange(offset: $0.pageOffset * page, start: $0.start, size: $0.size) }
+                .map { DevDaxRange(pgoff: $0.pageOffset, range: PhysicalRange(start: $0.start, size: $0.size)) }
         }
-        return info.resource != 0 ? [PhysRange(offset: 0, start: info.resource, size: info.size)] : []
+        return info.resource != 0 ? [DevDaxRange(pgoff: 0, range: PhysicalRange(start: info.resource, size: info.size))] : []
     }
 
     /// Reads the device's attributes straight from sysfs.

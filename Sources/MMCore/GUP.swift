@@ -4,6 +4,7 @@
 // The page arrays are C-style (struct page **): no allocation on these paths.
 
 import CDaxMM
+import DAXBase
 
 /// FOLL_* flags. The names are the kernel's; the values are the port's own.
 public struct GupFlags: OptionSet, Sendable {

@@ -7,6 +7,7 @@
 // record and the memory behind it.
 
 import CDaxMM
+import DAXBase
 import Synchronization
 
 #if canImport(Glibc)
@@ -188,8 +189,6 @@ public func pageToPfn(_ k: KernelRef, _ page: Page) -> UInt64 {
 func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64) {
     dax_atomic64_add(dax_kernel_stats(k) + Int(item.rawValue), delta)
 }
-
-func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 /// The lookups memremap needs: which pgmap covers a pfn (pgmap_array, an
 /// xarray in the kernel) and which physical ranges are System RAM (iomem).

@@ -2,6 +2,7 @@
 // fs-dax uses to wait for a folio to go idle.
 
 import CDaxMM
+import DAXBase
 
 /// folio_get: +1 on a folio that already has a reference.
 ///
@@ -102,14 +103,4 @@ public func waitVarEvent(_ k: KernelRef, _ addr: UnsafeRawPointer, timeoutNanos:
         _ = dax_futex_wait(w, seq, Int64(slice))
         dax_dec_u32(sleepers)
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-public func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

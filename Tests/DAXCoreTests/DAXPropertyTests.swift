@@ -1,4 +1,5 @@
 import CDaxMM
+import DAXBase
 import Dispatch
 import Foundation
 import Synchronization
@@ -22,9 +23,9 @@ struct DAXPropertyTests {
         var rng = SplitMix64(seed: seed &* 0x1234_5678)
         let kernel = try Kernel(physBits: 40)
         let k = kernel.ref
-        let dev = try DevDax(kernel: kernel, ranges: [(start: 0x1_0000_0000, size: 8 << 20)], align: 2 << 20)
+        let dev = try DevDax(kernel: kernel, ranges: [PhysicalRange(start: 0x1_0000_0000, size: 8 << 20)], align: 2 << 20)
         try dev.probe()
-        let dev4k = try DevDax(kernel: kernel, ranges: [(start: 0x1_4000_0000, size: 2 << 20)], align: 4096)
+        let dev4k = try DevDax(kernel: kernel, ranges: [PhysicalRange(start: 0x1_4000_0000, size: 2 << 20)], align: 4096)
         try dev4k.probe()
         let fs = try DaxFS(kernel: kernel, start: 0x2_0000_0000, size: 16 << 20)
         let files = [try fs.create(name: "a", maxSize: 4 << 20), try fs.create(name: "b", maxSize: 4 << 20)]

@@ -1,4 +1,5 @@
 import CDaxMM
+import DAXBase
 import Dispatch
 import Foundation
 import Testing

@@ -2,6 +2,7 @@ import Foundation
 import SystemPackage
 import Testing
 @testable import DAXDevice
+import DAXBase
 
 /// Tests on real device-dax. Outside the project's VM they are cancelled with
 /// a one-line reason; inside it (DAXMM_IN_VM=1) a missing device is a failure.
@@ -140,7 +141,7 @@ struct RealMappingTests {
             // 2M devices can be checked this way.
             for off in dev.align == .pud ? [] : [UInt64(0), len / 2, len - 4096] {
                 let pfn = try pagemapPFN(m.baseAddress + Int(off))
-                #expect(pfn == dev.physicalAddress(ofOffset: off)! >> 12, "\(info.devname) offset \(formatHex(off))")
+                #expect(pfn == dev.physicalAddress(ofOffset: off)! >> 12, "\(info.devname) offset \(hex(off))")
             }
             // A second mapping sees the same data (shared memory, not a copy).
             let m2 = try dev.map(offset: 0, length: a)

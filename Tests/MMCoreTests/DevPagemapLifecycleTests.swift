@@ -4,6 +4,7 @@
 import Testing
 @testable import MMCore
 import CDaxMM
+import DAXBase
 
 @Suite("MMCore get_dev_pagemap / put_dev_pagemap (§2.6)")
 struct GetDevPagemapTests {
@@ -246,7 +247,7 @@ struct MemunmapTests {
         #expect(zoneDevicePageInit(k.ref, page))
         let e = expectMMError(.busy) { try pg.memunmapPages(timeoutNanos: 50_000_000) }
         let text = e.map(message) ?? ""
-        #expect(text.contains("pfn 0x" + String(pfn, radix: 16)), "\(text)")
+        #expect(text.contains("pfn " + hex(pfn)), "\(text)")
         #expect(!text.contains("get_dev_pagemap lookup"), "no lookup is outstanding: \(text)")
         #expect(log.calls == 0)
         #expect(pg.refCount == 1, "only the allocation's reference is left")

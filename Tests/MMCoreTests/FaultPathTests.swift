@@ -1,4 +1,5 @@
 import CDaxMM
+import DAXBase
 import Testing
 @testable import MMCore
 import MMTestSupport

@@ -4,6 +4,7 @@
 import Testing
 @testable import MMCore
 import CDaxMM
+import DAXBase
 
 @Suite("MMCore free_zone_device_folio (§2.7)")
 struct FreeZoneDeviceFolioTests {

@@ -2,6 +2,7 @@
 // check_vma_flags, FOLL_LONGTERM, try_grab_folio accounting and release.
 
 import CDaxMM
+import DAXBase
 import Testing
 @testable import MMCore
 import MMTestSupport

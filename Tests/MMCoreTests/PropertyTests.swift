@@ -1,4 +1,5 @@
 import CDaxMM
+import DAXBase
 import Foundation
 import Testing
 @testable import MMCore

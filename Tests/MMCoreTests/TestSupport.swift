@@ -7,6 +7,7 @@
 import Testing
 @testable import MMCore
 import CDaxMM
+import DAXBase
 import Synchronization
 
 #if canImport(Glibc)
