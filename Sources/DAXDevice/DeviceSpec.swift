@@ -73,7 +73,7 @@ public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
     /// Opens the device this names.
     public func open() throws(DeviceError) -> any DaxDevice {
         switch self {
-        case .real(let p): return try DeviceDax(path: p)
+        case .real(let p): return try DaxCharDevice(path: p)
         case .emulated(let s, let a, let b, let n): return try EmulatedDevice(size: s, align: a, base: b, node: n)
         }
     }

@@ -8,7 +8,9 @@ import SystemPackage
 import Glibc
 #endif
 
-public final class DeviceDax: DaxDevice {
+/// A real /dev/daxX.Y character device, opened and mapped through the host
+/// kernel. (DAXCore's `DevDax` is the port of the driver behind such a device.)
+public final class DaxCharDevice: DaxDevice {
     public let name: String
     public var kind: DeviceKind { .deviceDax }
     public let devname: String
@@ -35,7 +37,7 @@ public final class DeviceDax: DaxDevice {
         case .failure(let e):
             if e == .noSuchFileOrDirectory {
                 let base = String(path.split(separator: "/").last ?? "")
-                if let why = DeviceDax.disabledReason(devname: base) {
+                if let why = DaxCharDevice.disabledReason(devname: base) {
                     throw .disabled(device: path, reason: why)
                 }
                 throw .noSuchDevice(path: path)
@@ -76,7 +78,7 @@ public final class DeviceDax: DaxDevice {
         let discovered: DaxDeviceInfo?
         do { discovered = try DaxDiscovery.device(named: devname) }
         catch { throw .discovery(error) }
-        let info = discovered ?? DeviceDax.sysfsInfo(devname: devname, sysfs: sysfs, major: Int(st.deviceMajor), minor: Int(st.deviceMinor))
+        let info = discovered ?? DaxCharDevice.sysfsInfo(devname: devname, sysfs: sysfs, major: Int(st.deviceMajor), minor: Int(st.deviceMinor))
         self.info = info
 
         guard info.size > 0 else { throw .zeroSize(device: path) }
@@ -87,7 +89,7 @@ public final class DeviceDax: DaxDevice {
         align = a
         size = info.size
         targetNode = info.targetNode
-        ranges = DeviceDax.ranges(of: info)
+        ranges = DaxCharDevice.ranges(of: info)
 
         switch Sys.open(path, O_RDWR) {
         case .success(let f): fd = f
