@@ -273,8 +273,8 @@ public final class DevPagemap: @unchecked Sendable {
         for r in ranges.prefix(n) {
             // Clear this range's records, then return whole sections no other
             // pgmap uses.
-            let first = pfnToPage(kernel.ref, r.startPfn).raw
             if kernel.pfnValid(r.startPfn) {
+                let first = pfnToPage(kernel.ref, r.startPfn).raw
                 UnsafeMutableRawPointer(first).initializeMemory(as: UInt8.self, repeating: 0,
                     count: Int(r.endPfn - r.startPfn) * MemoryLayout<dax_page>.stride)
             }

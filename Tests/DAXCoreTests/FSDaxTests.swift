@@ -82,7 +82,7 @@ struct FSDaxTests {
         try f.breakLayout()   // unmaps, waits for idle, deletes
         #expect(rig.mm.rssFilePages == 0)
         #expect(!head.isLarge && head.mapping == 0)
-        for i in 0..<512 { #expect(head.page(i).refcountRaw == 0 && !head.page(i).isTail) }
+        for i in 0..<512 { #expect(head.head.advanced(by: i).refcountRaw == 0 && !head.head.advanced(by: i).isTail) }
         rig.check()
     }
 
