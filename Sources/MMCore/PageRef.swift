@@ -77,6 +77,12 @@ public func wakeUpVar(_ k: KernelRef, _ addr: UnsafeRawPointer) {
     }
 }
 
+/// waitqueue_active(__var_waitqueue(addr)): someone sleeps in waitVarEvent
+/// on `addr`'s bucket. Tests use it to know a waiter is really blocked.
+public func varWaitqueueActive(_ k: KernelRef, _ addr: UnsafeRawPointer) -> Bool {
+    dax_load_u32(dax_kernel_wait_sleepers(k) + waitBucket(addr)) != 0
+}
+
 /// wait_var_event_timeout: waits until `condition()` holds, woken by
 /// wakeUpVar on `addr`. Returns false if `timeoutNanos` passed first
 /// (negative: no limit).

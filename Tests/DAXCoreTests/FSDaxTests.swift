@@ -5,6 +5,7 @@ import Foundation
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestSupport
 
 struct FSRig {
     let kernel: Kernel
@@ -201,6 +202,9 @@ struct FSDaxTests {
 
     /// §8.6 with §2.7's wake-up: a pinned page blocks the break until another
     /// thread unpins; with a timeout it reports pfn, refcount and pincount.
+    /// Without one it waits like the kernel, until free_zone_device_folio
+    /// wakes it: the test checks the waiter is asleep before it unpins, and
+    /// that the page is idle before it joins, so no sleep length decides.
     @Test("dax_break_layout waits for a pinned page; times out naming it; completes after unpin")
     func breakLayoutWaits() throws {
         let rig = try FSRig()
@@ -219,16 +223,22 @@ struct FSDaxTests {
         }
         #expect(f.nrpages == 512, "entries stay when the break fails")
         let done = Locked(false)
+        let finished = DispatchSemaphore(value: 0)
         let worker = Thread {
-            do { try f.breakLayout(timeoutNanos: 10_000_000_000) } catch { Issue.record("\(error)") }
+            // No deadline: dax_break_layout sleeps until the page is idle.
+            do { try f.breakLayout(timeoutNanos: -1) } catch { Issue.record("\(error)") }
             done.withLock { $0 = true }
+            finished.signal()
         }
         worker.start()
-        usleep(100_000)
+        waitUntilAsleep(rig.kernel.ref, on: UnsafeRawPointer(folio.raw), orUntil: { done.withLock { $0 } })
         #expect(done.withLock { $0 } == false, "blocked while pinned")
         rig.mm.unpin(pages)
-        let deadline = Date().addingTimeInterval(10)
-        while !done.withLock({ $0 }) && Date() < deadline { usleep(1000) }
+        // The last pin's put idles the folio and wakes the waiter; only then
+        // is joining it sure to end.
+        #expect(folio.refCount == 0, "the unpin left the folio idle")
+        if folio.refCount != 0 { folio.setCount(0); wakeUpVar(rig.kernel.ref, folio.raw) }   // after a failure: release the waiter
+        finished.wait()
         #expect(done.withLock { $0 })
         #expect(f.nrpages == 0 && folio.refCount == 0 && !folio.isLarge)
         rig.check()
