@@ -108,21 +108,13 @@ struct DAXPropertyTests {
             var current: RefLedger = [:]
             for h in held { current[pageToPfn(k, Page(h.page).folio.head), default: 0] += h.weight }
             ledger = current
-            let v = invariants(mms: [mm], pgmaps: pgmaps, ledger: ledger)
-            if !v.isEmpty {
-                Issue.record("seed \(seed) step \(step) after \(what):\n\(v.prefix(3).map(\.description).joined(separator: "\n"))")
-                return
-            }
-            let reports = kernel.drainReports()
-            if !reports.isEmpty {
-                Issue.record("seed \(seed) step \(step) after \(what): \(reports[0])")
-                return
-            }
+            guard propertyStepHolds(kernel, mms: [mm], pgmaps: pgmaps, ledger: ledger, seed: seed, step: step, after: what)
+            else { return }
         }
         for h in held { unpinUserPage(k, Page(h.page)) }
         for m in maps { try mm.munmap(m.addr, m.len) }
         try fs.unmount(timeoutNanos: 1_000_000_000)
-        #expect(invariants(mms: [mm], pgmaps: pgmaps, ledger: [:]).isEmpty)
+        expectInvariants(kernel, mms: [mm], pgmaps: pgmaps, ledger: [:])
         _ = maps.removeAll()
     }
 
@@ -138,11 +130,10 @@ struct DAXPropertyTests {
     /// left, a page still busy then is a leaked reference, whatever the load.
     @Test("concurrent faults, pins and break_layout on fs-dax")
     func concurrent() throws {
-        let kernel = try Kernel(physBits: 40)
-        let fs = try DaxFS(kernel: kernel, start: 0x2_0000_0000, size: 16 << 20)
+        let rig = try FSRig(start: 0x2_0000_0000)
+        let (kernel, fs, mm) = (rig.kernel, rig.fs, rig.mm)
         let f = try fs.create(name: "c", maxSize: 4 << 20)
         try f.allocate(pgoff: 0, pages: 1024)
-        let mm = try MM(kernel: kernel)
         let addr = try mm.mmap(f.mmapRequest(length: 4 << 20))
         let failures = Locked<[String]>([])
         let iterations = 3000
@@ -181,8 +172,7 @@ struct DAXPropertyTests {
             }
         }
         #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0.prefix(5) })")
-        #expect(invariants(mms: [mm], pgmaps: [fs.pgmap], ledger: [:]).map(\.description) == [])
-        #expect(kernel.drainReports().map(\.description) == [])
+        rig.check([:])
         try mm.munmap(addr, 4 << 20)
         try f.breakLayout()
         for i in 0..<1024 { #expect(try #require(f.folio(at: UInt64(i))).refCount == 0) }

@@ -3,8 +3,11 @@ import DAXBase
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestSupport
 
-struct DevDaxRig {
+/// One kernel, a probed device-dax instance of alignment `align` over
+/// `ranges`, and an empty MM.
+struct DevDaxRig: InvariantRig {
     let kernel: Kernel
     let dev: DevDax
     let mm: MM
@@ -17,12 +20,7 @@ struct DevDaxRig {
         mm = try MM(kernel: kernel)
     }
 
-    func check(sourceLocation: SourceLocation = #_sourceLocation) {
-        let v = invariants(mms: [mm], pgmaps: [dev.pgmap!])
-        #expect(v.isEmpty, "\(v.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-        let r = kernel.drainReports()
-        #expect(r.isEmpty, "\(r.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-    }
+    var pgmaps: [DevPagemap] { [dev.pgmap!] }
 
     /// Calls the device's huge_fault(order) the way the fault walk would.
     func huge(_ addr: UInt64, order: Int, write: Bool) -> UInt32 {

@@ -7,23 +7,20 @@ import Testing
 @testable import MMCore
 import MMTestSupport
 
-struct FSRig {
+/// One kernel, an ExtentFS of `size` bytes of fs-dax memory at `start`, and
+/// an empty MM.
+struct FSRig: InvariantRig {
     let kernel: Kernel
     let fs: DaxFS
     let mm: MM
 
-    init(size: UInt64 = 16 << 20) throws {
+    init(size: UInt64 = 16 << 20, start: UInt64 = 0x8000_0000) throws {
         kernel = try Kernel(physBits: 40)
-        fs = try DaxFS(kernel: kernel, start: 0x8000_0000, size: size)
+        fs = try DaxFS(kernel: kernel, start: start, size: size)
         mm = try MM(kernel: kernel)
     }
 
-    func check(_ ledger: RefLedger? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
-        let v = invariants(mms: [mm], pgmaps: [fs.pgmap], ledger: ledger)
-        #expect(v.isEmpty, "\(v.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-        let r = kernel.drainReports()
-        #expect(r.isEmpty, "\(r.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-    }
+    var pgmaps: [DevPagemap] { [fs.pgmap] }
 }
 
 @Suite("fs-dax (fs/dax.c, §8 and §12)")

@@ -48,10 +48,7 @@ struct VMAOpsTests {
 
     @Test("mmap hook returning -EINVAL refuses the mapping: no VMA, and a MAP_FIXED target keeps its old mapping")
     func mmapHookRefusal() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, start: Self.fixedBase)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -80,15 +77,10 @@ struct VMAOpsTests {
 
     @Test("MAP_FIXED over an existing mapping replaces it: old entries zapped and their references dropped")
     func mapFixedReplaces() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, start: Self.fixedBase)
         for i in 0..<4 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: true) & DAX_VM_FAULT_ERROR == 0) }
         let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED)
-        var over = rig.map.request(length: 8192, pgoff: 100)
-        over.fixedAddress = a + 4096
-        #expect(try rig.mm.mmap(over) == a + 4096)
+        #expect(try rig.linkVMA(length: 8192, start: a + 4096, pgoff: 100) == a + 4096)
         for i in [1, 2] {
             let f = rig.folio(pgoff: UInt64(i))
             #expect(f.refCount == 1 && f.mapcount == 0)
@@ -110,8 +102,7 @@ struct VMAOpsTests {
 
     @Test("munmap argument errors: unaligned start or zero length is -EINVAL; an empty range is a no-op")
     func munmapArgumentErrors() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -127,8 +118,7 @@ struct VMAOpsTests {
           arguments: [0, 9, 18])
     func mprotectWriteProtects(order: Int) throws {
         let len: UInt64 = order == 0 ? 64 << 10 : UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: max(len, 4 << 20))
-        let a = try rig.mm.mmap(rig.map.request(length: len))
+        let (rig, a) = try vmaFixture(order: order, bytes: max(len, 4 << 20), length: len)
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
         let entry = { order == 0 ? VMAKit.pte(rig.mm, a) : order == pmdOrder ? VMAKit.pmd(rig.mm, a) : VMAKit.pud(rig.mm, a) }
         #expect(entryWrite(entry()))
@@ -160,8 +150,7 @@ struct VMAOpsTests {
 
     @Test("mprotect of a middle part of a 4K-order VMA splits it in three and write-protects only that part")
     func mprotectMiddleSplits() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         for i in 0..<16 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: true) & DAX_VM_FAULT_ERROR == 0) }
         let before = (0..<16).map { VMAKit.counters(rig, rig.folio(pgoff: UInt64($0))) }
         try rig.mm.mprotect(a + 4 * 4096, 4 * 4096, [.read])
@@ -190,12 +179,8 @@ struct VMAOpsTests {
 
     @Test("mprotect over a range with a hole is -ENOMEM and changes nothing")
     func mprotectHoleIsENOMEM() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
-        req.fixedAddress = Self.fixedBase + (128 << 10)
-        _ = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, start: Self.fixedBase)
+        _ = try rig.linkVMA(length: 64 << 10, start: Self.fixedBase + (128 << 10))
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
         let flags = rig.mm.vmaList().map { $0.pointee.vm_flags }
         #expect(VMAKit.errno { try rig.mm.mprotect(a, 192 << 10, [.read]) } == ENOMEM)
@@ -208,8 +193,7 @@ struct VMAOpsTests {
 
     @Test("mremap shrink unmaps the tail and drops its references")
     func mremapShrink() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         let pages = VMAKit.pages(16)
         defer { pages.deallocate() }
         #expect(getUserPages(rig.mm.ref, a, 16, [], pages) == 16)
@@ -228,10 +212,7 @@ struct VMAOpsTests {
 
     @Test("mremap grows in place when the space above is free; the new part faults from the right file offset")
     func mremapGrowInPlace() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f0 = rig.folio(pgoff: 0)
         let b0 = VMAKit.counters(rig, f0)
@@ -246,10 +227,7 @@ struct VMAOpsTests {
 
     @Test("mremap MREMAP_MAYMOVE moves PTEs with their references: same pfns at the new address, old range empty, counters unchanged")
     func mremapMovePtes() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase)
         var blocker = MMapRequest(length: 4096)
         blocker.fixedAddress = a + (32 << 10)
         _ = try rig.mm.mmap(blocker)
@@ -288,11 +266,8 @@ struct VMAOpsTests {
           arguments: [9, 18])
     func mremapMoveHuge(order: Int) throws {
         let size = UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: 2 * size)
+        let (rig, a) = try vmaFixture(order: order, bytes: 2 * size, length: size, start: Self.fixedBase)
         let entry = { (x: UInt64) in order == pmdOrder ? VMAKit.pmd(rig.mm, x) : VMAKit.pud(rig.mm, x) }
-        var req = rig.map.request(length: size)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
         var blocker = MMapRequest(length: 4096)
         blocker.fixedAddress = a + size
         _ = try rig.mm.mmap(blocker)
@@ -316,13 +291,8 @@ struct VMAOpsTests {
 
     @Test("mremap argument errors: unaligned address -EINVAL; a range not inside one VMA -EFAULT; nothing changes")
     func mremapArgumentErrors() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
-        req.fixedAddress = a + (32 << 10)
-        req.pgoff = 8
-        _ = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase)
+        _ = try rig.linkVMA(length: 32 << 10, start: a + (32 << 10), pgoff: 8)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -353,11 +323,7 @@ struct VMAOpsTests {
 
     @Test("mremap cannot grow a VM_DONTEXPAND VMA (-EFAULT), in place or by moving; shrinking is allowed")
     func mremapDontExpand() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        req.extraFlags |= DAX_VM_DONTEXPAND
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase, extraFlags: DAX_VM_DONTEXPAND)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)

@@ -15,7 +15,7 @@ struct ZapSplitTests {
         let nr = Int64(1) << Int64(order)
         let rig = try FaultRig(order: order, bytes: max(size * 2, 4 << 20))
         let tables = rig.kernel.pageTablesInUse
-        let addr = try rig.mm.mmap(rig.map.request(length: size * 2))
+        let addr = try rig.linkVMA(length: size * 2)
         let f0 = rig.folio(pgoff: 0), f1 = rig.folio(pgoff: UInt64(nr))
         let b0 = VMAKit.counters(rig, f0), b1 = VMAKit.counters(rig, f1)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
@@ -41,8 +41,7 @@ struct ZapSplitTests {
 
     @Test("munmap of one 4K page inside a 2M VMA of a 4K-order map: only that PTE goes; the VMA splits in two")
     func munmapOnePteInsideVma() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 2 << 20))
+        let (rig, addr) = try vmaFixture(length: 2 << 20)
         let pages = VMAKit.pages(512)
         defer { pages.deallocate() }
         // Fault all 512 pages in through GUP, then drop the GUP refs.
@@ -70,8 +69,7 @@ struct ZapSplitTests {
 
     @Test("order-9 map: munmap at a non-2M-aligned address is -EINVAL (may_split) and nothing changes")
     func munmapRefusedByMaySplit() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -98,8 +96,7 @@ struct ZapSplitTests {
 
     @Test("order-9 map: mprotect at a non-2M-aligned address is -EINVAL (may_split) and nothing changes")
     func mprotectRefusedByMaySplit() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -117,10 +114,7 @@ struct ZapSplitTests {
 
     @Test("zap of part of a PMD mapping without may_split splits it, i.e. unmaps the whole PMD (ref, mapcount, rss -512, PMDMAPPED -512)")
     func partialZapOfPmdUnmapsIt() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        var req = rig.map.request(length: 4 << 20)
-        req.ops = VMAKit.noMaySplitOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20, ops: .noMaySplit)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
@@ -135,10 +129,7 @@ struct ZapSplitTests {
 
     @Test("munmap of a 4K piece of a PMD-mapped VMA without may_split: the VMA splits and the whole PMD is unmapped")
     func munmapPieceOfPmdWithoutMaySplit() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        var req = rig.map.request(length: 4 << 20)
-        req.ops = VMAKit.noMaySplitOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20, ops: .noMaySplit)
         let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: 512)
         let bf = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr, write: false) & DAX_VM_FAULT_ERROR == 0)
@@ -155,10 +146,7 @@ struct ZapSplitTests {
 
     @Test("zap of part of a PUD mapping splits it: the whole PUD is unmapped (rss -262144)")
     func partialZapOfPudUnmapsIt() throws {
-        let rig = try FaultRig(order: pudOrder, bytes: 1 << 30)
-        var req = rig.map.request(length: 1 << 30)
-        req.ops = VMAKit.noMaySplitOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: pudOrder, bytes: 1 << 30, length: 1 << 30, ops: .noMaySplit)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr + (5 << 20), write: false) & DAX_VM_FAULT_ERROR == 0)
@@ -173,8 +161,7 @@ struct ZapSplitTests {
 
     @Test("zap of a whole PMD range through zap_page_range_single: same accounting as munmap, VMA kept, refault works")
     func zapWholePmdThenRefault() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr, write: false) & DAX_VM_FAULT_ERROR == 0)
@@ -191,12 +178,8 @@ struct ZapSplitTests {
     func pageTablesFreedOnlyWhenUnused() throws {
         let rig = try FaultRig(order: 0, bytes: 2 << 20)
         let tables = rig.kernel.pageTablesInUse
-        var req = rig.map.request(length: 8192)
-        req.fixedAddress = 0x4000_0000_0000
-        let a = try rig.mm.mmap(req)
-        req.fixedAddress = a + 8192
-        req.pgoff = 2
-        let b = try rig.mm.mmap(req)
+        let a = try rig.linkVMA(length: 8192, start: 0x4000_0000_0000)
+        let b = try rig.linkVMA(length: 8192, start: a + 8192, pgoff: 2)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         #expect(rig.mm.handleFault(b, write: false) & DAX_VM_FAULT_ERROR == 0)
         let used = rig.kernel.pageTablesInUse
@@ -232,8 +215,7 @@ struct ZapSplitTests {
     }
     @Test("fs-dax (zero-based) folios: zap returns them to idle refcount 0 with no report, at PTE and PMD level", arguments: [0, 9])
     func fsdaxZapReturnsToIdle(order: Int) throws {
-        let rig = try FaultRig(type: .fsDax, order: order, bytes: 4 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, a) = try vmaFixture(type: .fsDax, order: order, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(before.ref == 0)
