@@ -33,7 +33,7 @@ public func expectInvariants(_ kernel: Kernel, mms: [MM], pgmaps: [DevPagemap], 
 
 /// The check after each step of a random sequence: the invariants against
 /// the ledger of references the sequence holds, then no debug report. On the
-/// first failure it records one issue naming the seed (to replay), the step
+/// first failure it records one failure naming the seed (to replay), the step
 /// and the operation, and returns false: the caller stops the sequence.
 public func propertyStepHolds(_ kernel: Kernel, mms: [MM], pgmaps: [DevPagemap], ledger: RefLedger,
                               seed: UInt64, step: Int, after what: String,

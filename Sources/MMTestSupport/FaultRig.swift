@@ -1,5 +1,5 @@
 // The fixture the mm tests start from, in the manner of the kernel's
-// tools/testing/vma helpers (alloc_and_link_vma and friends): one call builds
+// tools/testing/vma (alloc_and_link_vma and friends): one call builds
 // the machine a test needs, with parameters, and VMAs are linked into its MM
 // by range and file offset.
 

@@ -8,7 +8,7 @@ import MMCore
 import Glibc
 #endif
 
-/// Returns once a task sleeps in wait_var_event on `addr` (the bucket's
+/// Returns once a thread sleeps in wait_var_event on `addr` (the bucket's
 /// waitqueue is active) or `done()` holds. No deadline: the state the test
 /// waits for decides, not the machine's load.
 public func waitUntilAsleep(_ k: KernelRef, on addr: UnsafeRawPointer, orUntil done: () -> Bool) {
