@@ -338,6 +338,44 @@ struct dax_vm_fault {
 /* mm_struct rss counters */
 enum dax_mm_counter { DAX_MM_FILEPAGES = 0, DAX_MM_ANONPAGES, DAX_MM_SWAPENTS, DAX_MM_SHMEMPAGES, DAX_NR_MM_COUNTERS };
 
+/* enum pgtable_level: the level of a leaf entry. */
+enum dax_pgtable_level {
+	DAX_PGTABLE_LEVEL_PTE = 0,
+	DAX_PGTABLE_LEVEL_PMD,
+	DAX_PGTABLE_LEVEL_PUD,
+};
+
+/*
+ * The arch hook of an address space: what the architecture's page-table
+ * primitives (set_pte_at, ptep_get_and_clear, ..., flush_tlb_range) do
+ * besides the store. Every change of a leaf entry (PTE, or PMD/PUD leaf)
+ * goes through one funnel; with a hook installed the funnel also calls it,
+ * so a runtime can mirror the mapping (mmap/mprotect/munmap of the device
+ * range at the address) and mmu notifiers can hang off the same points.
+ * Table (non-leaf) entries are not reported: they map nothing.
+ *
+ * Both callbacks are optional (NULL: not called). They run on the fault,
+ * zap and pin paths, possibly from a signal handler, so they must be
+ * async-signal-safe, must not allocate through the MM, and must not call
+ * back into this MM (no fault, map, unmap or hook change): the caller may
+ * hold a page-table spinlock.
+ */
+struct dax_arch_ops {
+	/* A leaf entry changed from old_entry to new_entry (never equal; one of
+	 * them may be 0: installed, or cleared). `addr` is the first address
+	 * the entry translates (aligned to the level's size). Called after the
+	 * store, with the entry's page-table lock held (pte/pmd lock, or
+	 * mm->page_table_lock for PUDs). */
+	void (*set_entry)(void *ctx, struct dax_mm *mm, uint64_t addr, enum dax_pgtable_level level,
+			  uint64_t old_entry, uint64_t new_entry);
+	/* flush_tlb_range: translations of [start, end) changed by the entries
+	 * reported before may no longer be used. `level` is the smallest level
+	 * of the entries flushed (the stride). Called before the references the
+	 * old entries held are dropped; no page-table lock need be held. */
+	void (*flush_tlb_range)(void *ctx, struct dax_mm *mm, uint64_t start, uint64_t end,
+				enum dax_pgtable_level level);
+};
+
 struct dax_mm {
 	struct dax_kernel *kernel;
 	uint64_t *pgd;                 /* top-level table */
@@ -351,6 +389,13 @@ struct dax_mm {
 	int64_t nr_vmas;
 	int64_t vmas_cap;
 	uint64_t id;
+	/* The arch hook (NULL: none; entries are plain stores). Read with
+	 * dax_mm_arch_ops; changed only by MM.setArchHook, which publishes
+	 * arch_ctx before arch and, on removal, waits for arch_users (callers
+	 * inside a hook call) to drop to 0. */
+	const struct dax_arch_ops *arch;
+	void *arch_ctx;
+	int64_t arch_users;
 };
 
 
@@ -379,6 +424,9 @@ DAX_MM_INLINE struct dax_rwsem *dax_mm_mmap_lock(struct dax_mm *p) { return &p->
 DAX_MM_INLINE int64_t *dax_mm_pgtables_bytes(struct dax_mm *p) { return &p->pgtables_bytes; }
 DAX_MM_INLINE int64_t *dax_mm_rss(struct dax_mm *p) { return &p->rss[0]; }
 DAX_MM_INLINE uint32_t *dax_mm_page_table_lock(struct dax_mm *p) { return &p->page_table_lock; }
+DAX_MM_INLINE const struct dax_arch_ops *dax_mm_arch_ops(struct dax_mm *p) { return __atomic_load_n(&p->arch, __ATOMIC_ACQUIRE); }
+DAX_MM_INLINE void dax_mm_set_arch_ops(struct dax_mm *p, const struct dax_arch_ops *ops) { __atomic_store_n(&p->arch, ops, __ATOMIC_SEQ_CST); }
+DAX_MM_INLINE int64_t *dax_mm_arch_users(struct dax_mm *p) { return &p->arch_users; }
 DAX_MM_INLINE int64_t *dax_pgmap_ref(struct dax_pgmap *p) { return &p->ref; }
 DAX_MM_INLINE int64_t *dax_pgmap_lookups(struct dax_pgmap *p) { return &p->lookups; }
 DAX_MM_INLINE uint32_t *dax_pgmap_done(struct dax_pgmap *p) { return &p->done; }
