@@ -1,6 +1,6 @@
-// struct mm_struct and the VMA-level parts of mm/mmap.c, mm/vma.c,
-// mm/mprotect.c and mm/mremap.c: mmap, munmap, mprotect, mremap with the
-// kernel's split rules.
+// struct mm_struct and the VMA-level parts of mm/mmap.c and mm/vma.c: mmap
+// and munmap with the kernel's split rules (mprotect is in Mprotect.swift,
+// mremap in Mremap.swift).
 //
 // The MM object owns a C record (`ref`) that the hot paths use: page tables,
 // the sorted VMA array, rss counters and mmap_lock. VMA-changing calls take
@@ -53,7 +53,7 @@ public final class MM: @unchecked Sendable {
     public let kernel: Kernel
     public let ref: MMRef
     /// Swift objects the VMAs point into (files, ops), per VMA record.
-    private var retained: [VMARef: [AnyObject]] = [:]
+    private(set) var retained: [VMARef: [AnyObject]] = [:]
     private static let ids = Atomic<UInt64>(1)
 
     /// The user address range get_unmapped_area searches (top down).
@@ -248,95 +248,6 @@ public final class MM: @unchecked Sendable {
         new.pointee.vm_pgoff = vma.pointee.vm_pgoff + ((at - vma.pointee.vm_start) >> UInt64(pageShift))
         vma.pointee.vm_end = at
         insertVMA(new, retain: retained[vma] ?? [])
-    }
-
-    // MARK: mprotect
-
-    /// mprotect: splits at the edges (may_split), updates flags and page
-    /// protections; removing write access write-protects present entries.
-    public func mprotect(_ start: UInt64, _ length: UInt64, _ prot: Prot) throws(MMError) {
-        lockWrite()
-        defer { unlockWrite() }
-        guard start % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mprotect: \(hex(start)) not page aligned") }
-        let end = start + roundUp(length, UInt64(pageSize))
-        guard end > start else { return }
-        // Every page of the range must be mapped (-ENOMEM otherwise).
-        var cursor = start
-        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
-            if v.pointee.vm_start > cursor { break }
-            cursor = v.pointee.vm_end
-        }
-        guard cursor >= end else { throw .errno(ENOMEM, "mprotect: [\(hex(start)), \(hex(end))) is not fully mapped") }
-        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
-            if prot.contains(.write) && v.pointee.vm_flags & DAX_VM_MAYWRITE == 0 {
-                throw .errno(13, "mprotect: PROT_WRITE on a VMA without VM_MAYWRITE")  // EACCES
-            }
-        }
-        try splitEdges(start, end)
-        for v in vmaList() where v.pointee.vm_start >= start && v.pointee.vm_end <= end {
-            var f = v.pointee.vm_flags & ~(DAX_VM_READ | DAX_VM_WRITE | DAX_VM_EXEC)
-            if prot.contains(.read) { f |= DAX_VM_READ }
-            if prot.contains(.write) { f |= DAX_VM_WRITE }
-            if prot.contains(.exec) { f |= DAX_VM_EXEC }
-            let losingWrite = v.pointee.vm_flags & DAX_VM_WRITE != 0 && f & DAX_VM_WRITE == 0
-            v.pointee.vm_flags = f
-            vmaSetPageProt(v)
-            if losingWrite || !prot.contains(.read) {
-                changeProtection(ref, v, v.pointee.vm_start, v.pointee.vm_end, removeAccess: !prot.contains(.read))
-            }
-        }
-    }
-
-    // MARK: mremap
-
-    /// mremap: shrink in place, grow in place when the space above is free,
-    /// or (mayMove) move the VMA, carrying page-table entries with it. Moved
-    /// entries keep their references and rmap; a huge entry whose old and new
-    /// addresses are not equally aligned is split (unmapped) and refaults.
-    @discardableResult
-    public func mremap(_ old: UInt64, oldLength: UInt64, newLength: UInt64, mayMove: Bool) throws(MMError) -> UInt64 {
-        lockWrite()
-        defer { unlockWrite() }
-        guard old % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mremap: \(hex(old)) not page aligned") }
-        let oldLen = roundUp(oldLength, UInt64(pageSize)), newLen = roundUp(newLength, UInt64(pageSize))
-        guard newLen > 0, oldLen > 0 else { throw .errno(EINVAL, "mremap: zero length") }
-        guard let vma = findVMA(old), vma.pointee.vm_start <= old, old + oldLen <= vma.pointee.vm_end else {
-            throw .errno(EFAULT, "mremap: [\(hex(old)), +\(hex(oldLen))) is not inside one VMA")
-        }
-        if newLen <= oldLen {
-            if newLen < oldLen { try munmapLocked(old + newLen, oldLen - newLen) }
-            return old
-        }
-        if vma.pointee.vm_flags & (DAX_VM_DONTEXPAND | DAX_VM_PFNMAP) != 0 {
-            throw .errno(EFAULT, "mremap: VMA cannot be expanded (VM_DONTEXPAND/VM_PFNMAP)")
-        }
-        // Grow in place when old+oldLen is the VMA's end and the space is free.
-        if old + oldLen == vma.pointee.vm_end {
-            let next = vmaList().first { $0.pointee.vm_start >= vma.pointee.vm_end }
-            if (next.map { $0.pointee.vm_start >= old + newLen } ?? true) && old + newLen <= MM.mmapBase {
-                vma.pointee.vm_end = old + newLen
-                return old
-            }
-        }
-        guard mayMove else { throw .errno(ENOMEM, "mremap: cannot grow in place and MREMAP_MAYMOVE not given") }
-        // Move: isolate the old range as one VMA, map a new one, move entries.
-        try splitEdges(old, old + oldLen)
-        guard let src = findVMA(old), src.pointee.vm_start == old else {
-            throw .errno(EFAULT, "mremap: source VMA vanished")
-        }
-        let align = src.pointee.vm_ops?.pointee.pagesize.map { UInt64($0(src)) } ?? UInt64(pageSize)
-        guard let dst = getUnmappedArea(newLen, alignment: max(align, UInt64(pageSize))) else {
-            throw .errno(ENOMEM, "mremap: no room for \(hex(newLen))")
-        }
-        let new = VMARef.allocate(capacity: 1)
-        new.initialize(to: src.pointee)
-        new.pointee.vm_start = dst
-        new.pointee.vm_end = dst + newLen
-        insertVMA(new, retain: retained[src] ?? [])
-        movePageTables(ref, src, old, new, dst, oldLen)
-        removeVMAs([src])
-        freePgtables(ref, old, old + oldLen)
-        return dst
     }
 
     // MARK: VMA array maintenance (under mmap_lock for write)

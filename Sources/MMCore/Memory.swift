@@ -1,7 +1,10 @@
-// mm/memory.c: vm_normal_page, page inserts (validate_page_before_insert,
-// insert_page, vm_insert_page, vmf_insert_page_mkwrite, the pfn-only
-// contrast), zap of PTE ranges, page-table freeing and moving, and the fault
-// entry points (handle_mm_fault and the PUD -> PMD -> PTE fallback walk).
+// mm/memory.c: the zero page and vm_normal_page; page and pfn inserts
+// (validate_page_before_insert, insert_page_into_pte_locked, get_locked_pte,
+// insert_page, vm_insert_page, vmf_insert_page_mkwrite, insert_pfn,
+// vmf_insert_pfn); zap (zap_pte_range, zap_pmd_range, unmap_page_range,
+// zap_page_range_single) with the split of a huge entry straddling an address
+// (split_huge_pmd_address); free_pgtables. handle_mm_fault is in Fault.swift,
+// change_protection in Mprotect.swift, move_page_tables in Mremap.swift.
 //
 // Hot-path rules: pointers only, no allocation, no Swift object; locks are
 // the split ptlocks (spinlocks) and mmap_lock (held by the caller).
@@ -351,129 +354,4 @@ func freePgtables(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
 func tableEmpty(_ t: EntryPtr) -> Bool {
     for i in 0..<PT.entriesPerTable where dax_load_u64(t + i) != 0 { return false }
     return true
-}
-
-// MARK: change_protection (mprotect)
-
-/// change_protection: write-protects the present entries of [start, end) in
-/// `vma`; with removeAccess (PROT_NONE) the entries also lose _PAGE_USER.
-/// Like the kernel's pte_protnone entries they stay mapped: references,
-/// mapcounts and rss do not change, and the VMA's missing VM_READ keeps
-/// faults and GUP out. The entries that changed are flushed once at the end
-/// (the mmu_gather of mprotect_fixup). The caller holds mmap_lock for write.
-func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, removeAccess: Bool) {
-    let k = mm.pointee.kernel!
-    let clear = removeAccess ? (PT.rw | PT.user) : PT.rw
-    var tlb = TLBGather()
-    var a = start
-    while a < end {
-        let w = walk(mm, a)
-        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
-            // change_huge_pud: the kernel invalidates the entry first
-            // (pudp_invalidate) against hardware A/D updates; the port's
-            // entries change only under the lock, so one set_pud_at does.
-            let haddr = roundDown(a, UInt64(pudSize))
-            dax_spin_lock(pudLockptr(mm))
-            let old = dax_load_u64(pud)
-            if entryLeaf(old) && old & clear != 0 {
-                setPudAt(mm, haddr, pud, old & ~clear)
-                tlb.adjust(haddr, UInt64(pudSize), DAX_PGTABLE_LEVEL_PUD)
-            }
-            dax_spin_unlock(pudLockptr(mm))
-            a = haddr + UInt64(pudSize)
-            continue
-        }
-        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
-            // change_huge_pmd (pmdp_invalidate_ad + set_pmd_at in the kernel)
-            let haddr = roundDown(a, UInt64(pmdSize))
-            let l = pmdLockptr(k, pmd)
-            dax_spin_lock(l)
-            let old = dax_load_u64(pmd)
-            if entryLeaf(old) && old & clear != 0 {
-                setPmdAt(mm, haddr, pmd, old & ~clear)
-                tlb.adjust(haddr, UInt64(pmdSize), DAX_PGTABLE_LEVEL_PMD)
-            }
-            dax_spin_unlock(l)
-            a = haddr + UInt64(pmdSize)
-            continue
-        }
-        if let pte = w.pte, let pmd = w.pmd {
-            // change_pte_range
-            let l = pteLockptr(k, dax_load_u64(pmd))
-            dax_spin_lock(l)
-            let old = ptepModifyProtStart(vma, a, pte)
-            if entryPresent(old) && old & clear != 0 {
-                ptepModifyProtCommit(vma, a, pte, old, old & ~clear)
-                tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // pte_needs_flush
-            }
-            dax_spin_unlock(l)
-        }
-        a += UInt64(pageSize)
-    }
-    tlb.flush(vma)
-}
-
-// MARK: move_page_tables (mremap)
-
-/// move_page_tables: moves the entries of [old, old+len) in `src` to
-/// [new, ...) in `dstVMA`. References and rmap travel with the entries. Huge
-/// entries move whole when both addresses are aligned to their size;
-/// otherwise they are split (unmapped) and refault. The old addresses of the
-/// entries moved are flushed once at the end. The caller holds mmap_lock for
-/// write.
-func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef, _ new: UInt64, _ len: UInt64) {
-    let k = mm.pointee.kernel!
-    var tlb = TLBGather()
-    var off: UInt64 = 0
-    while off < len {
-        let oa = old + off, na = new + off
-        let w = walk(mm, oa)
-        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
-            if oa % UInt64(pudSize) == 0, na % UInt64(pudSize) == 0, len - off >= UInt64(pudSize),
-               let npud = pudAlloc(mm, na) {
-                // move_huge_pud
-                dax_spin_lock(pudLockptr(mm))
-                let e = pudpHugeGetAndClear(mm, oa, pud)
-                setPudAt(mm, na, npud, e)
-                dax_spin_unlock(pudLockptr(mm))
-                if !entryNone(e) { tlb.adjust(oa, UInt64(pudSize), DAX_PGTABLE_LEVEL_PUD) }
-                off += UInt64(pudSize)
-            } else {
-                splitHugePud(k, src, pud, oa)
-            }
-            continue
-        }
-        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
-            if oa % UInt64(pmdSize) == 0, na % UInt64(pmdSize) == 0, len - off >= UInt64(pmdSize),
-               let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na) {
-                // move_huge_pmd
-                let l1 = pmdLockptr(k, pmd), l2 = pmdLockptr(k, npmd)
-                dax_spin_lock(l1)
-                if l2 != l1 { dax_spin_lock(l2) }
-                let e = pmdpHugeGetAndClear(mm, oa, pmd)
-                setPmdAt(mm, na, npmd, e)
-                if l2 != l1 { dax_spin_unlock(l2) }
-                dax_spin_unlock(l1)
-                if !entryNone(e) { tlb.adjust(oa, UInt64(pmdSize), DAX_PGTABLE_LEVEL_PMD) }
-                off += UInt64(pmdSize)
-            } else {
-                splitHugePmd(k, src, pmd, oa)
-            }
-            continue
-        }
-        if let pte = w.pte, let pmd = w.pmd, entryPresent(dax_load_u64(pte)) {
-            if let (npte, nl) = getLockedPte(mm, na) {
-                // move_ptes
-                let ol = pteLockptr(k, dax_load_u64(pmd))
-                if ol != nl { dax_spin_lock(ol) }
-                let e = ptepGetAndClear(mm, oa, pte)
-                setPteAt(mm, na, npte, e)
-                if ol != nl { dax_spin_unlock(ol) }
-                dax_spin_unlock(nl)
-                if !entryNone(e) { tlb.adjust(oa, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE) }
-            }
-        }
-        off += UInt64(pageSize)
-    }
-    tlb.flush(src)
 }
