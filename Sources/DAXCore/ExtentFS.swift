@@ -114,11 +114,20 @@ public final class DaxFile: @unchecked Sendable {
     public let fs: DaxFS
     public let name: String
     public let maxPages: UInt64
-    public let inode: DaxInodeRef
-    public let mapping: DaxMappingRef
-    public let fileCore: UnsafeMutablePointer<DaxFileCore>
-    public let file: MappedFile
-    public let ops: VMOperations
+    /// The address_space record (entries, marks, locks): allocated in init,
+    /// freed in deinit, never moved.
+    package let mapping: DaxMappingRef
+    /// The block map the iomap callbacks read: allocated in init, freed in
+    /// deinit, never moved.
+    package let fileCore: UnsafeMutablePointer<DaxFileCore>
+    /// The file, its vm_operations and the tagged inode record.
+    let driver: DriverFile<DaxInodeCore>
+
+    /// The inode record the fault handlers read (the file's private_data),
+    /// owned by `driver`; it points at `mapping` and `fileCore`.
+    package var inode: DaxInodeRef { driver.state }
+    public var file: MappedFile { driver.file }
+    public var ops: VMOperations { driver.ops }
 
     init(fs: DaxFS, name: String, maxPages: UInt64) {
         self.fs = fs
@@ -138,12 +147,6 @@ public final class DaxFile: @unchecked Sendable {
         blocks.initialize(repeating: 0, count: Int(maxPages))
         fileCore = .allocate(capacity: 1)
         fileCore.initialize(to: DaxFileCore(fs: fs.core, blocks: blocks, maxPages: maxPages))
-        inode = .allocate(capacity: 1)
-        inode.initialize(to: DaxInodeCore(mapping: mapping, sizePages: 0, basePfn: fs.basePfn,
-                                          iomapBegin: extentIomapBegin, fsPrivate: UnsafeMutableRawPointer(fileCore),
-                                          sync: extentSync))
-        file = MappedFile(kind: .regularFile, dax: true, privateData: UnsafeMutableRawPointer(inode))
-        mapping.pointee.mappingID = file.mapping
         var o = dax_vm_operations()
         o.fault = fsDaxFaultFn
         o.huge_fault = fsDaxHugeFaultFn
@@ -151,7 +154,12 @@ public final class DaxFile: @unchecked Sendable {
         o.pfn_mkwrite = fsDaxMkwriteFn
         o.open = fsDaxOpenFn
         o.close = fsDaxCloseFn
-        ops = VMOperations(o)
+        driver = DriverFile(kind: .regularFile,
+                            state: DaxInodeCore(mapping: mapping, sizePages: 0, basePfn: fs.basePfn,
+                                                iomapBegin: extentIomapBegin, fsPrivate: UnsafeMutableRawPointer(fileCore),
+                                                sync: extentSync),
+                            ops: o)
+        mapping.pointee.mappingID = driver.file.mapping
     }
 
     deinit {
@@ -161,7 +169,6 @@ public final class DaxFile: @unchecked Sendable {
         mapping.deallocate()
         fileCore.pointee.blocks.deallocate()
         fileCore.deallocate()
-        inode.deallocate()
     }
 
     /// i_size in bytes.
@@ -204,15 +211,8 @@ public final class DaxFile: @unchecked Sendable {
     /// A MAP_SHARED (or MAP_SHARED_VALIDATE|MAP_SYNC) mapping request.
     public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
                             sync: Bool = false) -> MMapRequest {
-        var req = MMapRequest(length: length)
-        req.prot = prot
-        req.shared = shared
-        req.file = file
-        req.ops = ops
-        req.pgoff = pgoff
-        req.alignment = UInt64(pmdSize)
-        if sync { req.extraFlags |= DAX_VM_SYNC }
-        return req
+        driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: UInt64(pmdSize),
+                           extraFlags: sync ? DAX_VM_SYNC : 0)
     }
 
     /// dax_break_layout over file pages [start, end].

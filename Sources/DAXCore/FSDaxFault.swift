@@ -39,9 +39,16 @@ public struct DaxInodeCore {
 
 public typealias DaxInodeRef = UnsafeMutablePointer<DaxInodeCore>
 
+extension DaxInodeCore: DriverState {
+    /// The tag of fs-dax inode records ("fsdax").
+    @inline(__always) public static var driverTag: DriverTag { DriverTag(0x66_7364_6178) }
+}
+
+/// The inode record behind `vma`, nil unless the VMA maps an fs-dax file (a
+/// tag compare).
 @inline(__always)
-func daxInode(_ vma: VMARef) -> DaxInodeRef {
-    vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: DaxInodeCore.self)
+func daxInode(_ vma: VMARef) -> DaxInodeRef? {
+    DaxInodeCore.state(of: vma)
 }
 
 @inline(__always)
@@ -190,7 +197,7 @@ func daxFaultIter(_ inode: DaxInodeRef, _ vmf: VMFaultRef, _ iomap: DaxIomap, _ 
 @inline(__always)
 public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
     let vma = vmf.pointee.vma!
-    let inode = daxInode(vma)
+    guard let inode = daxInode(vma) else { return DAX_VM_FAULT_SIGBUS }
     let m = inode.pointee.mapping
     let index = vmf.pointee.pgoff
     if index >= inode.pointee.sizePages { return DAX_VM_FAULT_SIGBUS }
@@ -216,7 +223,7 @@ public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
 @inline(__always)
 public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
     let vma = vmf.pointee.vma!
-    let inode = daxInode(vma)
+    guard let inode = daxInode(vma) else { return DAX_VM_FAULT_SIGBUS }
     let m = inode.pointee.mapping
     let pmdAddr = vmf.pointee.address & ~UInt64(pmdSize - 1)
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
@@ -248,7 +255,7 @@ public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
 /// dax_insert_pfn_mkwrite: after a MAP_SYNC fault's fsync, map the pfn
 /// writable under the entry lock, with the temporary-reference protocol.
 public func daxInsertPfnMkwrite(_ vmf: VMFaultRef, pfn: UInt64, order: Int) -> UInt32 {
-    let inode = daxInode(vmf.pointee.vma)
+    guard let inode = daxInode(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }
     let m = inode.pointee.mapping
     let k = m.pointee.kernel
     let index = order > 0 ? vmf.pointee.pgoff & ~UInt64(hpagePmdNr - 1) : vmf.pointee.pgoff
@@ -276,7 +283,8 @@ public func daxInsertPfnMkwrite(_ vmf: VMFaultRef, pfn: UInt64, order: Int) -> U
 /// dax_finish_sync_fault.
 @inline(__always)
 func fsDaxHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
-    let m = daxInode(vmf.pointee.vma).pointee.mapping
+    guard let inode = daxInode(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }
+    let m = inode.pointee.mapping
     dax_down_read(&m.pointee.invalidateLock)
     defer { dax_up_read(&m.pointee.invalidateLock) }
     var ret: UInt32
@@ -286,7 +294,6 @@ func fsDaxHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
     default: return DAX_VM_FAULT_FALLBACK   // no PUD faults for fs-dax
     }
     if ret & DAX_VM_FAULT_NEEDDSYNC != 0 {
-        let inode = daxInode(vmf.pointee.vma)
         inode.pointee.sync(inode.pointee.fsPrivate)
         ret = daxInsertPfnMkwrite(vmf, pfn: vmf.pointee.pfn, order: Int(order))
     }
@@ -302,7 +309,7 @@ let fsDaxMkwriteFn: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in
 }
 /// The file's VMAs are tracked for unmap_mapping_pages (i_mmap).
 let fsDaxOpenFn: @convention(c) (VMARef?) -> Void = { vma in
-    let m = daxInode(vma!).pointee.mapping
+    guard let m = daxInode(vma!)?.pointee.mapping else { return }
     dax_spin_lock(&m.pointee.immapLock)
     if m.pointee.nrVmas < m.pointee.vmasCap {
         m.pointee.vmas[m.pointee.nrVmas] = vma
@@ -311,7 +318,7 @@ let fsDaxOpenFn: @convention(c) (VMARef?) -> Void = { vma in
     dax_spin_unlock(&m.pointee.immapLock)
 }
 let fsDaxCloseFn: @convention(c) (VMARef?) -> Void = { vma in
-    let m = daxInode(vma!).pointee.mapping
+    guard let m = daxInode(vma!)?.pointee.mapping else { return }
     dax_spin_lock(&m.pointee.immapLock)
     for i in 0..<m.pointee.nrVmas where m.pointee.vmas[i] == vma {
         m.pointee.vmas[i] = m.pointee.vmas[m.pointee.nrVmas - 1]
