@@ -201,7 +201,9 @@ public final class DaxFile: @unchecked Sendable {
         while i < pgoff + pages {
             var map = DaxIomap(kind: .hole, block: 0, pages: 0, new: false, shared: false, dirty: false, error: 0)
             let chunk: UInt64 = i % UInt64(hpagePmdNr) == 0 && pgoff + pages - i >= UInt64(hpagePmdNr) ? UInt64(hpagePmdNr) : 1
-            extentIomapBegin(UnsafeMutableRawPointer(fileCore), i, chunk, true, UnsafeMutableRawPointer(&map))
+            withUnsafeMutablePointer(to: &map) {
+                extentIomapBegin(UnsafeMutableRawPointer(fileCore), i, chunk, true, UnsafeMutableRawPointer($0))
+            }
             if map.error != 0 { throw .noSpace("\(name): no free blocks") }
             i += chunk
         }
