@@ -13,22 +13,22 @@ import MMCore
 import Synchronization
 
 /// The allocator: one bit per block, a share count per block.
-public struct DaxFSCore {
-    public var lock: UInt32 = 0
-    public var nblocks: UInt64
-    public var bitmap: UnsafeMutablePointer<UInt64>
-    public var refs: UnsafeMutablePointer<UInt32>
-    public var freeBlocks: Int64
+package struct DaxFSCore {
+    package var lock: UInt32 = 0
+    package var nblocks: UInt64
+    package var bitmap: UnsafeMutablePointer<UInt64>
+    package var refs: UnsafeMutablePointer<UInt32>
+    package var freeBlocks: Int64
     /// Metadata not yet durable (a MAP_SYNC fault must sync first).
-    public var metaDirty: UInt32 = 0
-    public var syncs: Int64 = 0
+    package var metaDirty: UInt32 = 0
+    package var syncs: Int64 = 0
 }
 
 /// One file's block map: file page -> device block + 1 (0 = hole).
-public struct DaxFileCore {
-    public var fs: UnsafeMutablePointer<DaxFSCore>
-    public var blocks: UnsafeMutablePointer<UInt64>
-    public var maxPages: UInt64
+package struct DaxFileCore {
+    package var fs: UnsafeMutablePointer<DaxFSCore>
+    package var blocks: UnsafeMutablePointer<UInt64>
+    package var maxPages: UInt64
 }
 
 public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -54,7 +54,9 @@ public final class DaxFS: @unchecked Sendable {
     // by the mutex.
     public let kernel: Kernel
     public let pgmap: DevPagemap
-    public let core: UnsafeMutablePointer<DaxFSCore>
+    /// The allocator record the iomap callbacks use: allocated in init,
+    /// freed in deinit, never moved; guarded by its spinlock.
+    package let core: UnsafeMutablePointer<DaxFSCore>
     public let basePfn: UInt64
     private let files = Locked<[ObjectIdentifier: DaxFile]>([:])
     public private(set) var mounted = true

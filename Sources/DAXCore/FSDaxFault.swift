@@ -24,7 +24,7 @@ public struct DaxIomap {
 }
 
 /// The filesystem side of a DAX file, for the fault path: C callbacks.
-public struct DaxInodeCore {
+package struct DaxInodeCore {
     public var mapping: DaxMappingRef
     /// i_size in pages.
     public var sizePages: UInt64
@@ -37,11 +37,11 @@ public struct DaxInodeCore {
     public var sync: @convention(c) (UnsafeMutableRawPointer?) -> Void
 }
 
-public typealias DaxInodeRef = UnsafeMutablePointer<DaxInodeCore>
+package typealias DaxInodeRef = UnsafeMutablePointer<DaxInodeCore>
 
 extension DaxInodeCore: DriverState {
     /// The tag of fs-dax inode records ("fsdax").
-    @inline(__always) public static var driverTag: DriverTag { DriverTag(0x66_7364_6178) }
+    @inline(__always) package static var driverTag: DriverTag { DriverTag(0x66_7364_6178) }
 }
 
 /// The inode record behind `vma`, nil unless the VMA maps an fs-dax file (a
@@ -347,7 +347,7 @@ public enum BreakLayoutResult: Equatable, Sendable {
 /// Takes the invalidate lock exclusive, dropping it while it sleeps (the
 /// kernel's wait callback does the same), so faults cannot remap the range
 /// between the last busy scan and the deletion.
-public func daxBreakLayout(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
+package func daxBreakLayout(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
                            timeoutNanos: Int64 = -1) -> BreakLayoutResult {
     dax_down_write(&m.pointee.invalidateLock)
     defer { dax_up_write(&m.pointee.invalidateLock) }
@@ -356,7 +356,7 @@ public func daxBreakLayout(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait:
 
 /// dax_break_layout with the invalidate lock held exclusive by the caller
 /// (held again on return, whatever the result).
-public func daxBreakLayoutLocked(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
+package func daxBreakLayoutLocked(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
                                  timeoutNanos: Int64 = -1) -> BreakLayoutResult {
     let k = m.pointee.kernel
     while let page = daxLayoutBusyPageRange(m, start, end) {
@@ -376,6 +376,6 @@ public func daxBreakLayoutLocked(_ m: DaxMappingRef, start: UInt64, end: UInt64,
 }
 
 /// dax_break_layout_final: the whole file, uninterruptible, then delete.
-public func daxBreakLayoutFinal(_ m: DaxMappingRef, timeoutNanos: Int64 = -1) -> BreakLayoutResult {
+package func daxBreakLayoutFinal(_ m: DaxMappingRef, timeoutNanos: Int64 = -1) -> BreakLayoutResult {
     daxBreakLayout(m, start: 0, end: UInt64.max, wait: true, timeoutNanos: timeoutNanos)
 }

@@ -50,13 +50,17 @@ public final class DevPagemap: @unchecked Sendable {
     // @unchecked: `ref` is shared with the hot paths; its mutable fields are
     // atomics. `state` is guarded by `lock`.
     public let kernel: Kernel
-    public let ref: UnsafeMutablePointer<dax_pgmap>
+    /// The record every page of the map points at (page->pgmap). Allocated
+    /// in init, freed in deinit (after the pages are torn down), never
+    /// reassigned; after init only its atomics (ref, lookups, dead, done)
+    /// change.
+    @usableFromInline package let ref: UnsafeMutablePointer<dax_pgmap>
     public let type: MemoryType
     public let ranges: [PhysicalRange]
     public let vmemmapShift: Int
     public let ops: DevPagemapOps
     /// The owner cookie PRIVATE/COHERENT require (passed to page_free).
-    public let owner: UnsafeMutableRawPointer?
+    package let owner: UnsafeMutableRawPointer?
 
     enum State { case new, mapping, live, dying, unmapping, gone }
     private let state = Locked(State.new)
@@ -312,7 +316,7 @@ private func __atomic_store_dead(_ p: UnsafeMutablePointer<dax_pgmap>) {
 /// get_dev_pagemap(pfn, cached): the live pgmap covering `pfn`, with a
 /// reference, or nil if none or it is dying. A `cached` pgmap that covers the
 /// pfn is returned with no new reference; one that does not is put.
-public func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePointer<dax_pgmap>? = nil)
+package func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePointer<dax_pgmap>? = nil)
     -> UnsafeMutablePointer<dax_pgmap>?
 {
     if let c = cached {
@@ -325,7 +329,7 @@ public func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePo
 }
 
 /// put_dev_pagemap (NULL-safe).
-public func putDevPagemap(_ p: UnsafeMutablePointer<dax_pgmap>?) {
+package func putDevPagemap(_ p: UnsafeMutablePointer<dax_pgmap>?) {
     guard let p else { return }
     dax_atomic64_add(dax_pgmap_lookups(p), -1)
     dax_pgmap_put_many(p, 1)
