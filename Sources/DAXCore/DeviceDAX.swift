@@ -56,14 +56,14 @@ public final class DevDax: @unchecked Sendable {
     ///   - align: 4K, 2M or 1G.
     public init(kernel: Kernel, ranges phys: [(start: UInt64, size: UInt64)], align: UInt64) throws(MMError) {
         guard [UInt64(4096), UInt64(pmdSize), UInt64(pudSize)].contains(align) else {
-            throw .invalid("device-dax align \(align) is not 4K, 2M or 1G")
+            throw .errno(EINVAL, "device-dax align \(align) is not 4K, 2M or 1G")
         }
-        guard !phys.isEmpty else { throw .invalid("device-dax needs at least one range") }
+        guard !phys.isEmpty else { throw .errno(EINVAL, "device-dax needs at least one range") }
         var rs: [DevDaxRange] = []
         var pgoff: UInt64 = 0
         for p in phys {
             guard p.size > 0, p.start % align == 0, p.size % align == 0 else {
-                throw .invalid("range [\(p.start), +\(p.size)) is not aligned to \(align)")
+                throw .errno(EINVAL, "range [\(p.start), +\(p.size)) is not aligned to \(align)")
             }
             rs.append(DevDaxRange(start: p.start, end: p.start + p.size - 1, pgoff: pgoff))
             pgoff += p.size >> 12
@@ -95,7 +95,7 @@ public final class DevDax: @unchecked Sendable {
     /// dev_dax_probe: a GENERIC pgmap over the ranges with vmemmap_shift =
     /// order of the alignment, then memremap_pages; the device is alive.
     public func probe() throws(MMError) {
-        guard pgmap == nil else { throw .invalid("device already probed") }
+        guard pgmap == nil else { throw .errno(EINVAL, "device already probed") }
         let shift = (align >> 12).trailingZeroBitCount
         let p = DevPagemap(kernel: kernel, type: .generic,
                            ranges: ranges.map { PhysicalRange(start: $0.start, size: $0.size) }, vmemmapShift: shift)

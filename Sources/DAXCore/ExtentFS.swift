@@ -9,6 +9,7 @@
 // and give the safe API.
 
 import CDaxMM
+import DaxErrno
 import MMCore
 import Synchronization
 
@@ -31,20 +32,28 @@ package struct DaxFileCore {
     package var maxPages: UInt64
 }
 
+/// Errors of the file store. Every case carries the errno ext4/XFS return
+/// for it (`code`), one spelling per errno: EBUSY is always `.busy`, with the
+/// page that stayed busy; every other errno is `.errno`.
 public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
-    case noSpace(String)
-    case invalid(String)
-    /// A layout could not be broken: a page stayed busy.
+    /// An errno (positive: ENOSPC, EINVAL, EIO, ...) and what refused.
+    case errno(Int32, String)
+    /// EBUSY: a layout could not be broken: a page stayed busy.
     case busy(file: String, pfn: UInt64, refcount: Int32, pincount: Int32)
-    case unmounted
+
+    /// The errno (positive).
+    public var code: Int32 {
+        switch self {
+        case .errno(let e, _): return e
+        case .busy: return EBUSY
+        }
+    }
 
     public var description: String {
         switch self {
-        case .noSpace(let s): return "ENOSPC: \(s)"
-        case .invalid(let s): return "EINVAL: \(s)"
+        case .errno(let e, let s): return "\(errnoName(e)): \(s)"
         case .busy(let f, let pfn, let r, let p):
-            return "EBUSY: \(f): page pfn 0x\(String(pfn, radix: 16)) still busy (refcount \(r), pincount \(p))"
-        case .unmounted: return "EIO: file system is unmounted"
+            return "\(errnoName(EBUSY)): \(f): page pfn 0x\(String(pfn, radix: 16)) still busy (refcount \(r), pincount \(p))"
         }
     }
 }
@@ -89,8 +98,8 @@ public final class DaxFS: @unchecked Sendable {
 
     /// Creates an empty file that may grow to `maxSize` bytes.
     public func create(name: String, maxSize: UInt64) throws(FSError) -> DaxFile {
-        guard mounted else { throw .unmounted }
-        guard maxSize > 0, maxSize % UInt64(pageSize) == 0 else { throw .invalid("maxSize must be a positive multiple of 4K") }
+        guard mounted else { throw .errno(EIO, "file system is unmounted") }
+        guard maxSize > 0, maxSize % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "maxSize must be a positive multiple of 4K") }
         let f = DaxFile(fs: self, name: name, maxPages: maxSize >> UInt64(pageShift))
         files.withLock { $0[ObjectIdentifier(f)] = f }
         return f
@@ -191,7 +200,7 @@ public final class DaxFile: @unchecked Sendable {
 
     /// Sets i_size (growing only; use truncate to shrink). Blocks stay holes.
     public func extend(to bytes: UInt64) throws(FSError) {
-        guard bytes <= maxPages << UInt64(pageShift) else { throw .invalid("size beyond the file's maximum") }
+        guard bytes <= maxPages << UInt64(pageShift) else { throw .errno(EINVAL, "size beyond the file's maximum") }
         let pages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
         if pages > inode.pointee.sizePages { inode.pointee.sizePages = pages }
     }
@@ -206,7 +215,7 @@ public final class DaxFile: @unchecked Sendable {
             withUnsafeMutablePointer(to: &map) {
                 extentIomapBegin(UnsafeMutableRawPointer(fileCore), i, chunk, true, UnsafeMutableRawPointer($0))
             }
-            if map.error != 0 { throw .noSpace("\(name): no free blocks") }
+            if map.error != 0 { throw .errno(-map.error, "\(name): no free blocks") }
             i += chunk
         }
         extentSync(UnsafeMutableRawPointer(fileCore))
@@ -306,7 +315,7 @@ public final class DaxFile: @unchecked Sendable {
     /// (as xfs_reflink_remap_prep does), so no stale association survives.
     public func reflink(from: DaxFile, srcPgoff: UInt64, dstPgoff: UInt64, pages: UInt64,
                         timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
-        guard srcPgoff + pages <= from.maxPages, dstPgoff + pages <= maxPages else { throw .invalid("range beyond file") }
+        guard srcPgoff + pages <= from.maxPages, dstPgoff + pages <= maxPages else { throw .errno(EINVAL, "range beyond file") }
         try from.breakLayout(start: srcPgoff, end: srcPgoff + pages - 1, timeoutNanos: timeoutNanos)
         try breakLayout(start: dstPgoff, end: dstPgoff + pages - 1, timeoutNanos: timeoutNanos)
         freeBlocks(from: dstPgoff, to: dstPgoff + pages)

@@ -88,13 +88,13 @@ public final class Kernel: @unchecked Sendable {
         guard let vm = mmap(nil, vmemmapBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               vm != MAP_FAILED else {
             k.deallocate()
-            throw .noMemory("cannot reserve \(vmemmapBytes >> 20) MiB of address space for the vmemmap")
+            throw .errno(ENOMEM, "cannot reserve \(vmemmapBytes >> 20) MiB of address space for the vmemmap")
         }
         guard let pool = mmap(nil, ptPoolBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               pool != MAP_FAILED else {
             munmap(vm, vmemmapBytes)
             k.deallocate()
-            throw .noMemory("cannot reserve the page-table pool")
+            throw .errno(ENOMEM, "cannot reserve the page-table pool")
         }
         let nrSections = Int(maxPfn) / pagesPerSection
         k.pointee.vmemmap = vm.assumingMemoryBound(to: dax_page.self)
@@ -150,7 +150,7 @@ public final class Kernel: @unchecked Sendable {
     /// the caller (memremap_pages refuses overlapping pgmaps).
     func populateSections(startPfn: UInt64, endPfn: UInt64) throws(MMError) {
         guard endPfn <= maxPfn, startPfn < endPfn else {
-            throw .invalid("pfn range [\(hex(startPfn)), \(hex(endPfn))) outside the vmemmap (max pfn \(hex(maxPfn)))")
+            throw .errno(EINVAL, "pfn range [\(hex(startPfn)), \(hex(endPfn))) outside the vmemmap (max pfn \(hex(maxPfn)))")
         }
         dax_spin_lock(dax_kernel_section_lock(ref))
         defer { dax_spin_unlock(dax_kernel_section_lock(ref)) }
@@ -160,7 +160,7 @@ public final class Kernel: @unchecked Sendable {
             let addr = UnsafeMutableRawPointer(ref.pointee.vmemmap + s * pagesPerSection)
             let len = pagesPerSection * MemoryLayout<dax_page>.stride
             if mprotect(addr, len, PROT_READ | PROT_WRITE) != 0 {
-                throw .noMemory("cannot populate vmemmap section \(s)")
+                throw .errno(ENOMEM, "cannot populate vmemmap section \(s)")
             }
             ref.pointee.section_present[s] = 1
         }

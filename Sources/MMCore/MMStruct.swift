@@ -71,7 +71,7 @@ public final class MM: @unchecked Sendable {
         ref.pointee.kernel = kernel.ref
         guard let pgd = ptAllocTable(kernel.ref) else {
             ref.deallocate()
-            throw .noMemory("page-table pool exhausted")
+            throw .errno(ENOMEM, "page-table pool exhausted")
         }
         ref.pointee.pgd = pgd
         ref.pointee.vmas_cap = 16
