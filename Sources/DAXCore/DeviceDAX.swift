@@ -5,7 +5,9 @@
 // dax_set_mapping.
 //
 // The fault handlers are C function pointers reading a C-layout state
-// record, so they run with no Swift object on the path.
+// record, so they run with no Swift object on the path. The record is the
+// char device file's private_data, tagged DAXFS_MAGIC by `DriverFile`; a VMA
+// of another driver's file is refused (check_vma -EINVAL, VM_FAULT_SIGBUS).
 
 import CDaxMM
 import MMCore

@@ -5,8 +5,8 @@
 // exercised), and truncate, hole punch and unmount break layouts first.
 //
 // The block map, allocator and entry index are C-style records reached from
-// the fault handlers through the file's private_data; the classes own them
-// and give the safe API.
+// the fault handlers through the file's private_data (the fs-dax inode
+// record, tagged by `DriverFile`); the classes own them and give the safe API.
 
 import CDaxMM
 import DaxErrno

@@ -3,7 +3,13 @@
 //
 // `MappedFile` and `VMOperations` own C records that VMAs point at; an MM
 // retains them for as long as any of its VMAs does, so the pointers stay
-// valid on the fault path without any reference counting there.
+// valid on the fault path without any reference counting there. Their record
+// pointers are package-only; a driver builds both with `DriverFile`.
+//
+// A `VMARef` is valid while its MM's mmap_lock is held and the VMA is not
+// unmapped (munmap, mremap and mprotect may split, move or free it); a
+// `VMFaultRef` for the duration of the fault it describes. The functions here
+// take them as the rest of the raw-record API does (Kernel.swift).
 
 import CDaxMM
 
