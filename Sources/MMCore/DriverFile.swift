@@ -10,7 +10,8 @@
 // (a crafted MMapRequest, a bug) therefore sees nil and refuses with the
 // kernel's code (-EINVAL, VM_FAULT_SIGBUS) instead of reading the wrong
 // record. The check is one integer compare: no allocation, no Swift object,
-// safe in a signal handler.
+// safe in a signal handler. The lookups are inlinable, so each driver's fault
+// path gets them specialised to its record type.
 
 import CDaxMM
 
@@ -33,7 +34,7 @@ extension DriverState {
     /// The record of `file` if it carries this driver's tag; nil for a file of
     /// another driver or of none. Precondition: `file` is nil or a live
     /// `dax_file` (a VMA's vm_file while the VMA exists).
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func state(ofFile file: UnsafeMutablePointer<dax_file>?) -> UnsafeMutablePointer<Self>? {
         guard let file, file.pointee.private_tag == driverTag.rawValue,
               let pd = file.pointee.private_data else { return nil }
@@ -43,7 +44,7 @@ extension DriverState {
     /// The record behind `vma`'s file, if this driver's (see `state(ofFile:)`).
     /// Precondition: `vma` is a live VMA (mmap_lock held, or inside one of
     /// its vm_operations callbacks).
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func state(of vma: VMARef) -> UnsafeMutablePointer<Self>? {
         state(ofFile: vma.pointee.vm_file)
     }
