@@ -46,11 +46,16 @@ let package = Package(
                 .linkedLibrary("uring"),
             ]
         ),
+        // The errno names every module reports with (errnoName). Depends on
+        // nothing but the C library.
+        .target(
+            name: "DaxErrno"
+        ),
         // mm/ ported: memremap, page tables, inserts, rmap, zap, faults, GUP.
         // Knows nothing of devices.
         .target(
             name: "MMCore",
-            dependencies: ["CDaxMM"],
+            dependencies: ["CDaxMM", "DaxErrno"],
             swiftSettings: hotPathSwiftSettings
         ),
         // A linear pfn-mapping "driver" for tests and benchmarks of MMCore.
@@ -62,7 +67,7 @@ let package = Package(
         // drivers/dax/device.c and fs/dax.c ported, on MMCore.
         .target(
             name: "DAXCore",
-            dependencies: ["MMCore", "CDaxMM"],
+            dependencies: ["MMCore", "CDaxMM", "DaxErrno"],
             swiftSettings: hotPathSwiftSettings
         ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
@@ -70,6 +75,7 @@ let package = Package(
             name: "DAXDevice",
             dependencies: [
                 "CDaxSys",
+                "DaxErrno",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: hotPathSwiftSettings
@@ -88,7 +94,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXCoreTests",
-            dependencies: ["DAXCore", "MMCore", "MMTestSupport", "CDaxMM"]
+            dependencies: ["DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "DaxErrno"]
         ),
         .testTarget(
             name: "MMCoreTests",

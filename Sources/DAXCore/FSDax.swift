@@ -40,7 +40,7 @@ public enum DaxMark {
 }
 
 /// The address_space of a DAX file, as the fault path sees it.
-public struct DaxMappingCore {
+package struct DaxMappingCore {
     public var kernel: KernelRef
     /// i_pages lock.
     public var lock: UInt32 = 0
@@ -63,7 +63,7 @@ public struct DaxMappingCore {
     public var invalidateLock = dax_rwsem()
 }
 
-public typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>
+package typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>
 
 // MARK: entry locking (§8.2)
 
@@ -93,7 +93,7 @@ func smallEntriesInWindow(_ m: DaxMappingRef, _ index: UInt64) -> Bool {
     return false
 }
 
-public enum NextEntry {
+package enum NextEntry {
     case none
     case conflict
     case entry(UInt64, UnsafeMutablePointer<UInt64>)
@@ -236,7 +236,7 @@ public func daxBusyPage(_ k: KernelRef, _ e: UInt64) -> Page? {
 
 /// unmap_mapping_pages: zap every user mapping of file pages
 /// [start, start+nr) in every VMA that maps the file.
-public func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64) {
+package func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64) {
     dax_spin_lock(&m.pointee.immapLock)
     defer { dax_spin_unlock(&m.pointee.immapLock) }
     for i in 0..<m.pointee.nrVmas {
@@ -253,7 +253,7 @@ public func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64)
 
 /// dax_layout_busy_page_range: unmap the range, then return the first busy
 /// page (head), waiting for locked entries. Does not wait for idleness.
-public func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) -> Page? {
+package func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) -> Page? {
     let k = m.pointee.kernel
     let end = min(endIdx, m.pointee.nslots &- 1)
     guard startIdx <= end else { return nil }
@@ -276,7 +276,7 @@ public func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ end
 // MARK: removal (§8.7)
 
 /// dax_delete_mapping_range: remove every entry in the range (no busy check).
-public func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) {
+package func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) {
     let k = m.pointee.kernel
     let end = min(endIdx, m.pointee.nslots &- 1)
     guard startIdx <= end else { return }
@@ -303,7 +303,7 @@ public func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endI
 /// __dax_invalidate_entry: 1 if removed. Without `trunc`, dirty or
 /// to-write entries are kept.
 @discardableResult
-public func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool) -> Int {
+package func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool) -> Int {
     let k = m.pointee.kernel
     dax_spin_lock(&m.pointee.lock)
     defer { dax_spin_unlock(&m.pointee.lock) }
@@ -322,6 +322,6 @@ public func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool)
 }
 
 /// dax_layout_busy_page: the whole file.
-public func daxLayoutBusyPage(_ m: DaxMappingRef) -> Page? {
+package func daxLayoutBusyPage(_ m: DaxMappingRef) -> Page? {
     daxLayoutBusyPageRange(m, 0, UInt64.max)
 }

@@ -1,6 +1,7 @@
 // A real device-dax character device, /dev/daxX.Y.
 
 import CDaxSys
+import DaxErrno
 import SystemPackage
 
 #if canImport(Glibc)

@@ -2,6 +2,9 @@
 // variants, try_grab_folio(_fast), the FOLL_LONGTERM checks and unpin.
 //
 // The page arrays are C-style (struct page **): no allocation on these paths.
+//
+// Public functions here take raw records (KernelRef, MMRef, VMARef, Page,
+// PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
 

@@ -6,6 +6,9 @@
 // with a normal huge entry. DAX_MODE_SPECIAL_HUGE_ENTRIES reproduces 6.15 as
 // merged, where the same references were taken but the entry was special.
 // x86-64 needs no deposited page table for PMD mappings, so none is kept.
+//
+// Public functions here take raw records (KernelRef, MMRef, VMARef, Page,
+// PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
 

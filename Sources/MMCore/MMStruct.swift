@@ -38,7 +38,8 @@ public struct MMapRequest: @unchecked Sendable {
     public var ops: VMOperations? = nil
     /// Extra VM_* flags to set (VM_HUGEPAGE, VM_MIXEDMAP, VM_PFNMAP, VM_IO, VM_LOCKED, VM_SYNC...).
     public var extraFlags: UInt64 = 0
-    public var privateData: UnsafeMutableRawPointer? = nil
+    /// vma->vm_private_data (unretained; the driver's).
+    package var privateData: UnsafeMutableRawPointer? = nil
     /// f_op->mmap: runs on the new VMA before it is inserted; a negative
     /// errno refuses the mapping (nothing is left mapped).
     public var mmapHook: (@Sendable (VMARef) -> Int32)? = nil
@@ -51,7 +52,10 @@ public final class MM: @unchecked Sendable {
     // rules (mmap_lock, ptlocks, atomics); `retained` is only touched with
     // mmap_lock held for write.
     public let kernel: Kernel
-    public let ref: MMRef
+    /// The record: allocated in init, freed in deinit after exit_mmap, never
+    /// reassigned. Its VMA array and page tables change only under its
+    /// mmap_lock (write), its counters atomically.
+    @usableFromInline package let ref: MMRef
     /// Swift objects the VMAs point into (files, ops), per VMA record.
     private(set) var retained: [VMARef: [AnyObject]] = [:]
     private static let ids = Atomic<UInt64>(1)
@@ -67,7 +71,7 @@ public final class MM: @unchecked Sendable {
         ref.pointee.kernel = kernel.ref
         guard let pgd = ptAllocTable(kernel.ref) else {
             ref.deallocate()
-            throw .noMemory("page-table pool exhausted")
+            throw .errno(ENOMEM, "page-table pool exhausted")
         }
         ref.pointee.pgd = pgd
         ref.pointee.vmas_cap = 16
@@ -90,6 +94,15 @@ public final class MM: @unchecked Sendable {
         ref.deallocate()
     }
 
+    /// Lends the `struct dax_mm` record to `body`, for the hot-path functions
+    /// that take an `MMRef` (faults, GUP, zap, walk). The pointer must not
+    /// escape `body`; this MM is kept alive until `body` returns. The mm's
+    /// locking rules still apply inside `body`.
+    @inlinable
+    public func withUnsafeRecord<R>(_ body: (MMRef) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(ref) }
+    }
+
     // MARK: locking (mmap_read_lock, mmap_write_lock)
 
     public func lockRead() { dax_down_read(dax_mm_mmap_lock(ref)) }
@@ -105,12 +118,13 @@ public final class MM: @unchecked Sendable {
 
     // MARK: VMA queries
 
-    /// All VMAs in address order (snapshot; take mmap_lock to keep it valid).
+    /// All VMAs in address order (snapshot; take mmap_lock to keep it valid:
+    /// a VMA pointer dies with the munmap/mremap/mprotect that removes it).
     public func vmaList() -> [VMARef] {
         (0..<Int(ref.pointee.nr_vmas)).map { ref.pointee.vmas[$0]! }
     }
 
-    /// find_vma: the first VMA ending above addr.
+    /// find_vma: the first VMA ending above addr (valid as `vmaList`'s).
     public func findVMA(_ addr: UInt64) -> VMARef? { MMCore.findVMA(ref, addr) }
 
     // MARK: mmap

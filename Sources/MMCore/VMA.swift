@@ -3,7 +3,13 @@
 //
 // `MappedFile` and `VMOperations` own C records that VMAs point at; an MM
 // retains them for as long as any of its VMAs does, so the pointers stay
-// valid on the fault path without any reference counting there.
+// valid on the fault path without any reference counting there. Their record
+// pointers are package-only; a driver builds both with `DriverFile`.
+//
+// A `VMARef` is valid while its MM's mmap_lock is held and the VMA is not
+// unmapped (munmap, mremap and mprotect may split, move or free it); a
+// `VMFaultRef` for the duration of the fault it describes. The functions here
+// take them as the rest of the raw-record API does (Kernel.swift).
 
 import CDaxMM
 
@@ -13,23 +19,33 @@ public typealias VMFaultRef = UnsafeMutablePointer<dax_vm_fault>
 /// A file as the mm sees it: inode flags (S_DAX), mode (char device or
 /// regular), the address_space handle folios record, and the driver's data.
 public final class MappedFile: @unchecked Sendable {
-    // @unchecked: the record is immutable after init except private_data,
-    // which belongs to the driver.
-    public let ref: UnsafeMutablePointer<dax_file>
+    // @unchecked: the record is immutable after init.
+
+    /// The C record VMAs point at (vma->vm_file). Allocated in init, freed in
+    /// deinit, never reassigned or moved; immutable after init. private_data
+    /// and private_tag are set together, only by `DriverFile`.
+    package let ref: UnsafeMutablePointer<dax_file>
 
     public enum Kind: Sendable { case characterDevice, regularFile }
 
+    /// A file with no driver record (private_data NULL, tag 0).
     /// - Parameters:
     ///   - dax: the inode has S_DAX (its pages are DAX memory).
     ///   - mapping: the address_space identity recorded in folio->mapping
     ///     (any non-zero value unique to the file; 0 picks the record's address).
-    public init(kind: Kind, dax: Bool, mapping: UInt64 = 0, privateData: UnsafeMutableRawPointer? = nil) {
+    public convenience init(kind: Kind, dax: Bool, mapping: UInt64 = 0) {
+        self.init(kind: kind, dax: dax, mapping: mapping, privateData: nil, tag: 0)
+    }
+
+    /// A driver's file: `privateData` is a record of the type `tag` names.
+    init(kind: Kind, dax: Bool, mapping: UInt64 = 0, privateData: UnsafeMutableRawPointer?, tag: UInt64) {
         ref = .allocate(capacity: 1)
         ref.initialize(to: dax_file())
         ref.pointee.i_flags = dax ? DAX_S_DAX : 0
         ref.pointee.i_mode = kind == .characterDevice ? DAX_S_IFCHR : DAX_S_IFREG
         ref.pointee.mapping = mapping != 0 ? mapping : UInt64(UInt(bitPattern: ref))
         ref.pointee.private_data = privateData
+        ref.pointee.private_tag = tag
     }
 
     deinit { ref.deallocate() }
@@ -39,7 +55,9 @@ public final class MappedFile: @unchecked Sendable {
 
 /// vm_operations_struct with C callbacks.
 public final class VMOperations: @unchecked Sendable {
-    public let ref: UnsafeMutablePointer<dax_vm_operations>
+    /// The C record VMAs point at (vma->vm_ops). Allocated in init, freed in
+    /// deinit, never reassigned; read-only after init.
+    package let ref: UnsafeMutablePointer<dax_vm_operations>
     public init(_ ops: dax_vm_operations) {
         ref = .allocate(capacity: 1)
         ref.initialize(to: ops)

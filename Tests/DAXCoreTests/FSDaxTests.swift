@@ -327,7 +327,7 @@ struct FSDaxTests {
         rig.mm.put(pages)
         try rig.fs.unmount()
         #expect(!rig.fs.mounted && f.nrpages == 0)
-        #expect(throws: FSError.unmounted) { try rig.fs.create(name: "x", maxSize: 4096) }
+        #expect(throws: FSError.errno(EIO, "file system is unmounted")) { try rig.fs.create(name: "x", maxSize: 4096) }
         rig.check()
     }
 }

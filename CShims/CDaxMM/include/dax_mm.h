@@ -259,6 +259,9 @@ struct dax_file {
 	uint32_t i_mode;            /* S_IFCHR, S_IFREG */
 	uint64_t mapping;           /* address_space handle stored in folio->mapping */
 	void *private_data;         /* the driver's (unretained) */
+	uint64_t private_tag;       /* the driver's tag for private_data's layout
+	                             * (never 0); a driver reads private_data only
+	                             * after comparing this with its own tag */
 };
 
 struct dax_vma;
