@@ -80,7 +80,7 @@ extension MM {
         guard cursor >= end else { throw .errno(ENOMEM, "mprotect: [\(hex(start)), \(hex(end))) is not fully mapped") }
         for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
             if prot.contains(.write) && v.pointee.vm_flags & DAX_VM_MAYWRITE == 0 {
-                throw .errno(13, "mprotect: PROT_WRITE on a VMA without VM_MAYWRITE")  // EACCES
+                throw .errno(EACCES, "mprotect: PROT_WRITE on a VMA without VM_MAYWRITE")
             }
         }
         try splitEdges(start, end)
