@@ -44,11 +44,9 @@ public struct DaxMappingCore {
     public var kernel: KernelRef
     /// i_pages lock.
     public var lock: UInt32 = 0
-    /// i_mmap lock and the VMAs mapping the file.
-    public var immapLock: UInt32 = 0
-    public var nrVmas: Int = 0
-    public var vmas: UnsafeMutablePointer<VMARef?>
-    public var vmasCap: Int
+    /// The file record whose i_mmap lists the VMAs mapping the file (set
+    /// once the file exists).
+    public var file: FileRef? = nil
     /// Entry words, one per file page.
     public var slots: UnsafeMutablePointer<UInt64>
     public var marks: UnsafeMutablePointer<UInt8>
@@ -234,21 +232,11 @@ public func daxBusyPage(_ k: KernelRef, _ e: UInt64) -> Page? {
     return folio.refCount - folio.mapcount != 0 ? folio.head : nil
 }
 
-/// unmap_mapping_pages: zap every user mapping of file pages
-/// [start, start+nr) in every VMA that maps the file.
+/// unmap_mapping_pages on the file's address_space: zap every user mapping
+/// of file pages [start, start+nr) in every VMA of the file's i_mmap.
+@inline(__always)
 public func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64) {
-    dax_spin_lock(&m.pointee.immapLock)
-    defer { dax_spin_unlock(&m.pointee.immapLock) }
-    for i in 0..<m.pointee.nrVmas {
-        guard let vma = m.pointee.vmas[i] else { continue }
-        let vs = vma.pointee.vm_pgoff
-        let ve = vs + vmaPages(vma)
-        let lo = max(vs, start), hi = min(ve, start &+ nr)
-        guard lo < hi else { continue }
-        let a0 = vma.pointee.vm_start + (lo - vs) * UInt64(pageSize)
-        let a1 = vma.pointee.vm_start + (hi - vs) * UInt64(pageSize)
-        zapVMARange(vma.pointee.vm_mm, vma, a0, a1)
-    }
+    MMCore.unmapMappingPages(m.pointee.file!, start, nr)
 }
 
 /// dax_layout_busy_page_range: unmap the range, then return the first busy

@@ -300,27 +300,6 @@ let fsDaxMkwriteFn: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in
     vmf!.pointee.flags |= DAX_FAULT_FLAG_WRITE
     return fsDaxHugeFault(vmf!, 0)
 }
-/// The file's VMAs are tracked for unmap_mapping_pages (i_mmap).
-let fsDaxOpenFn: @convention(c) (VMARef?) -> Void = { vma in
-    let m = daxInode(vma!).pointee.mapping
-    dax_spin_lock(&m.pointee.immapLock)
-    if m.pointee.nrVmas < m.pointee.vmasCap {
-        m.pointee.vmas[m.pointee.nrVmas] = vma
-        m.pointee.nrVmas += 1
-    }
-    dax_spin_unlock(&m.pointee.immapLock)
-}
-let fsDaxCloseFn: @convention(c) (VMARef?) -> Void = { vma in
-    let m = daxInode(vma!).pointee.mapping
-    dax_spin_lock(&m.pointee.immapLock)
-    for i in 0..<m.pointee.nrVmas where m.pointee.vmas[i] == vma {
-        m.pointee.vmas[i] = m.pointee.vmas[m.pointee.nrVmas - 1]
-        m.pointee.nrVmas -= 1
-        break
-    }
-    dax_spin_unlock(&m.pointee.immapLock)
-}
-
 // MARK: breaking layouts (§8.6)
 
 /// dax_page_is_idle

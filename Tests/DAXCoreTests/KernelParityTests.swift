@@ -1,0 +1,108 @@
+// Places where the port once answered differently from the kernel source it
+// ports (drivers/dax/bus.c, drivers/dax/device.c, fs/dax.c). Each test names
+// the kernel function and the rule, and fails on the old answer.
+
+import CDaxMM
+import Testing
+@testable import DAXCore
+@testable import MMCore
+
+@Suite("Kernel parity: drivers/dax and fs/dax")
+struct DAXKernelParityTests {
+
+    // MARK: kill_dev_dax
+
+    /// A 2M device with two folios, mapped by two MMs; faulted everywhere.
+    @Test("kill_dev_dax: remove() zaps every user mapping (unmap_mapping_range(i_mapping, 0, 0, 1)) before memunmap_pages; folios back to refcount 1, rss 0, later faults SIGBUS (dax_alive false)")
+    func removeZapsUserMappings() throws {
+        let rig = try DevDaxRig(align: 2 << 20)
+        let k = rig.kernel
+        let mm2 = try MM(kernel: k)
+        let a = try rig.mm.mmap(rig.dev.mmapRequest(length: 4 << 20))
+        let b = try mm2.mmap(rig.dev.mmapRequest(length: 2 << 20, pgoff: 512))
+        #expect(rig.mm.handleFault(a, write: true) == DAX_VM_FAULT_NOPAGE)
+        #expect(rig.mm.handleFault(a + (2 << 20), write: false) == DAX_VM_FAULT_NOPAGE)
+        #expect(mm2.handleFault(b, write: true) == DAX_VM_FAULT_NOPAGE)
+        let base = rig.dev.ranges[0].start >> 12
+        let f0 = pfnToPage(k.ref, base).folio, f1 = pfnToPage(k.ref, base + 512).folio
+        #expect(f0.refCount == 2 && f0.mapcount == 1)
+        #expect(f1.refCount == 3 && f1.mapcount == 2)
+        #expect(rig.mm.rssFilePages == 1024 && mm2.rssFilePages == 512)
+        #expect(k.stat(DAX_NR_FILE_PMDMAPPED) == 1024, "counted once per folio")
+        #expect(rig.dev.file.mappers.count == 2)
+        // A get_dev_pagemap reference makes memunmap_pages wait (and time
+        // out), so the struct pages can still be read after kill_dev_dax.
+        let hold = try #require(getDevPagemap(k, pfn: base))
+        #expect(throws: MMError.self) { try rig.dev.remove(timeoutNanos: 50_000_000) }
+        #expect(f0.refCount == 1 && f0.mapcount == 0, "idle device-dax refcount")
+        #expect(f1.refCount == 1 && f1.mapcount == 0)
+        #expect(rig.mm.rssFilePages == 0 && mm2.rssFilePages == 0)
+        #expect(k.stat(DAX_NR_FILE_PMDMAPPED) == 0 && k.stat(DAX_NR_FILE_MAPPED) == 0)
+        #expect(!entryPresent(walk(rig.mm.ref, a).pmd?.pointee ?? 0))
+        #expect(!entryPresent(walk(mm2.ref, b).pmd?.pointee ?? 0))
+        // check_vma: !dax_alive() -> -ENXIO -> SIGBUS; nothing is mapped again.
+        #expect(rig.mm.handleFault(a, write: true) == DAX_VM_FAULT_SIGBUS)
+        #expect(mm2.handleFault(b, write: false) == DAX_VM_FAULT_SIGBUS)
+        #expect(f0.refCount == 1 && rig.mm.rssFilePages == 0)
+        #expect(k.drainReports().isEmpty)
+        putDevPagemap(hold)
+        try rig.dev.remove()
+        #expect(!k.pfnValid(base))
+        // The VMAs are still there and unmap cleanly: no entry points at the
+        // torn-down pages.
+        try rig.mm.munmap(a, 4 << 20)
+        try mm2.munmap(b, 2 << 20)
+        #expect(invariants(mms: [rig.mm, mm2], pgmaps: []).isEmpty)
+        #expect(k.drainReports().isEmpty)
+    }
+
+    // MARK: i_mmap past 256 VMAs
+
+    @Test("kill_dev_dax's unmap_mapping_range reaches all of 300 VMAs mapping one device page (the file's i_mmap grows)")
+    func removeReaches300Mappings() throws {
+        let rig = try DevDaxRig(align: 4096)
+        let k = rig.kernel
+        var addrs: [UInt64] = []
+        for _ in 0..<300 {
+            let a = try rig.mm.mmap(rig.dev.mmapRequest(length: 4096))
+            #expect(rig.mm.handleFault(a, write: false) == DAX_VM_FAULT_NOPAGE)
+            addrs.append(a)
+        }
+        let base = rig.dev.ranges[0].start >> 12
+        let f = pfnToPage(k.ref, base).folio
+        #expect(rig.dev.file.mappers.count == 300)
+        #expect(f.refCount == 301 && f.mapcount == 300 && rig.mm.rssFilePages == 300)
+        let hold = try #require(getDevPagemap(k, pfn: base))
+        #expect(throws: MMError.self) { try rig.dev.remove(timeoutNanos: 50_000_000) }
+        #expect(f.refCount == 1 && f.mapcount == 0 && rig.mm.rssFilePages == 0)
+        #expect(k.drainReports().isEmpty)
+        putDevPagemap(hold)
+        try rig.dev.remove()
+        for a in addrs { try rig.mm.munmap(a, 4096) }
+        #expect(rig.dev.file.mappers.isEmpty)
+    }
+
+    @Test("dax_break_layout's unmap_mapping_pages reaches all of 300 VMAs mapping one fs-dax page (the file's i_mmap grows)")
+    func breakLayoutReaches300Mappings() throws {
+        let rig = try FSRig(size: 4 << 20)
+        let f = try rig.fs.create(name: "many", maxSize: 2 << 20)
+        try f.allocate(pgoff: 0, pages: 1)
+        var addrs: [UInt64] = []
+        for _ in 0..<300 {
+            let a = try rig.mm.mmap(f.mmapRequest(length: 4096))
+            #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
+            addrs.append(a)
+        }
+        let folio = try #require(f.folio(at: 0))
+        #expect(f.file.mappers.count == 300)
+        #expect(folio.refCount == 300 && folio.mapcount == 300 && rig.mm.rssFilePages == 300)
+        try f.breakLayout(timeoutNanos: 1_000_000_000)
+        #expect(folio.refCount == 0 && folio.mapcount == 0, "every mapping zapped: nothing left busy")
+        #expect(rig.mm.rssFilePages == 0)
+        #expect(f.nrpages == 0 && f.entry(at: 0) == 0)
+        rig.check()
+        for a in addrs { try rig.mm.munmap(a, 4096) }
+        #expect(f.file.mappers.isEmpty)
+        rig.check()
+    }
+}
