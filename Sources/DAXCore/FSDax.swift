@@ -186,8 +186,15 @@ func daxAssociateEntry(_ m: DaxMappingRef, _ e: UInt64, _ vma: VMARef, _ address
 @inline(__always)
 func isShared(_ folio: Folio) -> Bool { folio.mapping == 0 && folio.share > 0 }
 
-/// dax_folio_put: drop one association; at the last, split back to order-0
-/// pages (every page must be idle). Returns the remaining share count.
+/// dax_folio_put: drop one association; at the last, clear mapping and, for
+/// a compound folio, split it back to order-0 pages (each must be idle).
+/// Returns the remaining share count.
+///
+/// An order-0 folio only loses its mapping: no idle check (a GUP pin may
+/// still hold it, as when a CoW write replaces a pinned page's entry) and
+/// index is left as it was. index is also the share count's slot, so a later
+/// shared association of the page counts on from that value, as the
+/// kernel's does.
 @inline(__always)
 func daxFolioPut(_ k: KernelRef, _ folio: Folio) -> UInt64 {
     var ref: UInt64 = 0
@@ -198,10 +205,9 @@ func daxFolioPut(_ k: KernelRef, _ folio: Folio) -> UInt64 {
     if ref > 0 { return ref }
     folio.mapping = 0
     let order = folio.order
+    if order == 0 { return 0 }
     let pgmap = folio.raw.pointee.pgmap
-    if order > 0 {
-        resetCompound(folio)
-    }
+    resetCompound(folio)
     for i in 0..<(1 << order) {
         let p = Page(folio.raw + i)
         p.raw.pointee.pgmap = pgmap

@@ -105,4 +105,36 @@ struct DAXKernelParityTests {
         #expect(f.file.mappers.isEmpty)
         rig.check()
     }
+
+    // MARK: dax_folio_put
+
+    @Test("dax_folio_put: an order-0 folio whose last association goes while a GUP pin holds it (CoW write over a reflinked block) loses its mapping, keeps its index, and nothing WARNs")
+    func daxFolioPutOrder0WhilePinned() throws {
+        let rig = try FSRig()
+        let a = try rig.fs.create(name: "a", maxSize: 2 << 20)
+        let b = try rig.fs.create(name: "b", maxSize: 2 << 20)
+        try a.allocate(pgoff: 0, pages: 8)
+        try b.reflink(from: a, srcPgoff: 0, dstPgoff: 0, pages: 8)
+        let mb = try rig.mm.mmap(b.mmapRequest(length: 2 << 20))
+        let addr = mb + 5 * 4096
+        #expect(rig.mm.handleFault(addr, write: false) & DAX_VM_FAULT_ERROR == 0)
+        let old = try #require(b.folio(at: 5))
+        #expect(old.mapping == b.file.mapping && old.index == 5 && old.refCount == 1 && !old.isLarge)
+        let pages = try rig.mm.pinPages(addr, count: 1, flags: [])
+        #expect(old.refCount == 1 + 1024)
+        // The write CoWs: b gets its own block, dax_insert_entry unmaps the
+        // old page and dax_disassociate_entry -> dax_folio_put drops its only
+        // association while the pin still holds it.
+        #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
+        #expect(b.block(at: 5) != a.block(at: 5))
+        #expect(old.mapping == 0, "mapping = NULL")
+        #expect(old.index == 5, "index left as it was")
+        #expect(old.refCount == 1024 && old.mapcount == 0)
+        #expect(rig.kernel.drainReports().isEmpty, "no busy WARN on an order-0 folio")
+        let nf = try #require(b.folio(at: 5))
+        #expect(nf.mapping == b.file.mapping && nf.index == 5 && nf.refCount == 1)
+        rig.mm.unpin(pages)
+        #expect(old.refCount == 0)
+        rig.check()
+    }
 }
