@@ -46,4 +46,48 @@ struct MMKernelParityTests {
         #expect(file.mappers.isEmpty)
         rig.check()
     }
+
+    // MARK: follow_pfn_pte
+
+    @Test("follow_pfn_pte: a special PTE (no struct page, or a page vm_normal_page will not hand out) is -EEXIST for GUP that wants pages, slow and fast; a normal page before it is still returned")
+    func followPfnPteIsEEXIST() throws {
+        let rig = try FaultRig(order: 0, bytes: 4 << 20)
+        var req = MMapRequest(length: 4 * 4096)
+        req.extraFlags = DAX_VM_MIXEDMAP
+        let a = try rig.mm.mmap(req)
+        let noPage: UInt64 = 0x200000   // 8 GiB: no struct page
+        #expect(!rig.kernel.pfnValid(noPage))
+        let f0 = rig.folio(pgoff: 0), f1 = rig.folio(pgoff: 1)
+        VMAKit.read(rig.mm) {
+            let vma = rig.mm.findVMA(a)!
+            #expect(vmInsertPage(vma, a, f0.head) == 0)
+            #expect(vmfInsertPfn(vma, a + 4096, noPage) == DAX_VM_FAULT_NOPAGE)
+            // A pfn that has a struct page, mapped pfn-only: special too.
+            #expect(vmfInsertPfn(vma, a + 2 * 4096, pageToPfn(rig.kernel.ref, f1.head)) == DAX_VM_FAULT_NOPAGE)
+        }
+        #expect(entrySpecial(VMAKit.pte(rig.mm, a + 4096)) && entrySpecial(VMAKit.pte(rig.mm, a + 2 * 4096)))
+        let before0 = VMAKit.counters(rig, f0), before1 = VMAKit.counters(rig, f1)
+        let pages = VMAKit.pages(2)
+        defer { pages.deallocate() }
+        typealias Gup = (MMRef, UInt64, Int, GupFlags, PageArray) -> Int
+        let entries: [(String, Gup)] = [("get_user_pages", { getUserPages($0, $1, $2, $3, $4) }),
+                                        ("pin_user_pages", { pinUserPages($0, $1, $2, $3, $4) }),
+                                        ("get_user_pages_fast", getUserPagesFast),
+                                        ("pin_user_pages_fast", pinUserPagesFast)]
+        for (name, gup) in entries {
+            for at in [a + 4096, a + 2 * 4096] {
+                #expect(gup(rig.mm.ref, at, 1, [], pages) == Int(-EEXIST), "\(name) at \(hex(at))")
+            }
+            #expect(f1.refCount == before1.ref && f1.pincount == before1.pincount, "\(name): nothing taken on the pfn-mapped page")
+            // Pages [0, 2): the normal page is returned, the walk stops at the special one.
+            #expect(gup(rig.mm.ref, a, 2, [], pages) == 1, "\(name)")
+            #expect(pages[0] == f0.head.raw)
+            if name.hasPrefix("pin") { unpinUserPages(rig.kernel.ref, pages, 1) } else { putUserPages(rig.kernel.ref, pages, 1) }
+        }
+        var idle = before0
+        idle.pinAcquired += 2; idle.pinReleased += 2
+        #expect(VMAKit.counters(rig, f0) == idle)
+        try rig.mm.munmap(a, 4 * 4096)
+        rig.check()
+    }
 }
