@@ -90,4 +90,32 @@ struct MMKernelParityTests {
         try rig.mm.munmap(a, 4 * 4096)
         rig.check()
     }
+
+    // MARK: vmf_insert_folio_pmd / vmf_insert_folio_pud
+
+    @Test("vmf_insert_folio_pmd/pud check the folio order first (WARN, SIGBUS) and the address in insert_pmd/insert_pud after it: a wrong-order folio outside the VMA WARNs",
+          arguments: [pmdOrder, pudOrder])
+    func hugeInsertOrderCheckedFirst(level: Int) throws {
+        let rig = try FaultRig(order: 0, bytes: 4 << 20)
+        var req = rig.map.request(length: 4 << 20)
+        req.alignment = UInt64(4096) << UInt64(level)
+        let addr = try rig.mm.mmap(req)
+        let f = rig.folio(pgoff: 0)
+        let before = VMAKit.counters(rig, f)
+        let r = VMAKit.read(rig.mm) {
+            let vma = rig.mm.findVMA(addr)!
+            // One huge page past the VMA: outside, and the folio is order 0.
+            let outside = vma.pointee.vm_end + (UInt64(4096) << UInt64(level))
+            return VMAKit.withVMF(vma, outside, write: true) {
+                level == pmdOrder ? vmfInsertFolioPmd($0, f, write: true) : vmfInsertFolioPud($0, f, write: true)
+            }
+        }
+        #expect(r == DAX_VM_FAULT_SIGBUS)
+        let reports = rig.kernel.drainReports()
+        #expect(reports.count == 1)
+        #expect(reports.first?.function == (level == pmdOrder ? "vmf_insert_folio_pmd" : "vmf_insert_folio_pud"))
+        #expect(reports.first?.rule.contains(level == pmdOrder ? "PMD_ORDER" : "PUD_ORDER") == true)
+        #expect(VMAKit.counters(rig, f) == before)
+        rig.check()
+    }
 }
