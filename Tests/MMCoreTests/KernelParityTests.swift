@@ -118,4 +118,58 @@ struct MMKernelParityTests {
         #expect(VMAKit.counters(rig, f) == before)
         rig.check()
     }
+
+    // MARK: memremap_pages' conflict probe
+
+    @Test("pagemap_range probes get_dev_pagemap at the first and last pfn: a live map there is -ENOMEM with a WARN")
+    func memremapProbeWarns() throws {
+        let k = try makeKernel()
+        let a = try mapped(k, .generic, start: base + 2 * MiB, size: 2 * MiB)
+        let refs = a.refCount
+        let b = makePgmap(k, .fsDax, ranges: [phys(base + 2 * MiB, 4 * MiB)])
+        expectMMError(.noMemory) { try b.memremapPages() }
+        let reports = k.drainReports()
+        #expect(reports.count == 1)
+        #expect(reports.first?.function == "pagemap_range")
+        #expect(reports.first?.rule.contains("Conflicting mapping") == true)
+        #expect(reports.first?.pfn == pfnOf(base + 2 * MiB))
+        #expect(a.isLive && !b.isLive)
+        #expect(a.refCount == refs, "the probe's get_dev_pagemap reference was put")
+    }
+
+    @Test("pagemap_range's probe misses a live map strictly inside the range: the hot-add finds its sub-sections (-EEXIST), no WARN, and the inner map stays registered")
+    func memremapInnerOverlapIsEEXIST() throws {
+        let k = try makeKernel()
+        let inner = try mapped(k, .generic, start: base + 2 * MiB, size: 2 * MiB)
+        let outer = makePgmap(k, .fsDax, ranges: [phys(base, 6 * MiB)])
+        let e = expectMMError(.errno) { try outer.memremapPages() }
+        if case .errno(let no, _)? = e { #expect(no == EEXIST) }
+        #expect(k.drainReports().isEmpty)
+        #expect(inner.isLive && !outer.isLive)
+        let p = try #require(getDevPagemap(k, pfn: pfnOf(base + 3 * MiB)))
+        #expect(p == inner.ref)
+        putDevPagemap(p)
+        #expect(inner.firstPage().pgmap == inner.ref && inner.firstPage().folio.refCount == 1)
+        #expect(getDevPagemap(k, pfn: pfnOf(base)) == nil, "nothing of the outer range was registered")
+    }
+
+    @Test("pagemap_range's probe does not see a dying map (percpu_ref_tryget_live fails): the hot-add finds its sub-sections (-EEXIST), not -ENOMEM")
+    func memremapOverDyingMapIsEEXIST() throws {
+        let k = try makeKernel()
+        let old = try mapped(k, .fsDax, start: base, size: 2 * MiB)
+        let hold = try #require(getDevPagemap(k, pfn: pfnOf(base)))
+        expectMMError(.busy) { try old.memunmapPages(timeoutNanos: 50_000_000) }
+        #expect(!old.isLive)
+        let new = makePgmap(k, .generic, ranges: [phys(base, 2 * MiB)])
+        let e = expectMMError(.errno) { try new.memremapPages() }
+        if case .errno(let no, _)? = e { #expect(no == EEXIST) }
+        #expect(k.drainReports().isEmpty, "no conflict WARN")
+        #expect(!new.isLive)
+        putDevPagemap(hold)
+        try old.memunmapPages(timeoutNanos: 1_000_000_000)
+        // Once the old map is gone the range maps.
+        try new.memremapPages()
+        #expect(new.isLive && new.firstPage().pgmap == new.ref)
+    }
 }
+
