@@ -137,4 +137,72 @@ struct DAXKernelParityTests {
         #expect(old.refCount == 0)
         rig.check()
     }
+
+    // MARK: dax_iomap_pte_fault / dax_iomap_pmd_fault results
+
+    /// Calls the file's huge_fault(order) the way the fault walk would.
+    static func hugeFault(_ mm: MM, _ addr: UInt64, order: Int, write: Bool) -> UInt32 {
+        mm.lockRead()
+        defer { mm.unlockRead() }
+        let vma = vmaLookup(mm.ref, addr)!
+        var vmf = dax_vm_fault()
+        vmf.vma = vma
+        vmf.address = addr & ~4095
+        vmf.pgoff = linearPageIndex(vma, vmf.address)
+        vmf.flags = write ? DAX_FAULT_FLAG_WRITE : 0
+        return withUnsafeMutablePointer(to: &vmf) { vma.pointee.vm_ops.pointee.huge_fault($0, UInt32(order)) }
+    }
+
+    @Test("dax_iomap_pte_fault returns an iomap_begin error through dax_fault_return (vmf_error): -ENOMEM is VM_FAULT_OOM, -ENOSPC VM_FAULT_SIGBUS; dax_iomap_pmd_fault falls back on either",
+          arguments: [ENOMEM, ENOSPC])
+    func iomapErrorThroughVmfError(errno: Int32) throws {
+        let rig = try FSRig()
+        let f = try rig.fs.create(name: "e", maxSize: 4 << 20)
+        try f.extend(to: 4 << 20)
+        let addr = try rig.mm.mmap(f.mmapRequest(length: 2 << 20))
+        // An iomap_begin that fails with the errno fsPrivate points at.
+        var err = -errno
+        let savedBegin = f.inode.pointee.iomapBegin, savedPrivate = f.inode.pointee.fsPrivate
+        f.inode.pointee.iomapBegin = { priv, _, _, _, out in
+            out!.assumingMemoryBound(to: DaxIomap.self).pointee.error = priv!.load(as: Int32.self)
+        }
+        withUnsafeMutablePointer(to: &err) { e in
+            f.inode.pointee.fsPrivate = UnsafeMutableRawPointer(e)
+            #expect(Self.hugeFault(rig.mm, addr, order: pmdOrder, write: true) == DAX_VM_FAULT_FALLBACK)
+            let expected = errno == ENOMEM ? DAX_VM_FAULT_OOM : DAX_VM_FAULT_SIGBUS
+            #expect(Self.hugeFault(rig.mm, addr, order: 0, write: true) == expected)
+            // Through the fault walk: the PMD level falls back, the PTE level
+            // gives the mapped error.
+            #expect(rig.mm.handleFault(addr + 4096, write: true) == expected)
+        }
+        f.inode.pointee.iomapBegin = savedBegin
+        f.inode.pointee.fsPrivate = savedPrivate
+        #expect(rig.mm.rssFilePages == 0)
+        #expect(f.block(at: 0) == nil && f.block(at: 1) == nil)
+        // With the file system's own iomap_begin the same fault maps.
+        #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
+        rig.check()
+    }
+
+    @Test("dax_iomap_pte_fault adds VM_FAULT_MAJOR for a new block only when the result is not VM_FAULT_SIGBUS")
+    func majorNotOnSigbus() throws {
+        let rig = try FSRig()
+        let f = try rig.fs.create(name: "m", maxSize: 2 << 20)
+        try f.extend(to: 2 << 20)
+        // 64 KiB: the PMD level falls back, the PTE fault allocates.
+        let addr = try rig.mm.mmap(f.mmapRequest(length: 64 << 10))
+        // A new block whose insert fails: the pre-series path skips the
+        // temporary reference, so validate_page_before_insert refuses the
+        // idle folio and the fault is a plain SIGBUS, with no MAJOR.
+        rig.kernel.mode |= DAX_MODE_LEGACY_PRE_SERIES.rawValue
+        #expect(rig.mm.handleFault(addr, write: true) == DAX_VM_FAULT_SIGBUS)
+        #expect(f.block(at: 0) != nil, "the block was allocated (IOMAP_F_NEW)")
+        rig.kernel.mode &= ~DAX_MODE_LEGACY_PRE_SERIES.rawValue
+        // A new block that maps: NOPAGE | MAJOR.
+        #expect(rig.mm.handleFault(addr + 4096, write: true) == DAX_VM_FAULT_NOPAGE | DAX_VM_FAULT_MAJOR)
+        // The first page's block is no longer new: a minor fault.
+        #expect(rig.mm.handleFault(addr, write: true) == DAX_VM_FAULT_NOPAGE)
+        rig.check()
+    }
 }
+
