@@ -254,8 +254,8 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
 /// special PMDs/PUDs, the slow path still grabs them; only GUP-fast
 /// (gup_fast_pmd_leaf/gup_fast_pud_leaf) refuses pmd_special/pud_special and
 /// falls back here. A pfn without a struct page is refused with -EFAULT
-/// instead of reading a record that does not exist (the kernel never gets
-/// here with one: check_vma_flags turns VM_PFNMAP away).
+/// instead of reading a record that does not exist (VM_PFNMAP mappings,
+/// where such pfns live, never get here: check_vma_flags turns them away).
 @inline(__always)
 func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: UnsafeMutablePointer<UInt32>,
                 _ addr: UInt64, _ size: UInt64, _ write: Bool, _ flags: GupFlags, _ err: inout Int32) -> Page? {

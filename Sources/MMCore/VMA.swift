@@ -1,5 +1,6 @@
 // struct vm_area_struct and what hangs off it: the file (for vma_is_dax /
-// vma_is_fsdax) and vm_operations_struct.
+// vma_is_fsdax, and its i_mmap with unmap_mapping_pages/range) and
+// vm_operations_struct.
 //
 // `MappedFile` and `VMOperations` own C records that VMAs point at; an MM
 // retains them for as long as any of its VMAs does, so the pointers stay
@@ -11,10 +12,12 @@ public typealias VMARef = UnsafeMutablePointer<dax_vma>
 public typealias VMFaultRef = UnsafeMutablePointer<dax_vm_fault>
 
 /// A file as the mm sees it: inode flags (S_DAX), mode (char device or
-/// regular), the address_space handle folios record, and the driver's data.
+/// regular), the address_space handle folios record, the VMAs mapping it
+/// (i_mmap) and the driver's data.
 public final class MappedFile: @unchecked Sendable {
     // @unchecked: the record is immutable after init except private_data,
-    // which belongs to the driver.
+    // which belongs to the driver, and the i_mmap fields, guarded by
+    // i_mmap_rwsem.
     public let ref: UnsafeMutablePointer<dax_file>
 
     public enum Kind: Sendable { case characterDevice, regularFile }
