@@ -106,9 +106,20 @@ public final class DevDax: @unchecked Sendable {
         dax_store_u32(&state.pointee.alive, 1)
     }
 
-    /// kill_dax + memunmap_pages: faults and new mmaps fail from now on.
+    /// Device removal: dev_dax_probe's devm actions run in reverse, so
+    /// kill_dev_dax comes before memunmap_pages. kill_dev_dax is kill_dax
+    /// (dax_alive() false: check_vma fails, so faults SIGBUS and new mmaps
+    /// get -ENXIO) then unmap_mapping_range(inode->i_mapping, 0, 0, 1): every
+    /// user mapping of the device is zapped, rss drops and the folios go back
+    /// to their idle refcount before the pgmap is torn down.
+    ///
+    /// kill_dax also waits (synchronize_srcu) for faults that read dax_alive()
+    /// before the kill; the port has no SRCU on the fault path, so a fault
+    /// racing with remove() may still map after the zap. Callers stop faulting
+    /// first.
     public func remove(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
         dax_store_u32(&state.pointee.alive, 0)
+        unmapMappingRange(file.ref, holebegin: 0, holelen: 0, evenCows: true)
         try pgmap?.memunmapPages(timeoutNanos: timeoutNanos)
         pgmap = nil
     }

@@ -149,11 +149,8 @@ public final class DaxFile: @unchecked Sendable {
         slots.initialize(repeating: 0, count: Int(maxPages))
         let marks = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(maxPages))
         marks.initialize(repeating: 0, count: Int(maxPages))
-        let vmas = UnsafeMutablePointer<VMARef?>.allocate(capacity: 256)
-        vmas.initialize(repeating: nil, count: 256)
         mapping = .allocate(capacity: 1)
-        mapping.initialize(to: DaxMappingCore(kernel: k, vmas: vmas, vmasCap: 256, slots: slots, marks: marks,
-                                              nslots: maxPages, mappingID: 0))
+        mapping.initialize(to: DaxMappingCore(kernel: k, slots: slots, marks: marks, nslots: maxPages, mappingID: 0))
         let blocks = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(maxPages))
         blocks.initialize(repeating: 0, count: Int(maxPages))
         fileCore = .allocate(capacity: 1)
@@ -163,20 +160,18 @@ public final class DaxFile: @unchecked Sendable {
         o.huge_fault = fsDaxHugeFaultFn
         o.page_mkwrite = fsDaxMkwriteFn
         o.pfn_mkwrite = fsDaxMkwriteFn
-        o.open = fsDaxOpenFn
-        o.close = fsDaxCloseFn
         driver = DriverFile(kind: .regularFile,
                             state: DaxInodeCore(mapping: mapping, sizePages: 0, basePfn: fs.basePfn,
                                                 iomapBegin: extentIomapBegin, fsPrivate: UnsafeMutableRawPointer(fileCore),
                                                 sync: extentSync),
                             ops: o)
         mapping.pointee.mappingID = driver.file.mapping
+        mapping.pointee.file = driver.file.ref
     }
 
     deinit {
         mapping.pointee.slots.deallocate()
         mapping.pointee.marks.deallocate()
-        mapping.pointee.vmas.deallocate()
         mapping.deallocate()
         fileCore.pointee.blocks.deallocate()
         fileCore.deallocate()

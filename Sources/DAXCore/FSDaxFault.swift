@@ -211,12 +211,21 @@ public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
     if let pmd = vmf.pointee.pmd, entryLeaf(dax_load_u64(pmd)) { return DAX_VM_FAULT_NOPAGE }
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
     var iomap = callIomapBegin(inode, index, 1, write)
-    if iomap.error != 0 { return DAX_VM_FAULT_SIGBUS }   // vmf_error(-ENOSPC)
-    if iomap.kind == .mapped && iomap.pages < 1 { return DAX_VM_FAULT_SIGBUS }
+    if iomap.error != 0 { return daxFaultReturn(iomap.error) }
+    if iomap.kind == .mapped && iomap.pages < 1 { return daxFaultReturn(-EIO) }   // the kernel WARNs: fs corruption
     iomap.pages = 1
     var ret = daxFaultIter(inode, vmf, iomap, slot, entry, pmd: false)
-    if iomap.new { ret |= DAX_VM_FAULT_MAJOR }
+    // A new block makes the fault major unless the result is a plain SIGBUS.
+    if ret != DAX_VM_FAULT_SIGBUS && iomap.new { ret |= DAX_VM_FAULT_MAJOR }
     return ret
+}
+
+/// dax_fault_return: 0 is NOPAGE, an error goes through vmf_error (-ENOMEM
+/// is VM_FAULT_OOM, anything else VM_FAULT_SIGBUS).
+@inline(__always)
+func daxFaultReturn(_ error: Int32) -> UInt32 {
+    if error == 0 { return DAX_VM_FAULT_NOPAGE }
+    return error == -ENOMEM ? DAX_VM_FAULT_OOM : DAX_VM_FAULT_SIGBUS
 }
 
 /// dax_iomap_pmd_fault
@@ -242,6 +251,8 @@ public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
     // A PTE table is already there: retry at PTE level.
     if let pmd = vmf.pointee.pmd, entryPresent(dax_load_u64(pmd)), !entryLeaf(dax_load_u64(pmd)) { return 0 }
     let iomap = callIomapBegin(inode, pgoffOfAddr, UInt64(hpagePmdNr), write)
+    // The PMD path ignores iomap_iter's error (no vmf_error here): the fault
+    // falls back and the PTE fault maps the error.
     if iomap.error != 0 { return DAX_VM_FAULT_FALLBACK }
     if iomap.kind == .mapped && iomap.pages < UInt64(hpagePmdNr) { return DAX_VM_FAULT_FALLBACK }
     // The PMD path works on the PMD's first page offset; the fault walk may
@@ -307,27 +318,6 @@ let fsDaxMkwriteFn: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in
     vmf!.pointee.flags |= DAX_FAULT_FLAG_WRITE
     return fsDaxHugeFault(vmf!, 0)
 }
-/// The file's VMAs are tracked for unmap_mapping_pages (i_mmap).
-let fsDaxOpenFn: @convention(c) (VMARef?) -> Void = { vma in
-    guard let m = daxInode(vma!)?.pointee.mapping else { return }
-    dax_spin_lock(&m.pointee.immapLock)
-    if m.pointee.nrVmas < m.pointee.vmasCap {
-        m.pointee.vmas[m.pointee.nrVmas] = vma
-        m.pointee.nrVmas += 1
-    }
-    dax_spin_unlock(&m.pointee.immapLock)
-}
-let fsDaxCloseFn: @convention(c) (VMARef?) -> Void = { vma in
-    guard let m = daxInode(vma!)?.pointee.mapping else { return }
-    dax_spin_lock(&m.pointee.immapLock)
-    for i in 0..<m.pointee.nrVmas where m.pointee.vmas[i] == vma {
-        m.pointee.vmas[i] = m.pointee.vmas[m.pointee.nrVmas - 1]
-        m.pointee.nrVmas -= 1
-        break
-    }
-    dax_spin_unlock(&m.pointee.immapLock)
-}
-
 // MARK: breaking layouts (§8.6)
 
 /// dax_page_is_idle

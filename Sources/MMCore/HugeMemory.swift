@@ -77,17 +77,19 @@ func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ a
     return 0
 }
 
-/// vmf_insert_folio_pmd
+/// vmf_insert_folio_pmd. The order is checked first (WARN, SIGBUS), then
+/// insert_pmd checks the address (SIGBUS) and allocates (OOM), the order of
+/// "mm/huge_memory: move more common code into insert_pmd()".
 @inline(__always)
 public func vmfInsertFolioPmd(_ vmf: VMFaultRef, _ folio: Folio, write: Bool) -> UInt32 {
     let vma = vmf.pointee.vma!
     let k = vma.pointee.vm_mm.pointee.kernel!
     let addr = roundDown(vmf.pointee.address, UInt64(pmdSize))
-    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard folio.order == pmdOrder else {
         vmReport(k, folio.head, rule: "WARN_ON_ONCE(folio_order(folio) != PMD_ORDER)", function: "vmf_insert_folio_pmd")
         return DAX_VM_FAULT_SIGBUS
     }
+    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard let pmd = vmfPmd(vmf) else { return DAX_VM_FAULT_OOM }
     let ptl = pmdLockptr(k, pmd)
     dax_spin_lock(ptl)
@@ -97,18 +99,19 @@ public func vmfInsertFolioPmd(_ vmf: VMFaultRef, _ folio: Folio, write: Bool) ->
     return rc == -EINVAL ? DAX_VM_FAULT_SIGBUS : DAX_VM_FAULT_NOPAGE
 }
 
-/// vmf_insert_folio_pud
+/// vmf_insert_folio_pud. The order is checked first (WARN, SIGBUS), then
+/// insert_pud checks the address (SIGBUS), as for the PMD.
 @inline(__always)
 public func vmfInsertFolioPud(_ vmf: VMFaultRef, _ folio: Folio, write: Bool) -> UInt32 {
     let vma = vmf.pointee.vma!
     let mm = vma.pointee.vm_mm!
     let k = mm.pointee.kernel!
     let addr = roundDown(vmf.pointee.address, UInt64(pudSize))
-    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard folio.order == pudOrder else {
         vmReport(k, folio.head, rule: "WARN_ON_ONCE(folio_order(folio) != PUD_ORDER)", function: "vmf_insert_folio_pud")
         return DAX_VM_FAULT_SIGBUS
     }
+    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard let pud = vmfPud(vmf) else { return DAX_VM_FAULT_OOM }
     let ptl = pudLockptr(mm)
     dax_spin_lock(ptl)

@@ -260,13 +260,23 @@ public final class MM: @unchecked Sendable {
         new.initialize(to: vma.pointee)
         new.pointee.vm_start = at
         new.pointee.vm_pgoff = vma.pointee.vm_pgoff + ((at - vma.pointee.vm_start) >> UInt64(pageShift))
+        // vma_prepare/vma_complete: the file's i_mmap lock covers the new
+        // boundary and the new VMA's link, so an unmap_mapping_pages walk sees
+        // either the whole VMA or both halves.
+        if let file = vma.pointee.vm_file { iMmapLockWrite(file) }
         vma.pointee.vm_end = at
-        insertVMA(new, retain: retained[vma] ?? [])
+        if let file = vma.pointee.vm_file {
+            vmaLinkFileLocked(file, new)
+            iMmapUnlockWrite(file)
+        }
+        insertVMA(new, retain: retained[vma] ?? [], linkFile: false)
     }
 
     // MARK: VMA array maintenance (under mmap_lock for write)
 
-    func insertVMA(_ vma: VMARef, retain: [AnyObject]) {
+    /// Adds a VMA to the mm and (vma_link_file) to its file's i_mmap, then
+    /// calls vm_ops->open.
+    func insertVMA(_ vma: VMARef, retain: [AnyObject], linkFile: Bool = true) {
         let m = ref
         if m.pointee.nr_vmas == m.pointee.vmas_cap {
             let cap = Int(m.pointee.vmas_cap) * 2
@@ -284,6 +294,7 @@ public final class MM: @unchecked Sendable {
         m.pointee.vmas[i] = vma
         m.pointee.nr_vmas += 1
         if !retain.isEmpty { retained[vma] = retain }
+        if linkFile { vmaLinkFile(vma) }
         vma.pointee.vm_ops?.pointee.open?(vma)
     }
 
@@ -300,6 +311,7 @@ public final class MM: @unchecked Sendable {
         }
         m.pointee.nr_vmas = Int64(j)
         for v in victims {
+            unlinkFileVMA(v)
             v.pointee.vm_ops?.pointee.close?(v)
             retained[v] = nil
             v.deallocate()

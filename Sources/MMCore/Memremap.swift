@@ -169,11 +169,17 @@ public final class DevPagemap: @unchecked Sendable {
     /// pagemap_range: one range.
     private func pagemapRange(_ r: PhysicalRange, index: Int) throws(MMError) {
         let k = kernel.ref
-        // Sub-section (2 MiB) granularity, as __add_pages requires.
         guard r.end > r.start else { throw .errno(EINVAL, "empty range \(r)") }
-        let entry = Registry.Entry(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref, owner: ObjectIdentifier(self))
-        guard kernel.registry.insert(entry) else {
-            throw .errno(ENOMEM, "range \(r) conflicts with an existing dev_pagemap")
+        // The conflict probe: get_dev_pagemap at the first and the last pfn
+        // only, so only a live map there conflicts (WARN, -ENOMEM); a dying
+        // one fails percpu_ref_tryget_live and is not seen.
+        for pfn in [r.startPfn, r.endPfn - 1] {
+            if let other = getDevPagemap(kernel, pfn: pfn) {
+                vmReport(k, pfnToPage(k, pfn), rule: "WARN(1, \"Conflicting mapping in same section\")",
+                         function: "pagemap_range")
+                putDevPagemap(other)
+                throw .errno(ENOMEM, "range \(r) conflicts with an existing dev_pagemap")
+            }
         }
         if kernel.registry.intersectsSystemRAM(r.start...r.end) {
             throw .errno(ENXIO, "range \(r) intersects System RAM")
@@ -187,6 +193,17 @@ public final class DevPagemap: @unchecked Sendable {
         }
         guard r.size % (UInt64(pageSize) << UInt64(vmemmapShift)) == 0 else {
             throw .errno(EINVAL, "range \(r) is not a whole number of order-\(vmemmapShift) folios")
+        }
+        // An overlap the probe missed (a dying map, or a live one strictly
+        // inside the range) is found by the memory hot-add: its sub-sections
+        // are still present, so sparse_add_section fails with -EEXIST. The
+        // kernel has already stored the new map over the range in
+        // pgmap_array and erases the whole range on that error, the other
+        // map's pfns included; the port leaves the other map's registration
+        // alone, so get_dev_pagemap keeps finding a map that is still live.
+        let entry = Registry.Entry(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref, owner: ObjectIdentifier(self))
+        guard kernel.registry.insert(entry) else {
+            throw .errno(EEXIST, "sparse_add_section: sub-sections of \(r) are already present")
         }
         try kernel.populateSections(startPfn: r.startPfn, endPfn: r.endPfn)
         memmapInitZoneDevice(k, r)
@@ -336,19 +353,23 @@ package func putDevPagemap(_ p: UnsafeMutablePointer<dax_pgmap>?) {
 }
 
 /// zone_device_page_init (6.15): a PRIVATE/COHERENT driver allocates a free
-/// page: takes a pgmap reference (WARN and fail if the map is dying), sets the
-/// refcount to 1 and locks the page.
+/// page: takes a pgmap reference, sets the refcount to 1 and locks the page.
+/// On a dying map percpu_ref_tryget_live fails and the kernel WARNs but goes
+/// on: the page is still set to 1 and locked, with no pgmap reference behind
+/// it (its free will put one it never took). Returns whether the reference
+/// was taken.
+@discardableResult
 public func zoneDevicePageInit(_ k: KernelRef, _ page: Page) -> Bool {
-    guard let pgmap = page.pgmap, dax_pgmap_tryget_live(pgmap) else {
+    let live = page.pgmap.map { dax_pgmap_tryget_live($0) } ?? false
+    if !live {
         vmReport(k, page, rule: "WARN_ON_ONCE(!percpu_ref_tryget_live(&pgmap->ref))", function: "zone_device_page_init")
-        return false
     }
     if page.folio.refCount != 0 {
         vmReport(k, page, rule: "VM_WARN_ON_ONCE(folio_ref_count(folio))", function: "zone_device_page_init")
     }
     page.folio.setCount(1)
     page.set(DAX_PG_locked)
-    return true
+    return live
 }
 
 // MARK: free_zone_device_folio

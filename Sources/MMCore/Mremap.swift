@@ -92,7 +92,9 @@ extension MM {
         if old + oldLen == vma.pointee.vm_end {
             let next = vmaList().first { $0.pointee.vm_start >= vma.pointee.vm_end }
             if (next.map { $0.pointee.vm_start >= old + newLen } ?? true) && old + newLen <= MM.mmapBase {
+                if let file = vma.pointee.vm_file { iMmapLockWrite(file) }
                 vma.pointee.vm_end = old + newLen
+                if let file = vma.pointee.vm_file { iMmapUnlockWrite(file) }
                 return old
             }
         }

@@ -254,6 +254,8 @@ DAX_MM_INLINE void dax_pgmap_put_many(struct dax_pgmap *p, int64_t n)
 #define DAX_S_IFCHR 0020000u
 #define DAX_S_IFREG 0100000u
 
+struct dax_vma;
+
 struct dax_file {
 	uint32_t i_flags;           /* S_DAX */
 	uint32_t i_mode;            /* S_IFCHR, S_IFREG */
@@ -262,9 +264,16 @@ struct dax_file {
 	uint64_t private_tag;       /* the driver's tag for private_data's layout
 	                             * (never 0); a driver reads private_data only
 	                             * after comparing this with its own tag */
+	/* address_space->i_mmap: every VMA mapping the file. The mm links and
+	 * unlinks VMAs (vma_link_file, unlink_file_vma) under mmap_lock for
+	 * write, taking i_mmap_rwsem for write; unmap_mapping_pages walks the
+	 * array under it for read. The array grows on link only, never on a
+	 * fault, so the walk allocates nothing. */
+	struct dax_rwsem i_mmap_rwsem;
+	struct dax_vma **i_mmap;
+	int64_t i_mmap_nr;
+	int64_t i_mmap_cap;
 };
-
-struct dax_vma;
 struct dax_vm_fault;
 
 /* vm_operations_struct. Every callback is a C function pointer, so no Swift
@@ -278,7 +287,8 @@ struct dax_vm_operations {
 	uint64_t (*pagesize)(struct dax_vma *vma);
 	/* A VMA came into being by mmap, split or move (vm_ops->open is called
 	 * for the copies; the port also calls it for the first mapping, after
-	 * insertion, so a file can track its mappings), and one went away. */
+	 * insertion), and one went away. The file's i_mmap is kept by the mm
+	 * itself, not through these. */
 	void (*open)(struct dax_vma *vma);
 	void (*close)(struct dax_vma *vma);
 };
@@ -424,6 +434,7 @@ DAX_MM_INLINE int64_t *dax_kernel_report_seq(struct dax_kernel *p) { return &p->
 DAX_MM_INLINE int64_t *dax_kernel_report_lost(struct dax_kernel *p) { return &p->report_lost; }
 DAX_MM_INLINE int64_t *dax_kernel_pt_next(struct dax_kernel *p) { return &p->pt_next; }
 DAX_MM_INLINE struct dax_rwsem *dax_mm_mmap_lock(struct dax_mm *p) { return &p->mmap_lock; }
+DAX_MM_INLINE struct dax_rwsem *dax_file_i_mmap_rwsem(struct dax_file *p) { return &p->i_mmap_rwsem; }
 DAX_MM_INLINE int64_t *dax_mm_pgtables_bytes(struct dax_mm *p) { return &p->pgtables_bytes; }
 DAX_MM_INLINE int64_t *dax_mm_rss(struct dax_mm *p) { return &p->rss[0]; }
 DAX_MM_INLINE uint32_t *dax_mm_page_table_lock(struct dax_mm *p) { return &p->page_table_lock; }
