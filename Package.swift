@@ -54,11 +54,16 @@ let package = Package(
             name: "DAXBase",
             swiftSettings: hotPathSwiftSettings
         ),
+        // The errno names every module reports with (errnoName). Depends on
+        // nothing but the C library.
+        .target(
+            name: "DaxErrno"
+        ),
         // mm/ ported: memremap, page tables, inserts, rmap, zap, faults, GUP.
         // Knows nothing of devices.
         .target(
             name: "MMCore",
-            dependencies: ["DAXBase", "CDaxMM"],
+            dependencies: ["DAXBase", "CDaxMM", "DaxErrno"],
             swiftSettings: hotPathSwiftSettings
         ),
         // A linear pfn-mapping "driver" for tests and benchmarks of MMCore.
@@ -70,7 +75,7 @@ let package = Package(
         // drivers/dax/device.c and fs/dax.c ported, on MMCore.
         .target(
             name: "DAXCore",
-            dependencies: ["DAXBase", "MMCore", "CDaxMM"],
+            dependencies: ["DAXBase", "MMCore", "CDaxMM", "DaxErrno"],
             swiftSettings: hotPathSwiftSettings
         ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
@@ -79,6 +84,7 @@ let package = Package(
             dependencies: [
                 "DAXBase",
                 "CDaxSys",
+                "DaxErrno",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: hotPathSwiftSettings
@@ -98,7 +104,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXCoreTests",
-            dependencies: ["DAXBase", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM"]
+            dependencies: ["DAXBase", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "DaxErrno"]
         ),
         .testTarget(
             name: "MMCoreTests",

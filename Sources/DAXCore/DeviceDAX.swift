@@ -5,21 +5,26 @@
 // dax_set_mapping.
 //
 // The fault handlers are C function pointers reading a C-layout state
-// record, so they run with no Swift object on the path.
+// record, so they run with no Swift object on the path. The record is the
+// char device file's private_data, tagged DAXFS_MAGIC by `DriverFile`; a VMA
+// of another driver's file is refused (check_vma -EINVAL, VM_FAULT_SIGBUS).
 
 import CDaxMM
 import DAXBase
 import MMCore
 
 /// What the fault handlers read (through the file's private_data).
-public struct DevDaxState {
-    public var kernel: KernelRef
-    public var align: UInt64
-    public var alive: UInt32
-    public var nrRange: Int
-    public var ranges: UnsafeMutablePointer<DevDaxRange>
+package struct DevDaxState: DriverState {
+    package var kernel: KernelRef
+    package var align: UInt64
+    package var alive: UInt32
+    package var nrRange: Int
+    package var ranges: UnsafeMutablePointer<DevDaxRange>
     /// The char device's address_space (folio->mapping of faulted folios).
-    public var mapping: UInt64
+    package var mapping: UInt64
+
+    /// DAXFS_MAGIC: device-dax inodes live on the dax pseudo file system.
+    @inline(__always) package static var driverTag: DriverTag { DriverTag(0x6464_6178) }
 }
 
 public final class DevDax: @unchecked Sendable {
@@ -28,10 +33,15 @@ public final class DevDax: @unchecked Sendable {
     public let kernel: Kernel
     public let align: UInt64
     public let ranges: [DevDaxRange]
-    public let state: UnsafeMutablePointer<DevDaxState>
-    public let file: MappedFile
-    public let ops: VMOperations
+    /// The char device's file, its vm_operations and the tagged state record.
+    let driver: DriverFile<DevDaxState>
     public private(set) var pgmap: DevPagemap?
+
+    /// The state record the fault handlers read. Owned by `driver` (freed
+    /// with this object); `ranges` inside it is freed in deinit.
+    package var state: UnsafeMutablePointer<DevDaxState> { driver.state }
+    public var file: MappedFile { driver.file }
+    public var ops: VMOperations { driver.ops }
 
     /// - Parameters:
     ///   - ranges: physical pieces in device order, as `daxctl
@@ -39,14 +49,14 @@ public final class DevDax: @unchecked Sendable {
     ///   - align: 4K, 2M or 1G.
     public init(kernel: Kernel, ranges phys: [PhysicalRange], align: UInt64) throws(MMError) {
         guard [UInt64(4096), UInt64(pmdSize), UInt64(pudSize)].contains(align) else {
-            throw .invalid("device-dax align \(align) is not 4K, 2M or 1G")
+            throw .errno(EINVAL, "device-dax align \(align) is not 4K, 2M or 1G")
         }
-        guard !phys.isEmpty else { throw .invalid("device-dax needs at least one range") }
+        guard !phys.isEmpty else { throw .errno(EINVAL, "device-dax needs at least one range") }
         var rs: [DevDaxRange] = []
         var pgoff: UInt64 = 0
         for p in phys {
             guard p.size > 0, p.start % align == 0, p.size % align == 0 else {
-                throw .invalid("range [\(p.start), +\(p.size)) is not aligned to \(align)")
+                throw .errno(EINVAL, "range [\(p.start), +\(p.size)) is not aligned to \(align)")
             }
             rs.append(DevDaxRange(pgoff: pgoff, range: p))
             pgoff += p.size >> 12
@@ -56,22 +66,20 @@ public final class DevDax: @unchecked Sendable {
         self.ranges = rs
         let buf = UnsafeMutablePointer<DevDaxRange>.allocate(capacity: rs.count)
         buf.initialize(from: rs, count: rs.count)
-        state = .allocate(capacity: 1)
-        state.initialize(to: DevDaxState(kernel: kernel.ref, align: align, alive: 0, nrRange: rs.count,
-                                         ranges: buf, mapping: 0))
-        file = MappedFile(kind: .characterDevice, dax: true, privateData: UnsafeMutableRawPointer(state))
-        state.pointee.mapping = file.mapping
         var o = dax_vm_operations()
         o.fault = devDaxFault
         o.huge_fault = devDaxHugeFault
         o.may_split = devDaxMaySplit
         o.pagesize = devDaxPagesize
-        ops = VMOperations(o)
+        driver = DriverFile(kind: .characterDevice,
+                            state: DevDaxState(kernel: kernel.ref, align: align, alive: 0, nrRange: rs.count,
+                                               ranges: buf, mapping: 0),
+                            ops: o)
+        driver.state.pointee.mapping = driver.file.mapping
     }
 
     deinit {
         state.pointee.ranges.deallocate()
-        state.deallocate()
     }
 
     /// Total bytes.
@@ -80,7 +88,7 @@ public final class DevDax: @unchecked Sendable {
     /// dev_dax_probe: a GENERIC pgmap over the ranges with vmemmap_shift =
     /// order of the alignment, then memremap_pages; the device is alive.
     public func probe() throws(MMError) {
-        guard pgmap == nil else { throw .invalid("device already probed") }
+        guard pgmap == nil else { throw .errno(EINVAL, "device already probed") }
         let shift = (align >> 12).trailingZeroBitCount
         let p = DevPagemap(kernel: kernel, type: .generic,
                            ranges: ranges.map(\.range), vmemmapShift: shift)
@@ -89,9 +97,20 @@ public final class DevDax: @unchecked Sendable {
         dax_store_u32(&state.pointee.alive, 1)
     }
 
-    /// kill_dax + memunmap_pages: faults and new mmaps fail from now on.
+    /// Device removal: dev_dax_probe's devm actions run in reverse, so
+    /// kill_dev_dax comes before memunmap_pages. kill_dev_dax is kill_dax
+    /// (dax_alive() false: check_vma fails, so faults SIGBUS and new mmaps
+    /// get -ENXIO) then unmap_mapping_range(inode->i_mapping, 0, 0, 1): every
+    /// user mapping of the device is zapped, rss drops and the folios go back
+    /// to their idle refcount before the pgmap is torn down.
+    ///
+    /// kill_dax also waits (synchronize_srcu) for faults that read dax_alive()
+    /// before the kill; the port has no SRCU on the fault path, so a fault
+    /// racing with remove() may still map after the zap. Callers stop faulting
+    /// first.
     public func remove(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
         dax_store_u32(&state.pointee.alive, 0)
+        unmapMappingRange(file.ref, holebegin: 0, holelen: 0, evenCows: true)
         try pgmap?.memunmapPages(timeoutNanos: timeoutNanos)
         pgmap = nil
     }
@@ -100,21 +119,13 @@ public final class DevDax: @unchecked Sendable {
     /// the device alignment (dax_get_unmapped_area).
     public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
                             fixedAddress: UInt64? = nil) -> MMapRequest {
-        var req = MMapRequest(length: length)
-        req.prot = prot
-        req.shared = shared
-        req.file = file
-        req.ops = ops
-        req.pgoff = pgoff
-        req.alignment = align
-        req.fixedAddress = fixedAddress
-        req.mmapHook = { vma in
+        driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: align,
+                           fixedAddress: fixedAddress, mmapHook: { vma in
             let rc = checkVma(vma)
             if rc != 0 { return rc }
             vma.pointee.vm_flags |= DAX_VM_HUGEPAGE
             return 0
-        }
-        return req
+        })
     }
 
     /// dax_pgoff_to_phys
@@ -123,16 +134,18 @@ public final class DevDax: @unchecked Sendable {
     }
 }
 
+/// The device's state behind `vma`, nil unless the VMA maps a device-dax
+/// file (a tag compare).
 @inline(__always)
-func devDaxState(_ vma: VMARef) -> UnsafeMutablePointer<DevDaxState> {
-    vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: DevDaxState.self)
+func devDaxState(_ vma: VMARef) -> UnsafeMutablePointer<DevDaxState>? {
+    DevDaxState.state(of: vma)
 }
 
-/// check_vma: 0 or -errno.
+/// check_vma: 0 or -errno. A VMA of another driver's file is -EINVAL.
+/// Precondition: `vma` is live (mmap_lock held, or inside its callbacks).
 @inline(__always)
 public func checkVma(_ vma: VMARef) -> Int32 {
-    guard let file = vma.pointee.vm_file, let pd = file.pointee.private_data else { return -EINVAL }
-    let st = pd.assumingMemoryBound(to: DevDaxState.self)
+    guard let st = devDaxState(vma) else { return -EINVAL }
     if dax_load_u32(&st.pointee.alive) == 0 { return -ENXIO }
     if vma.pointee.vm_flags & DAX_VM_MAYSHARE == 0 { return -EINVAL }   // private mapping
     let mask = st.pointee.align - 1
@@ -207,7 +220,7 @@ func devDaxHugeLevelFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaul
 /// dev_dax_huge_fault: dispatch by order.
 @inline(__always)
 func devDaxHugeFaultImpl(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
-    let st = devDaxState(vmf.pointee.vma)
+    guard let st = devDaxState(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }
     switch Int(order) {
     case 0: return devDaxPteFault(st, vmf)
     case pmdOrder: return devDaxHugeLevelFault(st, vmf, faultSize: UInt64(pmdSize))
@@ -220,7 +233,11 @@ let devDaxFault: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in devDaxHugeFau
 let devDaxHugeFault: @convention(c) (VMFaultRef?, UInt32) -> UInt32 = { vmf, order in devDaxHugeFaultImpl(vmf!, order) }
 /// dev_dax_may_split
 let devDaxMaySplit: @convention(c) (VMARef?, UInt64) -> Int32 = { vma, addr in
-    addr & (devDaxState(vma!).pointee.align - 1) != 0 ? -EINVAL : 0
+    guard let st = devDaxState(vma!) else { return -EINVAL }
+    return addr & (st.pointee.align - 1) != 0 ? -EINVAL : 0
 }
-/// dev_dax_pagesize
-let devDaxPagesize: @convention(c) (VMARef?) -> UInt64 = { vma in devDaxState(vma!).pointee.align }
+/// dev_dax_pagesize (PAGE_SIZE for a VMA that is not device-dax's, as
+/// vma_kernel_pagesize without the callback).
+let devDaxPagesize: @convention(c) (VMARef?) -> UInt64 = { vma in
+    devDaxState(vma!)?.pointee.align ?? UInt64(pageSize)
+}

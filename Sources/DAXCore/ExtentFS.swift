@@ -5,47 +5,56 @@
 // exercised), and truncate, hole punch and unmount break layouts first.
 //
 // The block map, allocator and entry index are C-style records reached from
-// the fault handlers through the file's private_data; the classes own them
-// and give the safe API.
+// the fault handlers through the file's private_data (the fs-dax inode
+// record, tagged by `DriverFile`); the classes own them and give the safe API.
 
 import CDaxMM
 import DAXBase
+import DaxErrno
 import MMCore
 import Synchronization
 
 /// The allocator: one bit per block, a share count per block.
-public struct DaxFSCore {
-    public var lock: UInt32 = 0
-    public var nblocks: UInt64
-    public var bitmap: UnsafeMutablePointer<UInt64>
-    public var refs: UnsafeMutablePointer<UInt32>
-    public var freeBlocks: Int64
+package struct DaxFSCore {
+    package var lock: UInt32 = 0
+    package var nblocks: UInt64
+    package var bitmap: UnsafeMutablePointer<UInt64>
+    package var refs: UnsafeMutablePointer<UInt32>
+    package var freeBlocks: Int64
     /// Metadata not yet durable (a MAP_SYNC fault must sync first).
-    public var metaDirty: UInt32 = 0
-    public var syncs: Int64 = 0
+    package var metaDirty: UInt32 = 0
+    package var syncs: Int64 = 0
 }
 
 /// One file's block map: file page -> device block + 1 (0 = hole).
-public struct DaxFileCore {
-    public var fs: UnsafeMutablePointer<DaxFSCore>
-    public var blocks: UnsafeMutablePointer<UInt64>
-    public var maxPages: UInt64
+package struct DaxFileCore {
+    package var fs: UnsafeMutablePointer<DaxFSCore>
+    package var blocks: UnsafeMutablePointer<UInt64>
+    package var maxPages: UInt64
 }
 
+/// Errors of the file store. Every case carries the errno ext4/XFS return
+/// for it (`code`), one spelling per errno: EBUSY is always `.busy`, with the
+/// page that stayed busy; every other errno is `.errno`.
 public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
-    case noSpace(String)
-    case invalid(String)
-    /// A layout could not be broken: a page stayed busy.
+    /// An errno (positive: ENOSPC, EINVAL, EIO, ...) and what refused.
+    case errno(Int32, String)
+    /// EBUSY: a layout could not be broken: a page stayed busy.
     case busy(file: String, pfn: UInt64, refcount: Int32, pincount: Int32)
-    case unmounted
+
+    /// The errno (positive).
+    public var code: Int32 {
+        switch self {
+        case .errno(let e, _): return e
+        case .busy: return EBUSY
+        }
+    }
 
     public var description: String {
         switch self {
-        case .noSpace(let s): return "ENOSPC: \(s)"
-        case .invalid(let s): return "EINVAL: \(s)"
+        case .errno(let e, let s): return "\(errnoName(e)): \(s)"
         case .busy(let f, let pfn, let r, let p):
-            return "EBUSY: \(f): page pfn \(hex(pfn)) still busy (refcount \(r), pincount \(p))"
-        case .unmounted: return "EIO: file system is unmounted"
+            return "\(errnoName(EBUSY)): \(f): page pfn \(hex(pfn)) still busy (refcount \(r), pincount \(p))"
         }
     }
 }
@@ -55,7 +64,9 @@ public final class DaxFS: @unchecked Sendable {
     // by the mutex.
     public let kernel: Kernel
     public let pgmap: DevPagemap
-    public let core: UnsafeMutablePointer<DaxFSCore>
+    /// The allocator record the iomap callbacks use: allocated in init,
+    /// freed in deinit, never moved; guarded by its spinlock.
+    package let core: UnsafeMutablePointer<DaxFSCore>
     public let basePfn: UInt64
     private let files = Locked<[ObjectIdentifier: DaxFile]>([:])
     public private(set) var mounted = true
@@ -88,8 +99,8 @@ public final class DaxFS: @unchecked Sendable {
 
     /// Creates an empty file that may grow to `maxSize` bytes.
     public func create(name: String, maxSize: UInt64) throws(FSError) -> DaxFile {
-        guard mounted else { throw .unmounted }
-        guard maxSize > 0, maxSize % UInt64(pageSize) == 0 else { throw .invalid("maxSize must be a positive multiple of 4K") }
+        guard mounted else { throw .errno(EIO, "file system is unmounted") }
+        guard maxSize > 0, maxSize % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "maxSize must be a positive multiple of 4K") }
         let f = DaxFile(fs: self, name: name, maxPages: maxSize >> UInt64(pageShift))
         files.withLock { $0[ObjectIdentifier(f)] = f }
         return f
@@ -115,11 +126,20 @@ public final class DaxFile: @unchecked Sendable {
     public let fs: DaxFS
     public let name: String
     public let maxPages: UInt64
-    public let inode: DaxInodeRef
-    public let mapping: DaxMappingRef
-    public let fileCore: UnsafeMutablePointer<DaxFileCore>
-    public let file: MappedFile
-    public let ops: VMOperations
+    /// The address_space record (entries, marks, locks): allocated in init,
+    /// freed in deinit, never moved.
+    package let mapping: DaxMappingRef
+    /// The block map the iomap callbacks read: allocated in init, freed in
+    /// deinit, never moved.
+    package let fileCore: UnsafeMutablePointer<DaxFileCore>
+    /// The file, its vm_operations and the tagged inode record.
+    let driver: DriverFile<DaxInodeCore>
+
+    /// The inode record the fault handlers read (the file's private_data),
+    /// owned by `driver`; it points at `mapping` and `fileCore`.
+    package var inode: DaxInodeRef { driver.state }
+    public var file: MappedFile { driver.file }
+    public var ops: VMOperations { driver.ops }
 
     init(fs: DaxFS, name: String, maxPages: UInt64) {
         self.fs = fs
@@ -130,39 +150,32 @@ public final class DaxFile: @unchecked Sendable {
         slots.initialize(repeating: 0, count: Int(maxPages))
         let marks = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(maxPages))
         marks.initialize(repeating: 0, count: Int(maxPages))
-        let vmas = UnsafeMutablePointer<VMARef?>.allocate(capacity: 256)
-        vmas.initialize(repeating: nil, count: 256)
         mapping = .allocate(capacity: 1)
-        mapping.initialize(to: DaxMappingCore(kernel: k, vmas: vmas, vmasCap: 256, slots: slots, marks: marks,
-                                              nslots: maxPages, mappingID: 0))
+        mapping.initialize(to: DaxMappingCore(kernel: k, slots: slots, marks: marks, nslots: maxPages, mappingID: 0))
         let blocks = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(maxPages))
         blocks.initialize(repeating: 0, count: Int(maxPages))
         fileCore = .allocate(capacity: 1)
         fileCore.initialize(to: DaxFileCore(fs: fs.core, blocks: blocks, maxPages: maxPages))
-        inode = .allocate(capacity: 1)
-        inode.initialize(to: DaxInodeCore(mapping: mapping, sizePages: 0, basePfn: fs.basePfn,
-                                          iomapBegin: extentIomapBegin, fsPrivate: UnsafeMutableRawPointer(fileCore),
-                                          sync: extentSync))
-        file = MappedFile(kind: .regularFile, dax: true, privateData: UnsafeMutableRawPointer(inode))
-        mapping.pointee.mappingID = file.mapping
         var o = dax_vm_operations()
         o.fault = fsDaxFaultFn
         o.huge_fault = fsDaxHugeFaultFn
         o.page_mkwrite = fsDaxMkwriteFn
         o.pfn_mkwrite = fsDaxMkwriteFn
-        o.open = fsDaxOpenFn
-        o.close = fsDaxCloseFn
-        ops = VMOperations(o)
+        driver = DriverFile(kind: .regularFile,
+                            state: DaxInodeCore(mapping: mapping, sizePages: 0, basePfn: fs.basePfn,
+                                                iomapBegin: extentIomapBegin, fsPrivate: UnsafeMutableRawPointer(fileCore),
+                                                sync: extentSync),
+                            ops: o)
+        mapping.pointee.mappingID = driver.file.mapping
+        mapping.pointee.file = driver.file.ref
     }
 
     deinit {
         mapping.pointee.slots.deallocate()
         mapping.pointee.marks.deallocate()
-        mapping.pointee.vmas.deallocate()
         mapping.deallocate()
         fileCore.pointee.blocks.deallocate()
         fileCore.deallocate()
-        inode.deallocate()
     }
 
     /// i_size in bytes.
@@ -183,7 +196,7 @@ public final class DaxFile: @unchecked Sendable {
 
     /// Sets i_size (growing only; use truncate to shrink). Blocks stay holes.
     public func extend(to bytes: UInt64) throws(FSError) {
-        guard bytes <= maxPages << UInt64(pageShift) else { throw .invalid("size beyond the file's maximum") }
+        guard bytes <= maxPages << UInt64(pageShift) else { throw .errno(EINVAL, "size beyond the file's maximum") }
         let pages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
         if pages > inode.pointee.sizePages { inode.pointee.sizePages = pages }
     }
@@ -195,8 +208,10 @@ public final class DaxFile: @unchecked Sendable {
         while i < pgoff + pages {
             var map = DaxIomap(kind: .hole, block: 0, pages: 0, new: false, shared: false, dirty: false, error: 0)
             let chunk: UInt64 = i % UInt64(hpagePmdNr) == 0 && pgoff + pages - i >= UInt64(hpagePmdNr) ? UInt64(hpagePmdNr) : 1
-            extentIomapBegin(UnsafeMutableRawPointer(fileCore), i, chunk, true, UnsafeMutableRawPointer(&map))
-            if map.error != 0 { throw .noSpace("\(name): no free blocks") }
+            withUnsafeMutablePointer(to: &map) {
+                extentIomapBegin(UnsafeMutableRawPointer(fileCore), i, chunk, true, UnsafeMutableRawPointer($0))
+            }
+            if map.error != 0 { throw .errno(-map.error, "\(name): no free blocks") }
             i += chunk
         }
         extentSync(UnsafeMutableRawPointer(fileCore))
@@ -205,15 +220,8 @@ public final class DaxFile: @unchecked Sendable {
     /// A MAP_SHARED (or MAP_SHARED_VALIDATE|MAP_SYNC) mapping request.
     public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
                             sync: Bool = false) -> MMapRequest {
-        var req = MMapRequest(length: length)
-        req.prot = prot
-        req.shared = shared
-        req.file = file
-        req.ops = ops
-        req.pgoff = pgoff
-        req.alignment = UInt64(pmdSize)
-        if sync { req.extraFlags |= DAX_VM_SYNC }
-        return req
+        driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: UInt64(pmdSize),
+                           extraFlags: sync ? DAX_VM_SYNC : 0)
     }
 
     /// dax_break_layout over file pages [start, end].
@@ -303,7 +311,7 @@ public final class DaxFile: @unchecked Sendable {
     /// (as xfs_reflink_remap_prep does), so no stale association survives.
     public func reflink(from: DaxFile, srcPgoff: UInt64, dstPgoff: UInt64, pages: UInt64,
                         timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
-        guard srcPgoff + pages <= from.maxPages, dstPgoff + pages <= maxPages else { throw .invalid("range beyond file") }
+        guard srcPgoff + pages <= from.maxPages, dstPgoff + pages <= maxPages else { throw .errno(EINVAL, "range beyond file") }
         try from.breakLayout(start: srcPgoff, end: srcPgoff + pages - 1, timeoutNanos: timeoutNanos)
         try breakLayout(start: dstPgoff, end: dstPgoff + pages - 1, timeoutNanos: timeoutNanos)
         freeBlocks(from: dstPgoff, to: dstPgoff + pages)

@@ -40,15 +40,13 @@ public enum DaxMark {
 }
 
 /// The address_space of a DAX file, as the fault path sees it.
-public struct DaxMappingCore {
+package struct DaxMappingCore {
     public var kernel: KernelRef
     /// i_pages lock.
     public var lock: UInt32 = 0
-    /// i_mmap lock and the VMAs mapping the file.
-    public var immapLock: UInt32 = 0
-    public var nrVmas: Int = 0
-    public var vmas: UnsafeMutablePointer<VMARef?>
-    public var vmasCap: Int
+    /// The file record whose i_mmap lists the VMAs mapping the file (set
+    /// once the file exists).
+    public var file: FileRef? = nil
     /// Entry words, one per file page.
     public var slots: UnsafeMutablePointer<UInt64>
     public var marks: UnsafeMutablePointer<UInt8>
@@ -63,7 +61,7 @@ public struct DaxMappingCore {
     public var invalidateLock = dax_rwsem()
 }
 
-public typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>
+package typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>
 
 // MARK: entry locking (§8.2)
 
@@ -93,7 +91,7 @@ func smallEntriesInWindow(_ m: DaxMappingRef, _ index: UInt64) -> Bool {
     return false
 }
 
-public enum NextEntry {
+package enum NextEntry {
     case none
     case conflict
     case entry(UInt64, UnsafeMutablePointer<UInt64>)
@@ -188,8 +186,15 @@ func daxAssociateEntry(_ m: DaxMappingRef, _ e: UInt64, _ vma: VMARef, _ address
 @inline(__always)
 func isShared(_ folio: Folio) -> Bool { folio.mapping == 0 && folio.share > 0 }
 
-/// dax_folio_put: drop one association; at the last, split back to order-0
-/// pages (every page must be idle). Returns the remaining share count.
+/// dax_folio_put: drop one association; at the last, clear mapping and, for
+/// a compound folio, split it back to order-0 pages (each must be idle).
+/// Returns the remaining share count.
+///
+/// An order-0 folio only loses its mapping: no idle check (a GUP pin may
+/// still hold it, as when a CoW write replaces a pinned page's entry) and
+/// index is left as it was. index is also the share count's slot, so a later
+/// shared association of the page counts on from that value, as the
+/// kernel's does.
 @inline(__always)
 func daxFolioPut(_ k: KernelRef, _ folio: Folio) -> UInt64 {
     var ref: UInt64 = 0
@@ -200,10 +205,9 @@ func daxFolioPut(_ k: KernelRef, _ folio: Folio) -> UInt64 {
     if ref > 0 { return ref }
     folio.mapping = 0
     let order = folio.order
+    if order == 0 { return 0 }
     let pgmap = folio.raw.pointee.pgmap
-    if order > 0 {
-        resetCompound(folio)
-    }
+    resetCompound(folio)
     for i in 0..<(1 << order) {
         let p = Page(folio.raw + i)
         p.raw.pointee.pgmap = pgmap
@@ -234,26 +238,16 @@ public func daxBusyPage(_ k: KernelRef, _ e: UInt64) -> Page? {
     return folio.refCount - folio.mapcount != 0 ? folio.head : nil
 }
 
-/// unmap_mapping_pages: zap every user mapping of file pages
-/// [start, start+nr) in every VMA that maps the file.
-public func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64) {
-    dax_spin_lock(&m.pointee.immapLock)
-    defer { dax_spin_unlock(&m.pointee.immapLock) }
-    for i in 0..<m.pointee.nrVmas {
-        guard let vma = m.pointee.vmas[i] else { continue }
-        let vs = vma.pointee.vm_pgoff
-        let ve = vs + vmaPages(vma)
-        let lo = max(vs, start), hi = min(ve, start &+ nr)
-        guard lo < hi else { continue }
-        let a0 = vma.pointee.vm_start + (lo - vs) * UInt64(pageSize)
-        let a1 = vma.pointee.vm_start + (hi - vs) * UInt64(pageSize)
-        zapVMARange(vma.pointee.vm_mm, vma, a0, a1)
-    }
+/// unmap_mapping_pages on the file's address_space: zap every user mapping
+/// of file pages [start, start+nr) in every VMA of the file's i_mmap.
+@inline(__always)
+package func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64) {
+    MMCore.unmapMappingPages(m.pointee.file!, start, nr)
 }
 
 /// dax_layout_busy_page_range: unmap the range, then return the first busy
 /// page (head), waiting for locked entries. Does not wait for idleness.
-public func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) -> Page? {
+package func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) -> Page? {
     let k = m.pointee.kernel
     let end = min(endIdx, m.pointee.nslots &- 1)
     guard startIdx <= end else { return nil }
@@ -276,7 +270,7 @@ public func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ end
 // MARK: removal (§8.7)
 
 /// dax_delete_mapping_range: remove every entry in the range (no busy check).
-public func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) {
+package func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) {
     let k = m.pointee.kernel
     let end = min(endIdx, m.pointee.nslots &- 1)
     guard startIdx <= end else { return }
@@ -303,7 +297,7 @@ public func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endI
 /// __dax_invalidate_entry: 1 if removed. Without `trunc`, dirty or
 /// to-write entries are kept.
 @discardableResult
-public func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool) -> Int {
+package func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool) -> Int {
     let k = m.pointee.kernel
     dax_spin_lock(&m.pointee.lock)
     defer { dax_spin_unlock(&m.pointee.lock) }
@@ -322,6 +316,6 @@ public func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool)
 }
 
 /// dax_layout_busy_page: the whole file.
-public func daxLayoutBusyPage(_ m: DaxMappingRef) -> Page? {
+package func daxLayoutBusyPage(_ m: DaxMappingRef) -> Page? {
     daxLayoutBusyPageRange(m, 0, UInt64.max)
 }

@@ -24,7 +24,7 @@ public struct DaxIomap {
 }
 
 /// The filesystem side of a DAX file, for the fault path: C callbacks.
-public struct DaxInodeCore {
+package struct DaxInodeCore {
     public var mapping: DaxMappingRef
     /// i_size in pages.
     public var sizePages: UInt64
@@ -37,11 +37,18 @@ public struct DaxInodeCore {
     public var sync: @convention(c) (UnsafeMutableRawPointer?) -> Void
 }
 
-public typealias DaxInodeRef = UnsafeMutablePointer<DaxInodeCore>
+package typealias DaxInodeRef = UnsafeMutablePointer<DaxInodeCore>
 
+extension DaxInodeCore: DriverState {
+    /// The tag of fs-dax inode records ("fsdax").
+    @inline(__always) package static var driverTag: DriverTag { DriverTag(0x66_7364_6178) }
+}
+
+/// The inode record behind `vma`, nil unless the VMA maps an fs-dax file (a
+/// tag compare).
 @inline(__always)
-func daxInode(_ vma: VMARef) -> DaxInodeRef {
-    vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: DaxInodeCore.self)
+func daxInode(_ vma: VMARef) -> DaxInodeRef? {
+    DaxInodeCore.state(of: vma)
 }
 
 @inline(__always)
@@ -190,7 +197,7 @@ func daxFaultIter(_ inode: DaxInodeRef, _ vmf: VMFaultRef, _ iomap: DaxIomap, _ 
 @inline(__always)
 public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
     let vma = vmf.pointee.vma!
-    let inode = daxInode(vma)
+    guard let inode = daxInode(vma) else { return DAX_VM_FAULT_SIGBUS }
     let m = inode.pointee.mapping
     let index = vmf.pointee.pgoff
     if index >= inode.pointee.sizePages { return DAX_VM_FAULT_SIGBUS }
@@ -204,19 +211,28 @@ public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
     if let pmd = vmf.pointee.pmd, entryLeaf(dax_load_u64(pmd)) { return DAX_VM_FAULT_NOPAGE }
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
     var iomap = callIomapBegin(inode, index, 1, write)
-    if iomap.error != 0 { return DAX_VM_FAULT_SIGBUS }   // vmf_error(-ENOSPC)
-    if iomap.kind == .mapped && iomap.pages < 1 { return DAX_VM_FAULT_SIGBUS }
+    if iomap.error != 0 { return daxFaultReturn(iomap.error) }
+    if iomap.kind == .mapped && iomap.pages < 1 { return daxFaultReturn(-EIO) }   // the kernel WARNs: fs corruption
     iomap.pages = 1
     var ret = daxFaultIter(inode, vmf, iomap, slot, entry, pmd: false)
-    if iomap.new { ret |= DAX_VM_FAULT_MAJOR }
+    // A new block makes the fault major unless the result is a plain SIGBUS.
+    if ret != DAX_VM_FAULT_SIGBUS && iomap.new { ret |= DAX_VM_FAULT_MAJOR }
     return ret
+}
+
+/// dax_fault_return: 0 is NOPAGE, an error goes through vmf_error (-ENOMEM
+/// is VM_FAULT_OOM, anything else VM_FAULT_SIGBUS).
+@inline(__always)
+func daxFaultReturn(_ error: Int32) -> UInt32 {
+    if error == 0 { return DAX_VM_FAULT_NOPAGE }
+    return error == -ENOMEM ? DAX_VM_FAULT_OOM : DAX_VM_FAULT_SIGBUS
 }
 
 /// dax_iomap_pmd_fault
 @inline(__always)
 public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
     let vma = vmf.pointee.vma!
-    let inode = daxInode(vma)
+    guard let inode = daxInode(vma) else { return DAX_VM_FAULT_SIGBUS }
     let m = inode.pointee.mapping
     let pmdAddr = vmf.pointee.address & ~UInt64(pmdSize - 1)
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
@@ -235,6 +251,8 @@ public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
     // A PTE table is already there: retry at PTE level.
     if let pmd = vmf.pointee.pmd, entryPresent(dax_load_u64(pmd)), !entryLeaf(dax_load_u64(pmd)) { return 0 }
     let iomap = callIomapBegin(inode, pgoffOfAddr, UInt64(hpagePmdNr), write)
+    // The PMD path ignores iomap_iter's error (no vmf_error here): the fault
+    // falls back and the PTE fault maps the error.
     if iomap.error != 0 { return DAX_VM_FAULT_FALLBACK }
     if iomap.kind == .mapped && iomap.pages < UInt64(hpagePmdNr) { return DAX_VM_FAULT_FALLBACK }
     // The PMD path works on the PMD's first page offset; the fault walk may
@@ -248,7 +266,7 @@ public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
 /// dax_insert_pfn_mkwrite: after a MAP_SYNC fault's fsync, map the pfn
 /// writable under the entry lock, with the temporary-reference protocol.
 public func daxInsertPfnMkwrite(_ vmf: VMFaultRef, pfn: UInt64, order: Int) -> UInt32 {
-    let inode = daxInode(vmf.pointee.vma)
+    guard let inode = daxInode(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }
     let m = inode.pointee.mapping
     let k = m.pointee.kernel
     let index = order > 0 ? vmf.pointee.pgoff & ~UInt64(hpagePmdNr - 1) : vmf.pointee.pgoff
@@ -276,7 +294,8 @@ public func daxInsertPfnMkwrite(_ vmf: VMFaultRef, pfn: UInt64, order: Int) -> U
 /// dax_finish_sync_fault.
 @inline(__always)
 func fsDaxHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
-    let m = daxInode(vmf.pointee.vma).pointee.mapping
+    guard let inode = daxInode(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }
+    let m = inode.pointee.mapping
     dax_down_read(&m.pointee.invalidateLock)
     defer { dax_up_read(&m.pointee.invalidateLock) }
     var ret: UInt32
@@ -286,7 +305,6 @@ func fsDaxHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
     default: return DAX_VM_FAULT_FALLBACK   // no PUD faults for fs-dax
     }
     if ret & DAX_VM_FAULT_NEEDDSYNC != 0 {
-        let inode = daxInode(vmf.pointee.vma)
         inode.pointee.sync(inode.pointee.fsPrivate)
         ret = daxInsertPfnMkwrite(vmf, pfn: vmf.pointee.pfn, order: Int(order))
     }
@@ -300,27 +318,6 @@ let fsDaxMkwriteFn: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in
     vmf!.pointee.flags |= DAX_FAULT_FLAG_WRITE
     return fsDaxHugeFault(vmf!, 0)
 }
-/// The file's VMAs are tracked for unmap_mapping_pages (i_mmap).
-let fsDaxOpenFn: @convention(c) (VMARef?) -> Void = { vma in
-    let m = daxInode(vma!).pointee.mapping
-    dax_spin_lock(&m.pointee.immapLock)
-    if m.pointee.nrVmas < m.pointee.vmasCap {
-        m.pointee.vmas[m.pointee.nrVmas] = vma
-        m.pointee.nrVmas += 1
-    }
-    dax_spin_unlock(&m.pointee.immapLock)
-}
-let fsDaxCloseFn: @convention(c) (VMARef?) -> Void = { vma in
-    let m = daxInode(vma!).pointee.mapping
-    dax_spin_lock(&m.pointee.immapLock)
-    for i in 0..<m.pointee.nrVmas where m.pointee.vmas[i] == vma {
-        m.pointee.vmas[i] = m.pointee.vmas[m.pointee.nrVmas - 1]
-        m.pointee.nrVmas -= 1
-        break
-    }
-    dax_spin_unlock(&m.pointee.immapLock)
-}
-
 // MARK: breaking layouts (§8.6)
 
 /// dax_page_is_idle
@@ -340,7 +337,7 @@ public enum BreakLayoutResult: Equatable, Sendable {
 /// Takes the invalidate lock exclusive, dropping it while it sleeps (the
 /// kernel's wait callback does the same), so faults cannot remap the range
 /// between the last busy scan and the deletion.
-public func daxBreakLayout(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
+package func daxBreakLayout(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
                            timeoutNanos: Int64 = -1) -> BreakLayoutResult {
     dax_down_write(&m.pointee.invalidateLock)
     defer { dax_up_write(&m.pointee.invalidateLock) }
@@ -349,7 +346,7 @@ public func daxBreakLayout(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait:
 
 /// dax_break_layout with the invalidate lock held exclusive by the caller
 /// (held again on return, whatever the result).
-public func daxBreakLayoutLocked(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
+package func daxBreakLayoutLocked(_ m: DaxMappingRef, start: UInt64, end: UInt64, wait: Bool = true,
                                  timeoutNanos: Int64 = -1) -> BreakLayoutResult {
     let k = m.pointee.kernel
     while let page = daxLayoutBusyPageRange(m, start, end) {
@@ -369,6 +366,6 @@ public func daxBreakLayoutLocked(_ m: DaxMappingRef, start: UInt64, end: UInt64,
 }
 
 /// dax_break_layout_final: the whole file, uninterruptible, then delete.
-public func daxBreakLayoutFinal(_ m: DaxMappingRef, timeoutNanos: Int64 = -1) -> BreakLayoutResult {
+package func daxBreakLayoutFinal(_ m: DaxMappingRef, timeoutNanos: Int64 = -1) -> BreakLayoutResult {
     daxBreakLayout(m, start: 0, end: UInt64.max, wait: true, timeoutNanos: timeoutNanos)
 }

@@ -2,6 +2,7 @@
 
 import CDaxSys
 import DAXBase
+import DaxErrno
 import SystemPackage
 
 #if canImport(Glibc)

@@ -1,6 +1,7 @@
 // Typed errors for devices. Every description is one line that names the
 // device and the cause, suitable for `daxmm: <description>`.
 
+import DaxErrno
 import SystemPackage
 
 public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -67,15 +68,4 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
         case .discovery: return .noMemory
         }
     }
-}
-
-/// "EINVAL", "ENXIO", ... for the errnos a DAX tool meets; "errno N" otherwise.
-public func errnoName(_ code: Int32) -> String {
-    let names: [Int32: String] = [
-        1: "EPERM", 2: "ENOENT", 4: "EINTR", 5: "EIO", 6: "ENXIO", 9: "EBADF", 11: "EAGAIN",
-        12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 16: "EBUSY", 17: "EEXIST", 19: "ENODEV",
-        20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 24: "EMFILE", 27: "EFBIG", 28: "ENOSPC",
-        34: "ERANGE", 38: "ENOSYS", 75: "EOVERFLOW", 95: "EOPNOTSUPP", 110: "ETIMEDOUT",
-    ]
-    return names[code] ?? "errno \(code)"
 }

@@ -67,7 +67,8 @@ func handleMMFaultVmf(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
             dax_spin_lock(l)
             pude = dax_load_u64(pud)
             if entryLeaf(pude) {
-                dax_store_u64(pud, write ? entryMkdirty(entryMkyoung(pude)) : entryMkyoung(pude))
+                pudpSetAccessFlags(vma, roundDown(addr, UInt64(pudSize)), pud,
+                                   write ? entryMkdirty(entryMkyoung(pude)) : entryMkyoung(pude))
             }
             dax_spin_unlock(l)
             return 0
@@ -98,7 +99,8 @@ func handleMMFaultVmf(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
             dax_spin_lock(l)
             pmde = dax_load_u64(pmd)
             if entryLeaf(pmde) {
-                dax_store_u64(pmd, write ? entryMkdirty(entryMkyoung(pmde)) : entryMkyoung(pmde))
+                pmdpSetAccessFlags(vma, roundDown(addr, UInt64(pmdSize)), pmd,
+                                   write ? entryMkdirty(entryMkyoung(pmde)) : entryMkyoung(pmde))
             }
             dax_spin_unlock(l)
             return 0
@@ -133,7 +135,7 @@ func handlePteFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     if write && !entryWrite(cur) {
         return doWpPage(mm, vmf, ptl)   // drops ptl
     }
-    dax_store_u64(pte, write ? entryMkdirty(entryMkyoung(cur)) : entryMkyoung(cur))
+    ptepSetAccessFlags(vmf.pointee.vma, addr, pte, write ? entryMkdirty(entryMkyoung(cur)) : entryMkyoung(cur))
     dax_spin_unlock(ptl)
     return 0
 }
@@ -179,12 +181,11 @@ func finishFault(_ mm: MMRef, _ vmf: VMFaultRef, _ page: Page) -> UInt32 {
     }
     var e = pfnEntry(pageToPfn(k, page), vma.pointee.vm_page_prot) | PT.accessed
     if vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0 {
-        e = entryMkdirty(e)
-        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
+        e = maybeMkwrite(entryMkdirty(e), vma)
     }
     folioAddFileRmapPte(k, page.folio, page)
     addMMCounter(mm, DAX_MM_FILEPAGES, 1)
-    dax_store_u64(pte, e)   // the handler's reference now belongs to the PTE
+    setPteAt(mm, vmf.pointee.address, pte, e)   // the handler's reference now belongs to the PTE
     dax_spin_unlock(ptl)
     return 0
 }
@@ -233,9 +234,8 @@ func doWpPage(_ mm: MMRef, _ vmf: VMFaultRef, _ ptl: UnsafeMutablePointer<UInt32
 @inline(__always)
 func wpPageReuse(_ vmf: VMFaultRef) {
     let pte = vmf.pointee.pte!
-    var e = entryMkdirty(entryMkyoung(dax_load_u64(pte)))
-    if vmf.pointee.vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-    dax_store_u64(pte, e)
+    let vma = vmf.pointee.vma!
+    ptepSetAccessFlags(vma, vmf.pointee.address, pte, maybeMkwrite(entryMkdirty(entryMkyoung(dax_load_u64(pte))), vma))
 }
 
 /// finish_mkwrite_fault: relock; reuse if the PTE is unchanged.

@@ -2,6 +2,9 @@
 // variants, try_grab_folio(_fast), the FOLL_LONGTERM checks and unpin.
 //
 // The page arrays are C-style (struct page **): no allocation on these paths.
+//
+// Public functions here take raw records (KernelRef, MMRef, VMARef, Page,
+// PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
 import DAXBase
@@ -239,7 +242,9 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
     } else if isZeroPfn(entryPfn(e)) {
         page = pfnToPage(k, 0)
     } else {
-        err = -EFAULT   // special entry with no struct page
+        // follow_pfn_pte: a proper entry with no page to hand out (special,
+        // or no struct page).
+        err = -EEXIST
         return nil
     }
     let rc = tryGrabFolio(k, page.folio, 1, flags)
@@ -247,6 +252,14 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
     return page
 }
 
+/// follow_huge_pmd / follow_huge_pud: the page of a huge leaf, taken with
+/// pmd_page/pfn_to_page whatever the entry's special bit. So in 6.15 as
+/// merged (DAX_MODE_SPECIAL_HUGE_ENTRIES), where DAX folios were mapped by
+/// special PMDs/PUDs, the slow path still grabs them; only GUP-fast
+/// (gup_fast_pmd_leaf/gup_fast_pud_leaf) refuses pmd_special/pud_special and
+/// falls back here. A pfn without a struct page is refused with -EFAULT
+/// instead of reading a record that does not exist (VM_PFNMAP mappings,
+/// where such pfns live, never get here: check_vma_flags turns them away).
 @inline(__always)
 func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: UnsafeMutablePointer<UInt32>,
                 _ addr: UInt64, _ size: UInt64, _ write: Bool, _ flags: GupFlags, _ err: inout Int32) -> Page? {
@@ -255,12 +268,6 @@ func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: Unsafe
     let e = dax_load_u64(entry)
     guard entryLeaf(e) else { return nil }
     if write && !entryWrite(e) { return nil }
-    if entrySpecial(e) {
-        // vm_normal_page_pmd/pud returns NULL for special entries (6.15 as
-        // merged mapped DAX folios this way): GUP cannot take a reference.
-        err = -EFAULT
-        return nil
-    }
     let pfn = entryPfn(e) + ((addr & (size - 1)) >> UInt64(pageShift))
     guard pfnValid(k, pfn) else { err = -EFAULT; return nil }
     let page = pfnToPage(k, pfn)
@@ -297,7 +304,12 @@ func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: G
                 pages?[i] = page.raw
                 break
             }
-            if err != 0 { return i > 0 ? i : Int(err) }
+            if err != 0 {
+                // -EEXIST (follow_pfn_pte) fails the call only when pages
+                // were asked for; a populate-style walk moves on.
+                if err == -EEXIST && pages == nil { break }
+                return i > 0 ? i : Int(err)
+            }
             if flags.contains(.nofault) || tries >= 3 { return i > 0 ? i : Int(-EFAULT) }
             // faultin_page
             var ff: UInt32 = DAX_FAULT_FLAG_REMOTE

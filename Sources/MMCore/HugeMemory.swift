@@ -6,6 +6,9 @@
 // with a normal huge entry. DAX_MODE_SPECIAL_HUGE_ENTRIES reproduces 6.15 as
 // merged, where the same references were taken but the entry was special.
 // x86-64 needs no deposited page table for PMD mappings, so none is kept.
+//
+// Public functions here take raw records (KernelRef, MMRef, VMARef, Page,
+// PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
 
@@ -32,10 +35,11 @@ func vmfPud(_ vmf: VMFaultRef) -> EntryPtr? {
     return pud
 }
 
-/// insert_pmd / insert_pud for a folio, with the entry lock held. Returns 0
-/// (inserted) or -EEXIST (an entry was there: at most upgraded in place).
+/// insert_pmd / insert_pud for a folio at `addr` (aligned to the level),
+/// with the entry lock held. Returns 0 (inserted) or -EEXIST (an entry was
+/// there: at most upgraded in place).
 @inline(__always)
-func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ folio: Folio,
+func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ addr: UInt64, _ folio: Folio,
                            write: Bool, level: RmapLevel) -> Int32 {
     let old = dax_load_u64(entry)
     let pfn = pageToPfn(k, folio.head)
@@ -46,9 +50,12 @@ func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ f
                          function: level == .pmd ? "insert_pmd" : "insert_pud")
                 return -EEXIST
             }
-            var e = entryMkdirty(entryMkyoung(old))
-            if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-            dax_store_u64(entry, e)
+            let e = entryMkdirty(entryMkyoung(old))
+            if level == .pmd {
+                pmdpSetAccessFlags(vma, addr, entry, maybePmdMkwrite(e, vma))
+            } else {
+                pudpSetAccessFlags(vma, addr, entry, maybePudMkwrite(e, vma))
+            }
         }
         return -EEXIST
     }
@@ -59,54 +66,56 @@ func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ f
     if level == .pmd {
         folioAddFileRmapPmd(k, folio, folio.head)
         addMMCounter(mm, DAX_MM_FILEPAGES, Int64(hpagePmdNr))
+        if write { e = maybePmdMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
+        setPmdAt(mm, addr, entry, e)
     } else {
         folioAddFileRmapPud(k, folio, folio.head)
         addMMCounter(mm, DAX_MM_FILEPAGES, Int64(hpagePudNr))
+        if write { e = maybePudMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
+        setPudAt(mm, addr, entry, e)
     }
-    if write {
-        e = entryMkdirty(entryMkyoung(e))
-        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-    }
-    dax_store_u64(entry, e)
     return 0
 }
 
-/// vmf_insert_folio_pmd
+/// vmf_insert_folio_pmd. The order is checked first (WARN, SIGBUS), then
+/// insert_pmd checks the address (SIGBUS) and allocates (OOM), the order of
+/// "mm/huge_memory: move more common code into insert_pmd()".
 @inline(__always)
 public func vmfInsertFolioPmd(_ vmf: VMFaultRef, _ folio: Folio, write: Bool) -> UInt32 {
     let vma = vmf.pointee.vma!
     let k = vma.pointee.vm_mm.pointee.kernel!
     let addr = roundDown(vmf.pointee.address, UInt64(pmdSize))
-    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard folio.order == pmdOrder else {
         vmReport(k, folio.head, rule: "WARN_ON_ONCE(folio_order(folio) != PMD_ORDER)", function: "vmf_insert_folio_pmd")
         return DAX_VM_FAULT_SIGBUS
     }
+    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard let pmd = vmfPmd(vmf) else { return DAX_VM_FAULT_OOM }
     let ptl = pmdLockptr(k, pmd)
     dax_spin_lock(ptl)
-    let rc = insertHugeFolioLocked(k, vma, pmd, folio, write: write, level: .pmd)
+    let rc = insertHugeFolioLocked(k, vma, pmd, addr, folio, write: write, level: .pmd)
     dax_spin_unlock(ptl)
     // -EEXIST is swallowed; a refused folio_get (the seed's BUG) is SIGBUS.
     return rc == -EINVAL ? DAX_VM_FAULT_SIGBUS : DAX_VM_FAULT_NOPAGE
 }
 
-/// vmf_insert_folio_pud
+/// vmf_insert_folio_pud. The order is checked first (WARN, SIGBUS), then
+/// insert_pud checks the address (SIGBUS), as for the PMD.
 @inline(__always)
 public func vmfInsertFolioPud(_ vmf: VMFaultRef, _ folio: Folio, write: Bool) -> UInt32 {
     let vma = vmf.pointee.vma!
     let mm = vma.pointee.vm_mm!
     let k = mm.pointee.kernel!
     let addr = roundDown(vmf.pointee.address, UInt64(pudSize))
-    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard folio.order == pudOrder else {
         vmReport(k, folio.head, rule: "WARN_ON_ONCE(folio_order(folio) != PUD_ORDER)", function: "vmf_insert_folio_pud")
         return DAX_VM_FAULT_SIGBUS
     }
+    guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
     guard let pud = vmfPud(vmf) else { return DAX_VM_FAULT_OOM }
     let ptl = pudLockptr(mm)
     dax_spin_lock(ptl)
-    let rc = insertHugeFolioLocked(k, vma, pud, folio, write: write, level: .pud)
+    let rc = insertHugeFolioLocked(k, vma, pud, addr, folio, write: write, level: .pud)
     dax_spin_unlock(ptl)
     return rc == -EINVAL ? DAX_VM_FAULT_SIGBUS : DAX_VM_FAULT_NOPAGE
 }
@@ -133,18 +142,23 @@ public func vmfInsertPfnHuge(_ vmf: VMFaultRef, pfn: UInt64, write: Bool, pud: B
     let old = dax_load_u64(entry)
     if !entryNone(old) {
         if write && entryPfn(old) == pfn {
-            var e = entryMkdirty(entryMkyoung(old))
-            if f & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-            dax_store_u64(entry, e)
+            let e = entryMkdirty(entryMkyoung(old))
+            if pud {
+                pudpSetAccessFlags(vma, addr, entry, maybePudMkwrite(e, vma))
+            } else {
+                pmdpSetAccessFlags(vma, addr, entry, maybePmdMkwrite(e, vma))
+            }
         }
         return DAX_VM_FAULT_NOPAGE
     }
     var e = entryMkspecial(entryMkhuge(pfnEntry(pfn, vma.pointee.vm_page_prot)))
-    if write {
-        e = entryMkdirty(entryMkyoung(e))
-        if f & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
+    if pud {
+        if write { e = maybePudMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
+        setPudAt(mm, addr, entry, e)
+    } else {
+        if write { e = maybePmdMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
+        setPmdAt(mm, addr, entry, e)
     }
-    dax_store_u64(entry, e)
     return DAX_VM_FAULT_NOPAGE
 }
 
@@ -160,17 +174,34 @@ func hugeEntryFolio(_ k: KernelRef, _ vma: VMARef, _ e: PTEntry) -> Folio? {
     return pfnToPage(k, pfn).folio
 }
 
-/// Clears a huge entry under its lock and undoes its accounting: rmap, rss,
-/// dirty/young into the folio; the reference is dropped after the unlock.
+/// Clears the huge entry covering `addr` under its lock and undoes its
+/// accounting: rmap, rss, dirty/young into the folio; the reference is
+/// dropped after the unlock and the TLB flush. A split flushes under the
+/// lock (pmdp_huge_clear_flush), a zap after it (the mmu_gather flush before
+/// tlb_remove_page_size frees). Nothing happens when the entry is no longer
+/// a huge leaf by the time the lock is held (__pmd_trans_huge_lock).
 @inline(__always)
-func removeHugeEntry(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: UnsafeMutablePointer<UInt32>, level: RmapLevel) {
+func removeHugeEntry(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ addr: UInt64,
+                     _ lock: UnsafeMutablePointer<UInt32>, level: RmapLevel, split: Bool) {
+    let mm = vma.pointee.vm_mm!
+    let size = UInt64(level == .pmd ? pmdSize : pudSize)
+    let haddr = roundDown(addr, size)
     dax_spin_lock(lock)
-    let e = dax_xchg_u64(entry, 0)
+    guard entryLeaf(dax_load_u64(entry)) else {
+        dax_spin_unlock(lock)
+        return
+    }
+    let e: PTEntry
+    switch (level, split) {
+    case (.pmd, true): e = pmdpHugeClearFlush(vma, haddr, entry)
+    case (.pmd, false): e = pmdpHugeGetAndClear(mm, haddr, entry)
+    case (_, true): e = pudpHugeClearFlush(vma, haddr, entry)
+    case (_, false): e = pudpHugeGetAndClear(mm, haddr, entry)
+    }
     var put: Folio? = nil
     if entryPresent(e), let folio = hugeEntryFolio(k, vma, e) {
         if entryDirty(e) { folio.markDirty() }
         if entryYoung(e) { folio.markAccessed() }
-        let mm = vma.pointee.vm_mm!
         if level == .pmd {
             folioRemoveRmapPmd(k, folio, folio.head)
             addMMCounter(mm, DAX_MM_FILEPAGES, -Int64(hpagePmdNr))
@@ -181,28 +212,32 @@ func removeHugeEntry(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: U
         put = folio
     }
     dax_spin_unlock(lock)
+    if !split {
+        // tlb_remove_pmd_tlb_entry / tlb_remove_pud_tlb_entry, flushed here.
+        if level == .pmd { flushPmdTlbRange(vma, haddr, haddr + size) } else { flushPudTlbRange(vma, haddr, haddr + size) }
+    }
     if let put { folioPut(k, put) }   // tlb_remove_page_size: after the flush
 }
 
 /// zap_huge_pmd
 @inline(__always)
 public func zapHugePmd(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64) {
-    removeHugeEntry(k, vma, pmd, pmdLockptr(k, pmd), level: .pmd)
+    removeHugeEntry(k, vma, pmd, addr, pmdLockptr(k, pmd), level: .pmd, split: false)
 }
 
 /// zap_huge_pud
 @inline(__always)
 public func zapHugePud(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64) {
-    removeHugeEntry(k, vma, pud, pudLockptr(vma.pointee.vm_mm), level: .pud)
+    removeHugeEntry(k, vma, pud, addr, pudLockptr(vma.pointee.vm_mm), level: .pud, split: false)
 }
 
 /// __split_huge_pmd_locked for a file VMA: the mapping is dropped, not
 /// converted to PTEs; later faults refault at a smaller size.
 public func splitHugePmd(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64) {
-    removeHugeEntry(k, vma, pmd, pmdLockptr(k, pmd), level: .pmd)
+    removeHugeEntry(k, vma, pmd, addr, pmdLockptr(k, pmd), level: .pmd, split: true)
 }
 
 /// __split_huge_pud_locked: likewise unmaps.
 public func splitHugePud(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64) {
-    removeHugeEntry(k, vma, pud, pudLockptr(vma.pointee.vm_mm), level: .pud)
+    removeHugeEntry(k, vma, pud, addr, pudLockptr(vma.pointee.vm_mm), level: .pud, split: true)
 }

@@ -5,6 +5,26 @@
 // by side), so every hot-path function reaches them through a `KernelRef`, a
 // pointer to the C record `struct dax_kernel`. The `Kernel` class owns that
 // record and the memory behind it.
+//
+// The raw-record API. The owning classes keep their record pointers
+// (`Kernel.ref`, `MM.ref`, `DevPagemap.ref`, `MappedFile.ref`,
+// `VMOperations.ref`, `Page.raw`) inside the package; outside it a record is
+// lent only for the length of a closure (`withUnsafeRecord`). The hot-path
+// free functions that take records (`KernelRef`, `MMRef`, `VMARef`,
+// `VMFaultRef`, `EntryPtr`, `PageArray`) stay public so a fault or pin can
+// run with no Swift object on the path; their common preconditions:
+//   - a `KernelRef`/`MMRef` comes from `withUnsafeRecord` and is used only
+//     inside that closure (the owning object is kept alive for it);
+//   - a `VMARef` is valid while its MM's mmap_lock is held (`lockRead`) and
+//     the VMA is not unmapped; `EntryPtr`s from `walk` likewise, and only
+//     under the page-table lock the function documents;
+//   - a `PageArray` holds `nrPages` slots the caller allocated; the pages in
+//     it stay valid while the caller holds the references GUP took;
+//   - mm's locking rules apply as in the kernel (mmap_lock for read around
+//     faults and GUP, for write around VMA changes).
+// None of them allocates, and none builds a String: an error is a negative
+// errno or VM_FAULT_* bits, and a failed debug check is a record in the
+// report ring (Debug.swift), turned into text only by the safe API.
 
 import CDaxMM
 import DAXBase
@@ -35,7 +55,13 @@ public let pagesPerSection = 1 << (sectionShift - pageShift)
 public final class Kernel: @unchecked Sendable {
     // @unchecked: the record is shared with the C-style hot paths by design;
     // every mutable field in it is accessed atomically or under its own lock.
-    public let ref: KernelRef
+
+    /// The record. Allocated and initialised in init, freed in deinit, never
+    /// reassigned: every pgmap, MM and page-table page of this kernel points
+    /// at it, so it must outlive them (they retain this object). Read-only
+    /// after init except `mode`, the atomic counters, the locks and the
+    /// report ring.
+    @usableFromInline package let ref: KernelRef
     /// Physical address bits the vmemmap covers.
     public let physBits: Int
     private let vmemmapBytes: Int
@@ -63,13 +89,13 @@ public final class Kernel: @unchecked Sendable {
         guard let vm = mmap(nil, vmemmapBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               vm != MAP_FAILED else {
             k.deallocate()
-            throw .noMemory("cannot reserve \(vmemmapBytes >> 20) MiB of address space for the vmemmap")
+            throw .errno(ENOMEM, "cannot reserve \(vmemmapBytes >> 20) MiB of address space for the vmemmap")
         }
         guard let pool = mmap(nil, ptPoolBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               pool != MAP_FAILED else {
             munmap(vm, vmemmapBytes)
             k.deallocate()
-            throw .noMemory("cannot reserve the page-table pool")
+            throw .errno(ENOMEM, "cannot reserve the page-table pool")
         }
         let nrSections = Int(maxPfn) / pagesPerSection
         k.pointee.vmemmap = vm.assumingMemoryBound(to: dax_page.self)
@@ -125,7 +151,7 @@ public final class Kernel: @unchecked Sendable {
     /// the caller (memremap_pages refuses overlapping pgmaps).
     func populateSections(startPfn: UInt64, endPfn: UInt64) throws(MMError) {
         guard endPfn <= maxPfn, startPfn < endPfn else {
-            throw .invalid("pfn range [\(hex(startPfn)), \(hex(endPfn))) outside the vmemmap (max pfn \(hex(maxPfn)))")
+            throw .errno(EINVAL, "pfn range [\(hex(startPfn)), \(hex(endPfn))) outside the vmemmap (max pfn \(hex(maxPfn)))")
         }
         dax_spin_lock(dax_kernel_section_lock(ref))
         defer { dax_spin_unlock(dax_kernel_section_lock(ref)) }
@@ -135,7 +161,7 @@ public final class Kernel: @unchecked Sendable {
             let addr = UnsafeMutableRawPointer(ref.pointee.vmemmap + s * pagesPerSection)
             let len = pagesPerSection * MemoryLayout<dax_page>.stride
             if mprotect(addr, len, PROT_READ | PROT_WRITE) != 0 {
-                throw .noMemory("cannot populate vmemmap section \(s)")
+                throw .errno(ENOMEM, "cannot populate vmemmap section \(s)")
             }
             ref.pointee.section_present[s] = 1
         }
@@ -163,6 +189,16 @@ public final class Kernel: @unchecked Sendable {
 
     /// Debug reports recorded since the last call, oldest first.
     public func drainReports() -> [PageDump] { MMCore.drainReports(ref) }
+
+    // MARK: the record
+
+    /// Lends the `struct dax_kernel` record to `body`, for the hot-path
+    /// functions that take a `KernelRef`. The pointer must not escape `body`;
+    /// this kernel is kept alive until `body` returns.
+    @inlinable
+    public func withUnsafeRecord<R>(_ body: (KernelRef) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(ref) }
+    }
 }
 
 /// pfn_valid on a raw kernel reference (safe to call from the hot path).

@@ -1,6 +1,6 @@
-// struct mm_struct and the VMA-level parts of mm/mmap.c, mm/vma.c,
-// mm/mprotect.c and mm/mremap.c: mmap, munmap, mprotect, mremap with the
-// kernel's split rules.
+// struct mm_struct and the VMA-level parts of mm/mmap.c and mm/vma.c: mmap
+// and munmap with the kernel's split rules (mprotect is in Mprotect.swift,
+// mremap in Mremap.swift).
 //
 // The MM object owns a C record (`ref`) that the hot paths use: page tables,
 // the sorted VMA array, rss counters and mmap_lock. VMA-changing calls take
@@ -39,7 +39,8 @@ public struct MMapRequest: @unchecked Sendable {
     public var ops: VMOperations? = nil
     /// Extra VM_* flags to set (VM_HUGEPAGE, VM_MIXEDMAP, VM_PFNMAP, VM_IO, VM_LOCKED, VM_SYNC...).
     public var extraFlags: UInt64 = 0
-    public var privateData: UnsafeMutableRawPointer? = nil
+    /// vma->vm_private_data (unretained; the driver's).
+    package var privateData: UnsafeMutableRawPointer? = nil
     /// f_op->mmap: runs on the new VMA before it is inserted; a negative
     /// errno refuses the mapping (nothing is left mapped).
     public var mmapHook: (@Sendable (VMARef) -> Int32)? = nil
@@ -52,9 +53,12 @@ public final class MM: @unchecked Sendable {
     // rules (mmap_lock, ptlocks, atomics); `retained` is only touched with
     // mmap_lock held for write.
     public let kernel: Kernel
-    public let ref: MMRef
+    /// The record: allocated in init, freed in deinit after exit_mmap, never
+    /// reassigned. Its VMA array and page tables change only under its
+    /// mmap_lock (write), its counters atomically.
+    @usableFromInline package let ref: MMRef
     /// Swift objects the VMAs point into (files, ops), per VMA record.
-    private var retained: [VMARef: [AnyObject]] = [:]
+    private(set) var retained: [VMARef: [AnyObject]] = [:]
     private static let ids = Atomic<UInt64>(1)
 
     /// The user address range get_unmapped_area searches (top down).
@@ -68,7 +72,7 @@ public final class MM: @unchecked Sendable {
         ref.pointee.kernel = kernel.ref
         guard let pgd = ptAllocTable(kernel.ref) else {
             ref.deallocate()
-            throw .noMemory("page-table pool exhausted")
+            throw .errno(ENOMEM, "page-table pool exhausted")
         }
         ref.pointee.pgd = pgd
         ref.pointee.vmas_cap = 16
@@ -91,6 +95,15 @@ public final class MM: @unchecked Sendable {
         ref.deallocate()
     }
 
+    /// Lends the `struct dax_mm` record to `body`, for the hot-path functions
+    /// that take an `MMRef` (faults, GUP, zap, walk). The pointer must not
+    /// escape `body`; this MM is kept alive until `body` returns. The mm's
+    /// locking rules still apply inside `body`.
+    @inlinable
+    public func withUnsafeRecord<R>(_ body: (MMRef) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(ref) }
+    }
+
     // MARK: locking (mmap_read_lock, mmap_write_lock)
 
     public func lockRead() { dax_down_read(dax_mm_mmap_lock(ref)) }
@@ -106,12 +119,13 @@ public final class MM: @unchecked Sendable {
 
     // MARK: VMA queries
 
-    /// All VMAs in address order (snapshot; take mmap_lock to keep it valid).
+    /// All VMAs in address order (snapshot; take mmap_lock to keep it valid:
+    /// a VMA pointer dies with the munmap/mremap/mprotect that removes it).
     public func vmaList() -> [VMARef] {
         (0..<Int(ref.pointee.nr_vmas)).map { ref.pointee.vmas[$0]! }
     }
 
-    /// find_vma: the first VMA ending above addr.
+    /// find_vma: the first VMA ending above addr (valid as `vmaList`'s).
     public func findVMA(_ addr: UInt64) -> VMARef? { MMCore.findVMA(ref, addr) }
 
     // MARK: mmap
@@ -247,102 +261,23 @@ public final class MM: @unchecked Sendable {
         new.initialize(to: vma.pointee)
         new.pointee.vm_start = at
         new.pointee.vm_pgoff = vma.pointee.vm_pgoff + ((at - vma.pointee.vm_start) >> UInt64(pageShift))
+        // vma_prepare/vma_complete: the file's i_mmap lock covers the new
+        // boundary and the new VMA's link, so an unmap_mapping_pages walk sees
+        // either the whole VMA or both halves.
+        if let file = vma.pointee.vm_file { iMmapLockWrite(file) }
         vma.pointee.vm_end = at
-        insertVMA(new, retain: retained[vma] ?? [])
-    }
-
-    // MARK: mprotect
-
-    /// mprotect: splits at the edges (may_split), updates flags and page
-    /// protections; removing write access write-protects present entries.
-    public func mprotect(_ start: UInt64, _ length: UInt64, _ prot: Prot) throws(MMError) {
-        lockWrite()
-        defer { unlockWrite() }
-        guard start % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mprotect: \(hex(start)) not page aligned") }
-        let end = start + roundUp(length, UInt64(pageSize))
-        guard end > start else { return }
-        // Every page of the range must be mapped (-ENOMEM otherwise).
-        var cursor = start
-        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
-            if v.pointee.vm_start > cursor { break }
-            cursor = v.pointee.vm_end
+        if let file = vma.pointee.vm_file {
+            vmaLinkFileLocked(file, new)
+            iMmapUnlockWrite(file)
         }
-        guard cursor >= end else { throw .errno(ENOMEM, "mprotect: [\(hex(start)), \(hex(end))) is not fully mapped") }
-        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
-            if prot.contains(.write) && v.pointee.vm_flags & DAX_VM_MAYWRITE == 0 {
-                throw .errno(13, "mprotect: PROT_WRITE on a VMA without VM_MAYWRITE")  // EACCES
-            }
-        }
-        try splitEdges(start, end)
-        for v in vmaList() where v.pointee.vm_start >= start && v.pointee.vm_end <= end {
-            var f = v.pointee.vm_flags & ~(DAX_VM_READ | DAX_VM_WRITE | DAX_VM_EXEC)
-            if prot.contains(.read) { f |= DAX_VM_READ }
-            if prot.contains(.write) { f |= DAX_VM_WRITE }
-            if prot.contains(.exec) { f |= DAX_VM_EXEC }
-            let losingWrite = v.pointee.vm_flags & DAX_VM_WRITE != 0 && f & DAX_VM_WRITE == 0
-            v.pointee.vm_flags = f
-            vmaSetPageProt(v)
-            if losingWrite || !prot.contains(.read) {
-                changeProtection(ref, v, v.pointee.vm_start, v.pointee.vm_end, removeAccess: !prot.contains(.read))
-            }
-        }
-    }
-
-    // MARK: mremap
-
-    /// mremap: shrink in place, grow in place when the space above is free,
-    /// or (mayMove) move the VMA, carrying page-table entries with it. Moved
-    /// entries keep their references and rmap; a huge entry whose old and new
-    /// addresses are not equally aligned is split (unmapped) and refaults.
-    @discardableResult
-    public func mremap(_ old: UInt64, oldLength: UInt64, newLength: UInt64, mayMove: Bool) throws(MMError) -> UInt64 {
-        lockWrite()
-        defer { unlockWrite() }
-        guard old % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mremap: \(hex(old)) not page aligned") }
-        let oldLen = roundUp(oldLength, UInt64(pageSize)), newLen = roundUp(newLength, UInt64(pageSize))
-        guard newLen > 0, oldLen > 0 else { throw .errno(EINVAL, "mremap: zero length") }
-        guard let vma = findVMA(old), vma.pointee.vm_start <= old, old + oldLen <= vma.pointee.vm_end else {
-            throw .errno(EFAULT, "mremap: [\(hex(old)), +\(hex(oldLen))) is not inside one VMA")
-        }
-        if newLen <= oldLen {
-            if newLen < oldLen { try munmapLocked(old + newLen, oldLen - newLen) }
-            return old
-        }
-        if vma.pointee.vm_flags & (DAX_VM_DONTEXPAND | DAX_VM_PFNMAP) != 0 {
-            throw .errno(EFAULT, "mremap: VMA cannot be expanded (VM_DONTEXPAND/VM_PFNMAP)")
-        }
-        // Grow in place when old+oldLen is the VMA's end and the space is free.
-        if old + oldLen == vma.pointee.vm_end {
-            let next = vmaList().first { $0.pointee.vm_start >= vma.pointee.vm_end }
-            if (next.map { $0.pointee.vm_start >= old + newLen } ?? true) && old + newLen <= MM.mmapBase {
-                vma.pointee.vm_end = old + newLen
-                return old
-            }
-        }
-        guard mayMove else { throw .errno(ENOMEM, "mremap: cannot grow in place and MREMAP_MAYMOVE not given") }
-        // Move: isolate the old range as one VMA, map a new one, move entries.
-        try splitEdges(old, old + oldLen)
-        guard let src = findVMA(old), src.pointee.vm_start == old else {
-            throw .errno(EFAULT, "mremap: source VMA vanished")
-        }
-        let align = src.pointee.vm_ops?.pointee.pagesize.map { UInt64($0(src)) } ?? UInt64(pageSize)
-        guard let dst = getUnmappedArea(newLen, alignment: max(align, UInt64(pageSize))) else {
-            throw .errno(ENOMEM, "mremap: no room for \(hex(newLen))")
-        }
-        let new = VMARef.allocate(capacity: 1)
-        new.initialize(to: src.pointee)
-        new.pointee.vm_start = dst
-        new.pointee.vm_end = dst + newLen
-        insertVMA(new, retain: retained[src] ?? [])
-        movePageTables(ref, src, old, new, dst, oldLen)
-        removeVMAs([src])
-        freePgtables(ref, old, old + oldLen)
-        return dst
+        insertVMA(new, retain: retained[vma] ?? [], linkFile: false)
     }
 
     // MARK: VMA array maintenance (under mmap_lock for write)
 
-    func insertVMA(_ vma: VMARef, retain: [AnyObject]) {
+    /// Adds a VMA to the mm and (vma_link_file) to its file's i_mmap, then
+    /// calls vm_ops->open.
+    func insertVMA(_ vma: VMARef, retain: [AnyObject], linkFile: Bool = true) {
         let m = ref
         if m.pointee.nr_vmas == m.pointee.vmas_cap {
             let cap = Int(m.pointee.vmas_cap) * 2
@@ -360,6 +295,7 @@ public final class MM: @unchecked Sendable {
         m.pointee.vmas[i] = vma
         m.pointee.nr_vmas += 1
         if !retain.isEmpty { retained[vma] = retain }
+        if linkFile { vmaLinkFile(vma) }
         vma.pointee.vm_ops?.pointee.open?(vma)
     }
 
@@ -376,6 +312,7 @@ public final class MM: @unchecked Sendable {
         }
         m.pointee.nr_vmas = Int64(j)
         for v in victims {
+            unlinkFileVMA(v)
             v.pointee.vm_ops?.pointee.close?(v)
             retained[v] = nil
             v.deallocate()

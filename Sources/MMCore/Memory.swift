@@ -1,7 +1,10 @@
-// mm/memory.c: vm_normal_page, page inserts (validate_page_before_insert,
-// insert_page, vm_insert_page, vmf_insert_page_mkwrite, the pfn-only
-// contrast), zap of PTE ranges, page-table freeing and moving, and the fault
-// entry points (handle_mm_fault and the PUD -> PMD -> PTE fallback walk).
+// mm/memory.c: the zero page and vm_normal_page; page and pfn inserts
+// (validate_page_before_insert, insert_page_into_pte_locked, get_locked_pte,
+// insert_page, vm_insert_page, vmf_insert_page_mkwrite, insert_pfn,
+// vmf_insert_pfn); zap (zap_pte_range, zap_pmd_range, unmap_page_range,
+// zap_page_range_single) with the split of a huge entry straddling an address
+// (split_huge_pmd_address); free_pgtables. handle_mm_fault is in Fault.swift,
+// change_protection in Mprotect.swift, move_page_tables in Mremap.swift.
 //
 // Hot-path rules: pointers only, no allocation, no Swift object; locks are
 // the split ptlocks (spinlocks) and mmap_lock (held by the caller).
@@ -66,9 +69,7 @@ public func insertPageIntoPteLocked(_ k: KernelRef, _ vma: VMARef, _ pte: EntryP
             return -EFAULT
         }
         // Upgrade in place: young, writable if VM_WRITE; no new reference.
-        var e = entryMkyoung(old)
-        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-        dax_store_u64(pte, e)
+        ptepSetAccessFlags(vma, addr, pte, entryMkyoung(maybeMkwrite(old, vma)))
         return 0
     }
     var e = pfnEntry(pfn, prot)
@@ -81,12 +82,9 @@ public func insertPageIntoPteLocked(_ k: KernelRef, _ vma: VMARef, _ pte: EntryP
         folioAddFileRmapPte(k, folio, page)
         // Only a refcounted page becomes young/dirty/writable: the shared zero
         // page stays a read-only special entry.
-        if mkwrite {
-            e = entryMkdirty(entryMkyoung(e))
-            if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-        }
+        if mkwrite { e = maybeMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
     }
-    dax_store_u64(pte, e)
+    setPteAt(vma.pointee.vm_mm, addr, pte, e)
     return 0
 }
 
@@ -165,17 +163,12 @@ public func insertPfn(_ vma: VMARef, _ addr: UInt64, _ pfn: UInt64, _ prot: UInt
             }
             return DAX_VM_FAULT_NOPAGE
         }
-        var e = entryMkdirty(entryMkyoung(old))
-        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-        dax_store_u64(pte, e)
+        ptepSetAccessFlags(vma, addr, pte, maybeMkwrite(entryMkdirty(entryMkyoung(old)), vma))
         return DAX_VM_FAULT_NOPAGE
     }
     var e = entryMkspecial(pfnEntry(pfn, prot))
-    if mkwrite {
-        e = entryMkdirty(entryMkyoung(e))
-        if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(e) }
-    }
-    dax_store_u64(pte, e)
+    if mkwrite { e = maybeMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
+    setPteAt(mm, addr, pte, e)
     return DAX_VM_FAULT_NOPAGE
 }
 
@@ -189,11 +182,12 @@ public func vmfInsertPfn(_ vma: VMARef, _ addr: UInt64, _ pfn: UInt64) -> UInt32
 // MARK: zap (§3.7): unmap_page_range -> zap_pud_range -> zap_pmd_range -> zap_pte_range
 
 /// The port's mmu_gather batch: folio references are dropped after the
-/// entries are cleared and the ptlock released ("after the TLB flush"), at
-/// most `mmuGatherBatch` at a time, from a stack buffer.
+/// entries are cleared, the ptlock released and the TLB flushed, at most
+/// `mmuGatherBatch` at a time, from a stack buffer.
 let mmuGatherBatch = 64
 
-/// zap_pte_range over [addr, end) inside one PTE table.
+/// zap_pte_range over [addr, end) inside one PTE table. Empty entries are
+/// skipped; each batch's cleared range is flushed before its folio puts.
 @inline(__always)
 func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64, _ end: UInt64) {
     let mm = vma.pointee.vm_mm!
@@ -205,10 +199,16 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
         while a < end {
             var n = 0
             var rss: Int64 = 0
+            var tlb = TLBGather()
             dax_spin_lock(ptl)
             while a < end && n < mmuGatherBatch {
                 let pte = entryTable(pmde) + pteIndex(a)
-                let e = dax_xchg_u64(pte, 0)
+                if entryNone(dax_load_u64(pte)) {
+                    a += UInt64(pageSize)
+                    continue
+                }
+                let e = ptepGetAndClear(mm, a, pte)
+                tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // tlb_remove_tlb_entry
                 if entryPresent(e), let page = vmNormalPage(k, vma, e) {
                     let folio = page.folio
                     if entryDirty(e) { folio.markDirty() }
@@ -223,6 +223,7 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
             dax_spin_unlock(ptl)
             if rss != 0 { addMMCounter(mm, DAX_MM_FILEPAGES, rss) }
             // tlb_flush_mmu: the references go after the flush.
+            tlb.flush(vma)
             for i in 0..<n { folioPut(k, Folio(batch[i])) }
         }
     }
@@ -328,19 +329,19 @@ func freePgtables(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
                     let pmd = pmdTable + j
                     let me = dax_load_u64(pmd)
                     if entryPresent(me), !entryLeaf(me), unused(ma, UInt64(pmdSize)) {
-                        dax_store_u64(pmd, 0)
+                        pmdClear(pmd)
                         ptFreeTable(k, entryTable(me))
                         dax_atomic64_add(dax_mm_pgtables_bytes(mm), -Int64(pageSize))
                     }
                 }
                 if unused(pa, UInt64(pudSize)) && tableEmpty(pmdTable) {
-                    dax_store_u64(pud, 0)
+                    pudClear(pud)
                     ptFreeTable(k, pmdTable)
                     dax_atomic64_add(dax_mm_pgtables_bytes(mm), -Int64(pageSize))
                 }
             }
             if unused(a, pgdSpan) && tableEmpty(pudTable) {
-                dax_store_u64(pgd, 0)
+                pgdClear(pgd)
                 ptFreeTable(k, pudTable)
                 dax_atomic64_add(dax_mm_pgtables_bytes(mm), -Int64(pageSize))
             }
@@ -353,94 +354,4 @@ func freePgtables(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
 func tableEmpty(_ t: EntryPtr) -> Bool {
     for i in 0..<PT.entriesPerTable where dax_load_u64(t + i) != 0 { return false }
     return true
-}
-
-// MARK: change_protection (mprotect)
-
-/// Write-protects the present entries of a range; with removeAccess
-/// (PROT_NONE) the entries also lose _PAGE_USER. Like the kernel's
-/// pte_protnone entries they stay mapped: references, mapcounts and rss do
-/// not change, and the VMA's missing VM_READ keeps faults and GUP out.
-func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, removeAccess: Bool) {
-    let k = mm.pointee.kernel!
-    let clear = removeAccess ? (PT.rw | PT.user) : PT.rw
-    var a = start
-    while a < end {
-        let w = walk(mm, a)
-        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
-            dax_spin_lock(pudLockptr(mm))
-            dax_store_u64(pud, dax_load_u64(pud) & ~clear)
-            dax_spin_unlock(pudLockptr(mm))
-            a = roundDown(a, UInt64(pudSize)) + UInt64(pudSize)
-            continue
-        }
-        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
-            let l = pmdLockptr(k, pmd)
-            dax_spin_lock(l)
-            dax_store_u64(pmd, dax_load_u64(pmd) & ~clear)
-            dax_spin_unlock(l)
-            a = roundDown(a, UInt64(pmdSize)) + UInt64(pmdSize)
-            continue
-        }
-        if let pte = w.pte, let pmd = w.pmd {
-            let l = pteLockptr(k, dax_load_u64(pmd))
-            dax_spin_lock(l)
-            let e = dax_load_u64(pte)
-            if entryPresent(e) { dax_store_u64(pte, e & ~clear) }
-            dax_spin_unlock(l)
-        }
-        a += UInt64(pageSize)
-    }
-}
-
-// MARK: move_page_tables (mremap)
-
-/// Moves the entries of [old, old+len) in `src` to [new, ...) in `dst`.
-/// References and rmap travel with the entries. Huge entries move whole when
-/// both addresses are aligned to their size; otherwise they are split
-/// (unmapped) and refault.
-func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef, _ new: UInt64, _ len: UInt64) {
-    let k = mm.pointee.kernel!
-    var off: UInt64 = 0
-    while off < len {
-        let oa = old + off, na = new + off
-        let w = walk(mm, oa)
-        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
-            if oa % UInt64(pudSize) == 0, na % UInt64(pudSize) == 0, len - off >= UInt64(pudSize),
-               let npud = pudAlloc(mm, na) {
-                dax_spin_lock(pudLockptr(mm))
-                dax_store_u64(npud, dax_xchg_u64(pud, 0))
-                dax_spin_unlock(pudLockptr(mm))
-                off += UInt64(pudSize)
-            } else {
-                splitHugePud(k, src, pud, oa)
-            }
-            continue
-        }
-        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
-            if oa % UInt64(pmdSize) == 0, na % UInt64(pmdSize) == 0, len - off >= UInt64(pmdSize),
-               let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na) {
-                let l1 = pmdLockptr(k, pmd), l2 = pmdLockptr(k, npmd)
-                dax_spin_lock(l1)
-                if l2 != l1 { dax_spin_lock(l2) }
-                dax_store_u64(npmd, dax_xchg_u64(pmd, 0))
-                if l2 != l1 { dax_spin_unlock(l2) }
-                dax_spin_unlock(l1)
-                off += UInt64(pmdSize)
-            } else {
-                splitHugePmd(k, src, pmd, oa)
-            }
-            continue
-        }
-        if let pte = w.pte, let pmd = w.pmd, entryPresent(dax_load_u64(pte)) {
-            if let (npte, nl) = getLockedPte(mm, na) {
-                let ol = pteLockptr(k, dax_load_u64(pmd))
-                if ol != nl { dax_spin_lock(ol) }
-                dax_store_u64(npte, dax_xchg_u64(pte, 0))
-                if ol != nl { dax_spin_unlock(ol) }
-                dax_spin_unlock(nl)
-            }
-        }
-        off += UInt64(pageSize)
-    }
 }

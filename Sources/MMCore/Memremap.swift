@@ -40,13 +40,17 @@ public final class DevPagemap: @unchecked Sendable {
     // @unchecked: `ref` is shared with the hot paths; its mutable fields are
     // atomics. `state` is guarded by `lock`.
     public let kernel: Kernel
-    public let ref: UnsafeMutablePointer<dax_pgmap>
+    /// The record every page of the map points at (page->pgmap). Allocated
+    /// in init, freed in deinit (after the pages are torn down), never
+    /// reassigned; after init only its atomics (ref, lookups, dead, done)
+    /// change.
+    @usableFromInline package let ref: UnsafeMutablePointer<dax_pgmap>
     public let type: MemoryType
     public let ranges: [PhysicalRange]
     public let vmemmapShift: Int
     public let ops: DevPagemapOps
     /// The owner cookie PRIVATE/COHERENT require (passed to page_free).
-    public let owner: UnsafeMutableRawPointer?
+    package let owner: UnsafeMutableRawPointer?
 
     enum State { case new, mapping, live, dying, unmapping, gone }
     private let state = Locked(State.new)
@@ -114,24 +118,24 @@ public final class DevPagemap: @unchecked Sendable {
     @discardableResult
     public func memremapPages(nid: Int = 0) throws(MMError) -> Page {
         let current = state.withLock { s -> State in let c = s; if c == .new { s = .mapping }; return c }
-        guard current == .new else { throw .invalid("pgmap \(ref.pointee.id) already mapped (\(current))") }
+        guard current == .new else { throw .errno(EINVAL, "pgmap \(ref.pointee.id) already mapped (\(current))") }
         var ok = false
         defer { if !ok { state.withLock { $0 = .new } } }
-        guard !ranges.isEmpty else { throw .invalid("memremap_pages: nr_range == 0") }
+        guard !ranges.isEmpty else { throw .errno(EINVAL, "memremap_pages: nr_range == 0") }
         switch type {
         case .devicePrivate:
             guard ops.migrateToRam != nil, ops.pageFree != nil, owner != nil else {
-                throw .invalid("MEMORY_DEVICE_PRIVATE needs migrate_to_ram, page_free and an owner")
+                throw .errno(EINVAL, "MEMORY_DEVICE_PRIVATE needs migrate_to_ram, page_free and an owner")
             }
         case .deviceCoherent:
             guard ops.pageFree != nil, owner != nil else {
-                throw .invalid("MEMORY_DEVICE_COHERENT needs page_free and an owner")
+                throw .errno(EINVAL, "MEMORY_DEVICE_COHERENT needs page_free and an owner")
             }
         case .fsDax, .generic, .p2pdma:
             break
         }
         guard vmemmapShift >= 0, vmemmapShift <= pudOrder else {
-            throw .invalid("vmemmap_shift \(vmemmapShift) > MAX_FOLIO_ORDER \(pudOrder)")
+            throw .errno(EINVAL, "vmemmap_shift \(vmemmapShift) > MAX_FOLIO_ORDER \(pudOrder)")
         }
         // percpu_ref_init: the initial reference, dropped by kill.
         dax_atomic64_set(dax_pgmap_ref(ref), 1)
@@ -155,24 +159,41 @@ public final class DevPagemap: @unchecked Sendable {
     /// pagemap_range: one range.
     private func pagemapRange(_ r: PhysicalRange, index: Int) throws(MMError) {
         let k = kernel.ref
-        // Sub-section (2 MiB) granularity, as __add_pages requires.
-        guard r.end > r.start else { throw .invalid("empty range \(r)") }
-        let entry = Registry.Entry(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref, owner: ObjectIdentifier(self))
-        guard kernel.registry.insert(entry) else {
-            throw .noMemory("range \(r) conflicts with an existing dev_pagemap")
+        guard r.end > r.start else { throw .errno(EINVAL, "empty range \(r)") }
+        // The conflict probe: get_dev_pagemap at the first and the last pfn
+        // only, so only a live map there conflicts (WARN, -ENOMEM); a dying
+        // one fails percpu_ref_tryget_live and is not seen.
+        for pfn in [r.startPfn, r.endPfn - 1] {
+            if let other = getDevPagemap(kernel, pfn: pfn) {
+                vmReport(k, pfnToPage(k, pfn), rule: "WARN(1, \"Conflicting mapping in same section\")",
+                         function: "pagemap_range")
+                putDevPagemap(other)
+                throw .errno(ENOMEM, "range \(r) conflicts with an existing dev_pagemap")
+            }
         }
         if kernel.registry.intersectsSystemRAM(r.start...r.end) {
-            throw .noDevice("range \(r) intersects System RAM")
+            throw .errno(ENXIO, "range \(r) intersects System RAM")
         }
         guard r.endPfn <= kernel.maxPfn else {
-            throw .invalid("mhp_range_allowed: range \(r) beyond the \(kernel.physBits)-bit physical address space")
+            throw .errno(EINVAL, "mhp_range_allowed: range \(r) beyond the \(kernel.physBits)-bit physical address space")
         }
         let subsection = UInt64(pmdSize)
         guard r.start % subsection == 0, (r.end + 1) % subsection == 0, r.end > r.start else {
-            throw .invalid("range \(r) is not aligned to the 2 MiB sub-section size")
+            throw .errno(EINVAL, "range \(r) is not aligned to the 2 MiB sub-section size")
         }
         guard r.size % (UInt64(pageSize) << UInt64(vmemmapShift)) == 0 else {
-            throw .invalid("range \(r) is not a whole number of order-\(vmemmapShift) folios")
+            throw .errno(EINVAL, "range \(r) is not a whole number of order-\(vmemmapShift) folios")
+        }
+        // An overlap the probe missed (a dying map, or a live one strictly
+        // inside the range) is found by the memory hot-add: its sub-sections
+        // are still present, so sparse_add_section fails with -EEXIST. The
+        // kernel has already stored the new map over the range in
+        // pgmap_array and erases the whole range on that error, the other
+        // map's pfns included; the port leaves the other map's registration
+        // alone, so get_dev_pagemap keeps finding a map that is still live.
+        let entry = Registry.Entry(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref, owner: ObjectIdentifier(self))
+        guard kernel.registry.insert(entry) else {
+            throw .errno(EEXIST, "sparse_add_section: sub-sections of \(r) are already present")
         }
         try kernel.populateSections(startPfn: r.startPfn, endPfn: r.endPfn)
         memmapInitZoneDevice(k, r)
@@ -226,7 +247,7 @@ public final class DevPagemap: @unchecked Sendable {
     public func memunmapPages(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
         let s = state.withLock { s -> State in let c = s; if c == .live { s = .dying }; return c }
         switch s {
-        case .new, .mapping, .gone, .unmapping: throw .invalid("pgmap \(ref.pointee.id) is not mapped")
+        case .new, .mapping, .gone, .unmapping: throw .errno(EINVAL, "pgmap \(ref.pointee.id) is not mapped")
         case .live:
             __atomic_store_dead(ref)
             if type.refsPerFolioAtCreation {
@@ -240,9 +261,9 @@ public final class DevPagemap: @unchecked Sendable {
         let ok = waitVarEvent(k, UnsafeRawPointer(ref), timeoutNanos: timeoutNanos) {
             dax_load_u32(dax_pgmap_done(ref)) != 0
         }
-        guard ok else { throw .busy(holdersReport()) }
+        guard ok else { throw .errno(EBUSY, holdersReport()) }
         let mine = state.withLock { s -> Bool in if s == .dying { s = .unmapping; return true }; return false }
-        guard mine else { throw .invalid("pgmap \(ref.pointee.id) is being unmapped by another caller") }
+        guard mine else { throw .errno(EINVAL, "pgmap \(ref.pointee.id) is being unmapped by another caller") }
         teardown(upTo: ranges.count)
         state.withLock { $0 = .gone }
     }
@@ -302,7 +323,7 @@ private func __atomic_store_dead(_ p: UnsafeMutablePointer<dax_pgmap>) {
 /// get_dev_pagemap(pfn, cached): the live pgmap covering `pfn`, with a
 /// reference, or nil if none or it is dying. A `cached` pgmap that covers the
 /// pfn is returned with no new reference; one that does not is put.
-public func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePointer<dax_pgmap>? = nil)
+package func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePointer<dax_pgmap>? = nil)
     -> UnsafeMutablePointer<dax_pgmap>?
 {
     if let c = cached {
@@ -315,26 +336,30 @@ public func getDevPagemap(_ kernel: Kernel, pfn: UInt64, cached: UnsafeMutablePo
 }
 
 /// put_dev_pagemap (NULL-safe).
-public func putDevPagemap(_ p: UnsafeMutablePointer<dax_pgmap>?) {
+package func putDevPagemap(_ p: UnsafeMutablePointer<dax_pgmap>?) {
     guard let p else { return }
     dax_atomic64_add(dax_pgmap_lookups(p), -1)
     dax_pgmap_put_many(p, 1)
 }
 
 /// zone_device_page_init (6.15): a PRIVATE/COHERENT driver allocates a free
-/// page: takes a pgmap reference (WARN and fail if the map is dying), sets the
-/// refcount to 1 and locks the page.
+/// page: takes a pgmap reference, sets the refcount to 1 and locks the page.
+/// On a dying map percpu_ref_tryget_live fails and the kernel WARNs but goes
+/// on: the page is still set to 1 and locked, with no pgmap reference behind
+/// it (its free will put one it never took). Returns whether the reference
+/// was taken.
+@discardableResult
 public func zoneDevicePageInit(_ k: KernelRef, _ page: Page) -> Bool {
-    guard let pgmap = page.pgmap, dax_pgmap_tryget_live(pgmap) else {
+    let live = page.pgmap.map { dax_pgmap_tryget_live($0) } ?? false
+    if !live {
         vmReport(k, page, rule: "WARN_ON_ONCE(!percpu_ref_tryget_live(&pgmap->ref))", function: "zone_device_page_init")
-        return false
     }
     if page.folio.refCount != 0 {
         vmReport(k, page, rule: "VM_WARN_ON_ONCE(folio_ref_count(folio))", function: "zone_device_page_init")
     }
     page.folio.setCount(1)
     page.set(DAX_PG_locked)
-    return true
+    return live
 }
 
 // MARK: free_zone_device_folio

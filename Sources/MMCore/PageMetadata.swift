@@ -4,12 +4,21 @@
 // the pgmap that populated the record is live (memremap_pages ..
 // memunmap_pages); like struct page pointers in the kernel, nothing checks
 // that at run time. Every accessor is inlined.
+//
+// The pointer itself (`raw`) and the pgmap pointer are visible inside the
+// package only: code outside reads and changes a page through the accessors
+// below, which keep the record's rules (atomic fields through the C
+// accessors, -1 biased mapcounts, tails pointing at their head).
 
 import CDaxMM
 
 /// A struct page.
 public struct Page: Hashable, @unchecked Sendable {
-    public let raw: UnsafeMutablePointer<dax_page>
+    /// The record in the vmemmap. Never nil; valid while its pgmap is live.
+    @usableFromInline package let raw: UnsafeMutablePointer<dax_page>
+    /// A page from a record pointer the port handed out (a `PageArray` slot
+    /// filled by GUP). Precondition: `raw` points at a record of a live
+    /// kernel's vmemmap.
     @inline(__always) public init(_ raw: UnsafeMutablePointer<dax_page>) { self.raw = raw }
 
     @inline(__always) public func advanced(by n: Int) -> Page { Page(raw + n) }
@@ -44,7 +53,7 @@ public struct Page: Hashable, @unchecked Sendable {
     @inline(__always) public var pageMapcount: Int32 { dax_atomic_read(dax_page_mapcount(raw)) + 1 }
 
     /// page_pgmap(page): the folio's pgmap.
-    @inline(__always) public var pgmap: UnsafeMutablePointer<dax_pgmap>? { folio.pgmap }
+    @inline(__always) package var pgmap: UnsafeMutablePointer<dax_pgmap>? { folio.pgmap }
 
     /// Offset of this page inside its folio.
     @inline(__always) public var folioPageIndex: Int { raw - compoundHead.raw }
@@ -52,8 +61,12 @@ public struct Page: Hashable, @unchecked Sendable {
 
 /// A struct folio: always the head page's record (asserted in debug builds).
 public struct Folio: Hashable, @unchecked Sendable {
-    public let raw: UnsafeMutablePointer<dax_page>
-    @inline(__always) public init(_ raw: UnsafeMutablePointer<dax_page>) {
+    /// The head page's record. Never nil; valid while its pgmap is live.
+    @usableFromInline package let raw: UnsafeMutablePointer<dax_page>
+    /// Precondition: `raw` is a head (or order-0) page record of a live
+    /// kernel's vmemmap (asserted in debug builds). Outside the package a
+    /// folio comes from `Page.folio`.
+    @inline(__always) @usableFromInline package init(_ raw: UnsafeMutablePointer<dax_page>) {
         assert(dax_load_u64(dax_page_compound_head(raw)) & DAX_COMPOUND_TAIL == 0,
                "a folio is its head page's record, not a tail's")
         self.raw = raw
@@ -122,7 +135,7 @@ public struct Folio: Hashable, @unchecked Sendable {
 
     // MARK: pgmap, mapping
 
-    @inline(__always) public var pgmap: UnsafeMutablePointer<dax_pgmap>? {
+    @inline(__always) package var pgmap: UnsafeMutablePointer<dax_pgmap>? {
         UnsafeMutablePointer(bitPattern: UInt(raw.pointee.pgmap))
     }
     @inline(__always) public var isZoneDevice: Bool { head.isZoneDevice }

@@ -1,5 +1,8 @@
 // include/linux/mm.h: folio_get / folio_put and the wait-on-variable helpers
 // fs-dax uses to wait for a folio to go idle.
+//
+// Public functions here take raw records (KernelRef, MMRef, VMARef, Page,
+// PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
 import DAXBase

@@ -47,6 +47,14 @@ public enum PT {
 @inline(__always) public func entryMkyoung(_ e: PTEntry) -> PTEntry { e | PT.accessed }
 @inline(__always) public func entryMkdirty(_ e: PTEntry) -> PTEntry { e | PT.dirty }
 @inline(__always) public func entryWrprotect(_ e: PTEntry) -> PTEntry { e & ~PT.rw }
+/// maybe_mkwrite: writable if the VMA has VM_WRITE.
+@inline(__always) public func maybeMkwrite(_ e: PTEntry, _ vma: VMARef) -> PTEntry {
+    vma.pointee.vm_flags & DAX_VM_WRITE != 0 ? entryMkwrite(e) : e
+}
+/// maybe_pmd_mkwrite
+@inline(__always) public func maybePmdMkwrite(_ e: PTEntry, _ vma: VMARef) -> PTEntry { maybeMkwrite(e, vma) }
+/// maybe_pud_mkwrite
+@inline(__always) public func maybePudMkwrite(_ e: PTEntry, _ vma: VMARef) -> PTEntry { maybeMkwrite(e, vma) }
 /// pfn_pte / pfn_pmd / pfn_pud: a leaf for `pfn` with `prot` bits.
 @inline(__always) public func pfnEntry(_ pfn: UInt64, _ prot: UInt64) -> PTEntry {
     ((pfn << UInt64(pageShift)) & PT.pfnMask) | prot
@@ -164,15 +172,23 @@ public typealias MMRef = UnsafeMutablePointer<dax_mm>
     entryTable(dax_load_u64(pmd)) + pteIndex(addr)
 }
 
-/// Populates `entry` with a new table unless someone else did first (under
-/// `lock`). False when the pool is exhausted (-ENOMEM).
+/// The table level a populate fills: the entry is a PGD, PUD or PMD entry.
+enum TableLevel { case pgd, pud, pmd }
+
+/// __pud_alloc / __pmd_alloc / __pte_alloc: populates `entry` with a new
+/// table unless someone else did first (under `lock`). False when the pool
+/// is exhausted (-ENOMEM).
 @inline(__always)
-func populateTable(_ mm: MMRef, _ entry: EntryPtr, lock: UnsafeMutablePointer<UInt32>) -> Bool {
+func populateTable(_ mm: MMRef, _ entry: EntryPtr, lock: UnsafeMutablePointer<UInt32>, level: TableLevel) -> Bool {
     let k = mm.pointee.kernel!
     guard let table = ptAllocTable(k) else { return false }
     dax_spin_lock(lock)
     if entryNone(dax_load_u64(entry)) {
-        dax_store_u64(entry, UInt64(UInt(bitPattern: table)) | PT.table)
+        switch level {
+        case .pgd: pgdPopulate(mm, entry, table)
+        case .pud: pudPopulate(mm, entry, table)
+        case .pmd: pmdPopulate(mm, entry, table)
+        }
         dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))
         dax_spin_unlock(lock)
     } else {
@@ -191,7 +207,7 @@ func populateTable(_ mm: MMRef, _ entry: EntryPtr, lock: UnsafeMutablePointer<UI
 @inline(__always)
 public func pudAlloc(_ mm: MMRef, _ addr: UInt64) -> EntryPtr? {
     let pgd = pgdOffset(mm, addr)
-    if entryNone(dax_load_u64(pgd)) && !populateTable(mm, pgd, lock: pudLockptr(mm)) { return nil }
+    if entryNone(dax_load_u64(pgd)) && !populateTable(mm, pgd, lock: pudLockptr(mm), level: .pgd) { return nil }
     let e = dax_load_u64(pgd)
     guard entryPresent(e) else { return nil }
     return entryTable(e) + pudIndex(addr)
@@ -201,7 +217,7 @@ public func pudAlloc(_ mm: MMRef, _ addr: UInt64) -> EntryPtr? {
 /// -ENOMEM; the caller must not call it on a huge PUD.
 @inline(__always)
 public func pmdAlloc(_ mm: MMRef, _ pud: EntryPtr, _ addr: UInt64) -> EntryPtr? {
-    if entryNone(dax_load_u64(pud)) && !populateTable(mm, pud, lock: pudLockptr(mm)) { return nil }
+    if entryNone(dax_load_u64(pud)) && !populateTable(mm, pud, lock: pudLockptr(mm), level: .pud) { return nil }
     let e = dax_load_u64(pud)
     guard entryPresent(e), !entryLeaf(e) else { return nil }
     return entryTable(e) + pmdIndex(addr)
@@ -212,7 +228,7 @@ public func pmdAlloc(_ mm: MMRef, _ pud: EntryPtr, _ addr: UInt64) -> EntryPtr? 
 @inline(__always)
 public func pteAlloc(_ mm: MMRef, _ pmd: EntryPtr, _ addr: UInt64) -> EntryPtr? {
     let k = mm.pointee.kernel!
-    if entryNone(dax_load_u64(pmd)) && !populateTable(mm, pmd, lock: pmdLockptr(k, pmd)) { return nil }
+    if entryNone(dax_load_u64(pmd)) && !populateTable(mm, pmd, lock: pmdLockptr(k, pmd), level: .pmd) { return nil }
     let e = dax_load_u64(pmd)
     guard entryPresent(e), !entryLeaf(e) else { return nil }
     return entryTable(e) + pteIndex(addr)

@@ -4,6 +4,9 @@
 //
 // The rmap functions never touch _refcount; callers pair every add with a
 // folio_get and every remove with a put (mm/memory.c, mm/huge_memory.c).
+//
+// Public functions here take raw records (KernelRef, MMRef, VMARef, Page,
+// PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
 

@@ -11,56 +11,55 @@
 import CDaxMM
 import MMCore
 
-/// What the fault handlers read from vm_private_data.
-public struct LinearMapState {
-    public var kernel: KernelRef
-    public var basePfn: UInt64
-    public var nrPages: UInt64
-    public var order: UInt32
-    public var zeroBased: Bool
-    public var faults: Int64 = 0
+/// What the fault handlers read from the file's private_data.
+package struct LinearMapState: DriverState {
+    package var kernel: KernelRef
+    package var basePfn: UInt64
+    package var nrPages: UInt64
+    package var order: UInt32
+    package var zeroBased: Bool
+    package var faults: Int64 = 0
+
+    /// The tag of linear-mapping records ("linear").
+    @inline(__always) package static var driverTag: DriverTag { DriverTag(0x6c_696e_6561_72) }
 }
 
 /// Owns the state and the ops; keep it alive while VMAs use it (the MM
 /// retains the file and ops, the caller retains this object).
 public final class LinearMapping: @unchecked Sendable {
     public let pgmap: DevPagemap
-    public let state: UnsafeMutablePointer<LinearMapState>
-    public let file: MappedFile
-    public let ops: VMOperations
+    /// The file, its vm_operations and the tagged state record.
+    let driver: DriverFile<LinearMapState>
+
+    /// The record the fault handlers read, owned by `driver`.
+    package var state: UnsafeMutablePointer<LinearMapState> { driver.state }
+    public var file: MappedFile { driver.file }
+    public var ops: VMOperations { driver.ops }
 
     public init(pgmap: DevPagemap, dax: Bool = true, characterDevice: Bool = true) {
         self.pgmap = pgmap
-        state = .allocate(capacity: 1)
         let r = pgmap.ranges[0]
-        state.initialize(to: LinearMapState(
-            kernel: pgmap.kernel.ref, basePfn: r.startPfn, nrPages: r.endPfn - r.startPfn,
-            order: UInt32(pgmap.vmemmapShift), zeroBased: pgmap.type.idleRefcount == 0))
-        file = MappedFile(kind: characterDevice ? .characterDevice : .regularFile, dax: dax,
-                          privateData: UnsafeMutableRawPointer(state))
         var o = dax_vm_operations()
         o.fault = linearFaultFn
         o.huge_fault = linearHugeFaultFn
         o.may_split = linearMaySplitFn
         o.pagesize = linearPagesizeFn
-        ops = VMOperations(o)
+        driver = DriverFile(kind: characterDevice ? .characterDevice : .regularFile, dax: dax,
+                            state: LinearMapState(
+                                kernel: pgmap.kernel.ref, basePfn: r.startPfn, nrPages: r.endPfn - r.startPfn,
+                                order: UInt32(pgmap.vmemmapShift), zeroBased: pgmap.type.idleRefcount == 0),
+                            ops: o)
     }
 
-    deinit { state.deallocate() }
+    /// Faults the handler has served (inserted or not).
+    public var faults: Int64 { dax_atomic64_read(&state.pointee.faults) }
 
     /// Bytes one fault maps.
     public var faultSize: UInt64 { UInt64(4096) << UInt64(pgmap.vmemmapShift) }
 
     /// An mmap request for `length` bytes of the file from `pgoff`.
     public func request(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write]) -> MMapRequest {
-        var req = MMapRequest(length: length)
-        req.prot = prot
-        req.file = file
-        req.ops = ops
-        req.pgoff = pgoff
-        req.alignment = faultSize
-        req.extraFlags = DAX_VM_HUGEPAGE
-        return req
+        driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, alignment: faultSize, extraFlags: DAX_VM_HUGEPAGE)
     }
 
     /// The ops with a pfn_mkwrite callback: a VMA using them wants write
@@ -80,10 +79,11 @@ public final class LinearMapping: @unchecked Sendable {
     }
 }
 
-/// The fault handler: one folio of the map's order per fault.
+/// The fault handler: one folio of the map's order per fault. Another
+/// driver's VMA is refused (SIGBUS).
 func linearHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
     let vma = vmf.pointee.vma!
-    let st = vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: LinearMapState.self)
+    guard let st = linearState(vma) else { return DAX_VM_FAULT_SIGBUS }
     if order > st.pointee.order { return DAX_VM_FAULT_FALLBACK }
     if order < st.pointee.order { return DAX_VM_FAULT_SIGBUS }
     let nr = UInt64(1) << UInt64(order)
@@ -112,19 +112,21 @@ func linearHugeFault(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
 }
 
 @inline(__always)
-func linearState(_ vma: VMARef) -> UnsafeMutablePointer<LinearMapState> {
-    vma.pointee.vm_file.pointee.private_data.assumingMemoryBound(to: LinearMapState.self)
+func linearState(_ vma: VMARef) -> UnsafeMutablePointer<LinearMapState>? {
+    LinearMapState.state(of: vma)
 }
 
 let linearFaultFn: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in linearHugeFault(vmf!, 0) }
 let linearHugeFaultFn: @convention(c) (VMFaultRef?, UInt32) -> UInt32 = { vmf, order in linearHugeFault(vmf!, order) }
 /// may_split: only at a fault-size boundary (as device-dax's dev_dax_may_split).
 let linearMaySplitFn: @convention(c) (VMARef?, UInt64) -> Int32 = { vma, addr in
-    let size = UInt64(4096) << UInt64(linearState(vma!).pointee.order)
+    guard let st = linearState(vma!) else { return -EINVAL }
+    let size = UInt64(4096) << UInt64(st.pointee.order)
     return addr % size == 0 ? 0 : -EINVAL
 }
 /// pfn_mkwrite that always agrees.
 let linearPfnMkwriteFn: @convention(c) (VMFaultRef?) -> UInt32 = { _ in 0 }
 let linearPagesizeFn: @convention(c) (VMARef?) -> UInt64 = { vma in
-    UInt64(4096) << UInt64(linearState(vma!).pointee.order)
+    guard let st = linearState(vma!) else { return UInt64(pageSize) }
+    return UInt64(4096) << UInt64(st.pointee.order)
 }

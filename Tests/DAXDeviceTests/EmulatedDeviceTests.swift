@@ -97,6 +97,21 @@ struct EmulatedDeviceTests {
         ma.unmap()
         #expect(mb.baseAddress.load(as: UInt64.self) == 2)
     }
+
+    /// The scoped accessor lends exactly the mapped range: its bytes are the
+    /// device's at `offset` (a second mapping of the same offset sees a store).
+    @Test func withUnsafeMutableBytesLendsTheMappedRange() throws {
+        let dev = try EmulatedDevice(size: 4 << 20, align: .pmd)
+        let whole = try dev.map()
+        let upper = try dev.map(offset: 2 << 20, length: 2 << 20)
+        let count = upper.withUnsafeMutableBytes { bytes in
+            bytes.storeBytes(of: 0xda7a_0001 as UInt64, toByteOffset: 8, as: UInt64.self)
+            return bytes.count
+        }
+        #expect(count == 2 << 20)
+        let seen = whole.withUnsafeMutableBytes { $0.load(fromByteOffset: (2 << 20) + 8, as: UInt64.self) }
+        #expect(seen == 0xda7a_0001)
+    }
 }
 
 @Suite("Pattern check")

@@ -105,15 +105,16 @@ let allTypes: [MemoryType] = [.devicePrivate, .deviceCoherent, .fsDax, .generic,
 
 // MARK: errors
 
+/// The errno an MMError carries, by the name tests use for it.
 enum ErrKind: String { case invalid, noMemory, noDevice, busy, timedOut, errno, bug }
 
 func kind(_ e: MMError) -> ErrKind {
     switch e {
-    case .invalid: return .invalid
-    case .noMemory: return .noMemory
-    case .noDevice: return .noDevice
-    case .busy: return .busy
-    case .timedOut: return .timedOut
+    case .errno(EINVAL, _): return .invalid
+    case .errno(ENOMEM, _): return .noMemory
+    case .errno(ENXIO, _): return .noDevice
+    case .errno(EBUSY, _): return .busy
+    case .errno(ETIMEDOUT, _): return .timedOut
     case .errno: return .errno
     case .bug: return .bug
     }
@@ -121,8 +122,7 @@ func kind(_ e: MMError) -> ErrKind {
 
 func message(_ e: MMError) -> String {
     switch e {
-    case .invalid(let s), .noMemory(let s), .noDevice(let s), .busy(let s), .timedOut(let s), .errno(_, let s):
-        return s
+    case .errno(_, let s): return s
     case .bug(let d): return d.description
     }
 }

@@ -62,7 +62,7 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations {
             blackHole(mm.handleFault(base, write: true))
             mm.lockRead()
-            zapPageRange(mm.ref, base, base + (2 << 20))
+            mm.withUnsafeRecord { zapPageRange($0, base, base + (2 << 20)) }
             mm.unlockRead()
         }
         benchmark.stopMeasurement()

@@ -31,7 +31,7 @@ struct Rig {
 
     func zapAll() {
         mm.lockRead()
-        zapPageRange(mm.ref, base, base + length)
+        mm.withUnsafeRecord { zapPageRange($0, base, base + length) }
         mm.unlockRead()
     }
 }
@@ -45,12 +45,14 @@ func pinOnePagePerCall(_ benchmark: Benchmark, order: Int, flags: GupFlags) {
     let pages = PageArray.allocate(capacity: 1000)
     defer { pages.deallocate() }
     for _ in 0..<3 {
-        benchmark.startMeasurement()
-        for i in benchmark.scaledIterations {
-            blackHole(pinUserPagesFast(rig.mm.ref, rig.base + UInt64(i) * 4096, 1, flags, pages + i))
+        rig.mm.withUnsafeRecord { mm in
+            benchmark.startMeasurement()
+            for i in benchmark.scaledIterations {
+                blackHole(pinUserPagesFast(mm, rig.base + UInt64(i) * 4096, 1, flags, pages + i))
+            }
+            benchmark.stopMeasurement()
         }
-        benchmark.stopMeasurement()
-        unpinUserPages(rig.kernel.ref, pages, 1000)
+        rig.kernel.withUnsafeRecord { unpinUserPages($0, pages, 1000) }
     }
 }
 
@@ -85,14 +87,17 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("fault PUD + zap (1G device, cycle on one folio)") { benchmark in
         let rig = Rig(order: 18, folios: 1)
-        let k = rig.kernel.ref
-        benchmark.startMeasurement()
-        for _ in benchmark.scaledIterations {
-            blackHole(rig.mm.handleFault(rig.base, write: true))
-            let w = walk(rig.mm.ref, rig.base)
-            zapHugePud(k, rig.mm.findVMA(rig.base)!, w.pud!, rig.base)
+        rig.kernel.withUnsafeRecord { k in
+            rig.mm.withUnsafeRecord { mm in
+                benchmark.startMeasurement()
+                for _ in benchmark.scaledIterations {
+                    blackHole(rig.mm.handleFault(rig.base, write: true))
+                    let w = walk(mm, rig.base)
+                    zapHugePud(k, rig.mm.findVMA(rig.base)!, w.pud!, rig.base)
+                }
+                benchmark.stopMeasurement()
+            }
         }
-        benchmark.stopMeasurement()
     }
 
     Benchmark("fault PTE + zap (4K device, cycle on one page)") { benchmark in
@@ -124,12 +129,14 @@ let benchmarks: @Sendable () -> Void = {
         let pages = PageArray.allocate(capacity: 1000)
         defer { pages.deallocate() }
         for _ in 0..<3 {
-            _ = pinUserPages(rig.mm.ref, rig.base, 1000, [.write], pages)
-            benchmark.startMeasurement()
-            for i in benchmark.scaledIterations {
-                unpinUserPage(rig.kernel.ref, Page(pages[i]!))
+            _ = rig.mm.withUnsafeRecord { pinUserPages($0, rig.base, 1000, [.write], pages) }
+            rig.kernel.withUnsafeRecord { k in
+                benchmark.startMeasurement()
+                for i in benchmark.scaledIterations {
+                    unpinUserPage(k, Page(pages[i]!))
+                }
+                benchmark.stopMeasurement()
             }
-            benchmark.stopMeasurement()
         }
     }
 }

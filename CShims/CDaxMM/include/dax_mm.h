@@ -254,14 +254,26 @@ DAX_MM_INLINE void dax_pgmap_put_many(struct dax_pgmap *p, int64_t n)
 #define DAX_S_IFCHR 0020000u
 #define DAX_S_IFREG 0100000u
 
+struct dax_vma;
+
 struct dax_file {
 	uint32_t i_flags;           /* S_DAX */
 	uint32_t i_mode;            /* S_IFCHR, S_IFREG */
 	uint64_t mapping;           /* address_space handle stored in folio->mapping */
 	void *private_data;         /* the driver's (unretained) */
+	uint64_t private_tag;       /* the driver's tag for private_data's layout
+	                             * (never 0); a driver reads private_data only
+	                             * after comparing this with its own tag */
+	/* address_space->i_mmap: every VMA mapping the file. The mm links and
+	 * unlinks VMAs (vma_link_file, unlink_file_vma) under mmap_lock for
+	 * write, taking i_mmap_rwsem for write; unmap_mapping_pages walks the
+	 * array under it for read. The array grows on link only, never on a
+	 * fault, so the walk allocates nothing. */
+	struct dax_rwsem i_mmap_rwsem;
+	struct dax_vma **i_mmap;
+	int64_t i_mmap_nr;
+	int64_t i_mmap_cap;
 };
-
-struct dax_vma;
 struct dax_vm_fault;
 
 /* vm_operations_struct. Every callback is a C function pointer, so no Swift
@@ -275,7 +287,8 @@ struct dax_vm_operations {
 	uint64_t (*pagesize)(struct dax_vma *vma);
 	/* A VMA came into being by mmap, split or move (vm_ops->open is called
 	 * for the copies; the port also calls it for the first mapping, after
-	 * insertion, so a file can track its mappings), and one went away. */
+	 * insertion), and one went away. The file's i_mmap is kept by the mm
+	 * itself, not through these. */
 	void (*open)(struct dax_vma *vma);
 	void (*close)(struct dax_vma *vma);
 };
@@ -338,6 +351,44 @@ struct dax_vm_fault {
 /* mm_struct rss counters */
 enum dax_mm_counter { DAX_MM_FILEPAGES = 0, DAX_MM_ANONPAGES, DAX_MM_SWAPENTS, DAX_MM_SHMEMPAGES, DAX_NR_MM_COUNTERS };
 
+/* enum pgtable_level: the level of a leaf entry. */
+enum dax_pgtable_level {
+	DAX_PGTABLE_LEVEL_PTE = 0,
+	DAX_PGTABLE_LEVEL_PMD,
+	DAX_PGTABLE_LEVEL_PUD,
+};
+
+/*
+ * The arch hook of an address space: what the architecture's page-table
+ * primitives (set_pte_at, ptep_get_and_clear, ..., flush_tlb_range) do
+ * besides the store. Every change of a leaf entry (PTE, or PMD/PUD leaf)
+ * goes through one funnel; with a hook installed the funnel also calls it,
+ * so a runtime can mirror the mapping (mmap/mprotect/munmap of the device
+ * range at the address) and mmu notifiers can hang off the same points.
+ * Table (non-leaf) entries are not reported: they map nothing.
+ *
+ * Both callbacks are optional (NULL: not called). They run on the fault,
+ * zap and pin paths, possibly from a signal handler, so they must be
+ * async-signal-safe, must not allocate through the MM, and must not call
+ * back into this MM (no fault, map, unmap or hook change): the caller may
+ * hold a page-table spinlock.
+ */
+struct dax_arch_ops {
+	/* A leaf entry changed from old_entry to new_entry (never equal; one of
+	 * them may be 0: installed, or cleared). `addr` is the first address
+	 * the entry translates (aligned to the level's size). Called after the
+	 * store, with the entry's page-table lock held (pte/pmd lock, or
+	 * mm->page_table_lock for PUDs). */
+	void (*set_entry)(void *ctx, struct dax_mm *mm, uint64_t addr, enum dax_pgtable_level level,
+			  uint64_t old_entry, uint64_t new_entry);
+	/* flush_tlb_range: translations of [start, end) changed by the entries
+	 * reported before may no longer be used. `level` is the smallest level
+	 * of the entries flushed (the stride). Called before the references the
+	 * old entries held are dropped; no page-table lock need be held. */
+	void (*flush_tlb_range)(void *ctx, struct dax_mm *mm, uint64_t start, uint64_t end,
+				enum dax_pgtable_level level);
+};
+
 struct dax_mm {
 	struct dax_kernel *kernel;
 	uint64_t *pgd;                 /* top-level table */
@@ -351,6 +402,13 @@ struct dax_mm {
 	int64_t nr_vmas;
 	int64_t vmas_cap;
 	uint64_t id;
+	/* The arch hook (NULL: none; entries are plain stores). Read with
+	 * dax_mm_arch_ops; changed only by MM.setArchHook, which publishes
+	 * arch_ctx before arch and, on removal, waits for arch_users (callers
+	 * inside a hook call) to drop to 0. */
+	const struct dax_arch_ops *arch;
+	void *arch_ctx;
+	int64_t arch_users;
 };
 
 
@@ -376,9 +434,13 @@ DAX_MM_INLINE int64_t *dax_kernel_report_seq(struct dax_kernel *p) { return &p->
 DAX_MM_INLINE int64_t *dax_kernel_report_lost(struct dax_kernel *p) { return &p->report_lost; }
 DAX_MM_INLINE int64_t *dax_kernel_pt_next(struct dax_kernel *p) { return &p->pt_next; }
 DAX_MM_INLINE struct dax_rwsem *dax_mm_mmap_lock(struct dax_mm *p) { return &p->mmap_lock; }
+DAX_MM_INLINE struct dax_rwsem *dax_file_i_mmap_rwsem(struct dax_file *p) { return &p->i_mmap_rwsem; }
 DAX_MM_INLINE int64_t *dax_mm_pgtables_bytes(struct dax_mm *p) { return &p->pgtables_bytes; }
 DAX_MM_INLINE int64_t *dax_mm_rss(struct dax_mm *p) { return &p->rss[0]; }
 DAX_MM_INLINE uint32_t *dax_mm_page_table_lock(struct dax_mm *p) { return &p->page_table_lock; }
+DAX_MM_INLINE const struct dax_arch_ops *dax_mm_arch_ops(struct dax_mm *p) { return __atomic_load_n(&p->arch, __ATOMIC_ACQUIRE); }
+DAX_MM_INLINE void dax_mm_set_arch_ops(struct dax_mm *p, const struct dax_arch_ops *ops) { __atomic_store_n(&p->arch, ops, __ATOMIC_SEQ_CST); }
+DAX_MM_INLINE int64_t *dax_mm_arch_users(struct dax_mm *p) { return &p->arch_users; }
 DAX_MM_INLINE int64_t *dax_pgmap_ref(struct dax_pgmap *p) { return &p->ref; }
 DAX_MM_INLINE int64_t *dax_pgmap_lookups(struct dax_pgmap *p) { return &p->lookups; }
 DAX_MM_INLINE uint32_t *dax_pgmap_done(struct dax_pgmap *p) { return &p->done; }

@@ -1,0 +1,101 @@
+// mm/mprotect.c: change_protection (change_pud_range -> change_pmd_range ->
+// change_pte_range, with change_huge_pmd / change_huge_pud) for the port's
+// entries, and mprotect (do_mprotect_pkey, mprotect_fixup) on MM.
+
+import CDaxMM
+import DAXBase
+
+/// change_protection: write-protects the present entries of [start, end) in
+/// `vma`; with removeAccess (PROT_NONE) the entries also lose _PAGE_USER.
+/// Like the kernel's pte_protnone entries they stay mapped: references,
+/// mapcounts and rss do not change, and the VMA's missing VM_READ keeps
+/// faults and GUP out. The entries that changed are flushed once at the end
+/// (the mmu_gather of mprotect_fixup). The caller holds mmap_lock for write.
+func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, removeAccess: Bool) {
+    let k = mm.pointee.kernel!
+    let clear = removeAccess ? (PT.rw | PT.user) : PT.rw
+    var tlb = TLBGather()
+    var a = start
+    while a < end {
+        let w = walk(mm, a)
+        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
+            // change_huge_pud: the kernel invalidates the entry first
+            // (pudp_invalidate) against hardware A/D updates; the port's
+            // entries change only under the lock, so one set_pud_at does.
+            let haddr = roundDown(a, UInt64(pudSize))
+            dax_spin_lock(pudLockptr(mm))
+            let old = dax_load_u64(pud)
+            if entryLeaf(old) && old & clear != 0 {
+                setPudAt(mm, haddr, pud, old & ~clear)
+                tlb.adjust(haddr, UInt64(pudSize), DAX_PGTABLE_LEVEL_PUD)
+            }
+            dax_spin_unlock(pudLockptr(mm))
+            a = haddr + UInt64(pudSize)
+            continue
+        }
+        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
+            // change_huge_pmd (pmdp_invalidate_ad + set_pmd_at in the kernel)
+            let haddr = roundDown(a, UInt64(pmdSize))
+            let l = pmdLockptr(k, pmd)
+            dax_spin_lock(l)
+            let old = dax_load_u64(pmd)
+            if entryLeaf(old) && old & clear != 0 {
+                setPmdAt(mm, haddr, pmd, old & ~clear)
+                tlb.adjust(haddr, UInt64(pmdSize), DAX_PGTABLE_LEVEL_PMD)
+            }
+            dax_spin_unlock(l)
+            a = haddr + UInt64(pmdSize)
+            continue
+        }
+        if let pte = w.pte, let pmd = w.pmd {
+            // change_pte_range
+            let l = pteLockptr(k, dax_load_u64(pmd))
+            dax_spin_lock(l)
+            let old = ptepModifyProtStart(vma, a, pte)
+            if entryPresent(old) && old & clear != 0 {
+                ptepModifyProtCommit(vma, a, pte, old, old & ~clear)
+                tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // pte_needs_flush
+            }
+            dax_spin_unlock(l)
+        }
+        a += UInt64(pageSize)
+    }
+    tlb.flush(vma)
+}
+
+extension MM {
+    /// mprotect: splits at the edges (may_split), updates flags and page
+    /// protections; removing write access write-protects present entries.
+    public func mprotect(_ start: UInt64, _ length: UInt64, _ prot: Prot) throws(MMError) {
+        lockWrite()
+        defer { unlockWrite() }
+        guard start % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mprotect: \(hex(start)) not page aligned") }
+        let end = start + roundUp(length, UInt64(pageSize))
+        guard end > start else { return }
+        // Every page of the range must be mapped (-ENOMEM otherwise).
+        var cursor = start
+        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
+            if v.pointee.vm_start > cursor { break }
+            cursor = v.pointee.vm_end
+        }
+        guard cursor >= end else { throw .errno(ENOMEM, "mprotect: [\(hex(start)), \(hex(end))) is not fully mapped") }
+        for v in vmaList() where v.pointee.vm_end > start && v.pointee.vm_start < end {
+            if prot.contains(.write) && v.pointee.vm_flags & DAX_VM_MAYWRITE == 0 {
+                throw .errno(EACCES, "mprotect: PROT_WRITE on a VMA without VM_MAYWRITE")
+            }
+        }
+        try splitEdges(start, end)
+        for v in vmaList() where v.pointee.vm_start >= start && v.pointee.vm_end <= end {
+            var f = v.pointee.vm_flags & ~(DAX_VM_READ | DAX_VM_WRITE | DAX_VM_EXEC)
+            if prot.contains(.read) { f |= DAX_VM_READ }
+            if prot.contains(.write) { f |= DAX_VM_WRITE }
+            if prot.contains(.exec) { f |= DAX_VM_EXEC }
+            let losingWrite = v.pointee.vm_flags & DAX_VM_WRITE != 0 && f & DAX_VM_WRITE == 0
+            v.pointee.vm_flags = f
+            vmaSetPageProt(v)
+            if losingWrite || !prot.contains(.read) {
+                changeProtection(ref, v, v.pointee.vm_start, v.pointee.vm_end, removeAccess: !prot.contains(.read))
+            }
+        }
+    }
+}

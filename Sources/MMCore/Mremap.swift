@@ -1,0 +1,122 @@
+// mm/mremap.c: move_page_tables (move_ptes, move_huge_pmd, move_huge_pud)
+// and mremap (shrink, grow in place, move) on MM.
+
+import CDaxMM
+import DAXBase
+
+/// move_page_tables: moves the entries of [old, old+len) in `src` to
+/// [new, ...) in `dstVMA`. References and rmap travel with the entries. Huge
+/// entries move whole when both addresses are aligned to their size;
+/// otherwise they are split (unmapped) and refault. The old addresses of the
+/// entries moved are flushed once at the end. The caller holds mmap_lock for
+/// write.
+func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef, _ new: UInt64, _ len: UInt64) {
+    let k = mm.pointee.kernel!
+    var tlb = TLBGather()
+    var off: UInt64 = 0
+    while off < len {
+        let oa = old + off, na = new + off
+        let w = walk(mm, oa)
+        if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
+            if oa % UInt64(pudSize) == 0, na % UInt64(pudSize) == 0, len - off >= UInt64(pudSize),
+               let npud = pudAlloc(mm, na) {
+                // move_huge_pud
+                dax_spin_lock(pudLockptr(mm))
+                let e = pudpHugeGetAndClear(mm, oa, pud)
+                setPudAt(mm, na, npud, e)
+                dax_spin_unlock(pudLockptr(mm))
+                if !entryNone(e) { tlb.adjust(oa, UInt64(pudSize), DAX_PGTABLE_LEVEL_PUD) }
+                off += UInt64(pudSize)
+            } else {
+                splitHugePud(k, src, pud, oa)
+            }
+            continue
+        }
+        if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
+            if oa % UInt64(pmdSize) == 0, na % UInt64(pmdSize) == 0, len - off >= UInt64(pmdSize),
+               let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na) {
+                // move_huge_pmd
+                let l1 = pmdLockptr(k, pmd), l2 = pmdLockptr(k, npmd)
+                dax_spin_lock(l1)
+                if l2 != l1 { dax_spin_lock(l2) }
+                let e = pmdpHugeGetAndClear(mm, oa, pmd)
+                setPmdAt(mm, na, npmd, e)
+                if l2 != l1 { dax_spin_unlock(l2) }
+                dax_spin_unlock(l1)
+                if !entryNone(e) { tlb.adjust(oa, UInt64(pmdSize), DAX_PGTABLE_LEVEL_PMD) }
+                off += UInt64(pmdSize)
+            } else {
+                splitHugePmd(k, src, pmd, oa)
+            }
+            continue
+        }
+        if let pte = w.pte, let pmd = w.pmd, entryPresent(dax_load_u64(pte)) {
+            if let (npte, nl) = getLockedPte(mm, na) {
+                // move_ptes
+                let ol = pteLockptr(k, dax_load_u64(pmd))
+                if ol != nl { dax_spin_lock(ol) }
+                let e = ptepGetAndClear(mm, oa, pte)
+                setPteAt(mm, na, npte, e)
+                if ol != nl { dax_spin_unlock(ol) }
+                dax_spin_unlock(nl)
+                if !entryNone(e) { tlb.adjust(oa, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE) }
+            }
+        }
+        off += UInt64(pageSize)
+    }
+    tlb.flush(src)
+}
+
+extension MM {
+    /// mremap: shrink in place, grow in place when the space above is free,
+    /// or (mayMove) move the VMA, carrying page-table entries with it. Moved
+    /// entries keep their references and rmap; a huge entry whose old and new
+    /// addresses are not equally aligned is split (unmapped) and refaults.
+    @discardableResult
+    public func mremap(_ old: UInt64, oldLength: UInt64, newLength: UInt64, mayMove: Bool) throws(MMError) -> UInt64 {
+        lockWrite()
+        defer { unlockWrite() }
+        guard old % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mremap: \(hex(old)) not page aligned") }
+        let oldLen = roundUp(oldLength, UInt64(pageSize)), newLen = roundUp(newLength, UInt64(pageSize))
+        guard newLen > 0, oldLen > 0 else { throw .errno(EINVAL, "mremap: zero length") }
+        guard let vma = findVMA(old), vma.pointee.vm_start <= old, old + oldLen <= vma.pointee.vm_end else {
+            throw .errno(EFAULT, "mremap: [\(hex(old)), +\(hex(oldLen))) is not inside one VMA")
+        }
+        if newLen <= oldLen {
+            if newLen < oldLen { try munmapLocked(old + newLen, oldLen - newLen) }
+            return old
+        }
+        if vma.pointee.vm_flags & (DAX_VM_DONTEXPAND | DAX_VM_PFNMAP) != 0 {
+            throw .errno(EFAULT, "mremap: VMA cannot be expanded (VM_DONTEXPAND/VM_PFNMAP)")
+        }
+        // Grow in place when old+oldLen is the VMA's end and the space is free.
+        if old + oldLen == vma.pointee.vm_end {
+            let next = vmaList().first { $0.pointee.vm_start >= vma.pointee.vm_end }
+            if (next.map { $0.pointee.vm_start >= old + newLen } ?? true) && old + newLen <= MM.mmapBase {
+                if let file = vma.pointee.vm_file { iMmapLockWrite(file) }
+                vma.pointee.vm_end = old + newLen
+                if let file = vma.pointee.vm_file { iMmapUnlockWrite(file) }
+                return old
+            }
+        }
+        guard mayMove else { throw .errno(ENOMEM, "mremap: cannot grow in place and MREMAP_MAYMOVE not given") }
+        // Move: isolate the old range as one VMA, map a new one, move entries.
+        try splitEdges(old, old + oldLen)
+        guard let src = findVMA(old), src.pointee.vm_start == old else {
+            throw .errno(EFAULT, "mremap: source VMA vanished")
+        }
+        let align = src.pointee.vm_ops?.pointee.pagesize.map { UInt64($0(src)) } ?? UInt64(pageSize)
+        guard let dst = getUnmappedArea(newLen, alignment: max(align, UInt64(pageSize))) else {
+            throw .errno(ENOMEM, "mremap: no room for \(hex(newLen))")
+        }
+        let new = VMARef.allocate(capacity: 1)
+        new.initialize(to: src.pointee)
+        new.pointee.vm_start = dst
+        new.pointee.vm_end = dst + newLen
+        insertVMA(new, retain: retained[src] ?? [])
+        movePageTables(ref, src, old, new, dst, oldLen)
+        removeVMAs([src])
+        freePgtables(ref, old, old + oldLen)
+        return dst
+    }
+}
