@@ -66,7 +66,8 @@ let package = Package(
             dependencies: ["DAXBase", "CDaxMM", "DaxErrno"],
             swiftSettings: hotPathSwiftSettings
         ),
-        // A linear pfn-mapping "driver" for tests and benchmarks of MMCore.
+        // For tests and benchmarks of MMCore: a linear pfn-mapping "driver",
+        // FaultRig and vmaFixture, the rigs' invariant checks (Swift Testing).
         .target(
             name: "MMTestSupport",
             dependencies: ["DAXBase", "MMCore", "CDaxMM"],

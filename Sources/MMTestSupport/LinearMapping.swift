@@ -5,8 +5,8 @@
 // and put afterwards (the fs/dax temporary-reference protocol).
 //
 // Tests, the property tests and the benchmarks share it; FaultRig builds the
-// usual machine around it. The real drivers
-// (device-dax, fs-dax) live in DAXCore.
+// usual machine around it. The real drivers (device-dax, fs-dax) live in
+// DAXCore.
 
 import CDaxMM
 import MMCore
