@@ -17,6 +17,7 @@ let hotPathSwiftSettings: [SwiftSetting] = [
 let package = Package(
     name: "daxmm",
     products: [
+        .library(name: "DAXBase", targets: ["DAXBase"]),
         .library(name: "MMCore", targets: ["MMCore"]),
         .library(name: "MMTestSupport", targets: ["MMTestSupport"]),
         .library(name: "DAXCore", targets: ["DAXCore"]),
@@ -46,6 +47,13 @@ let package = Package(
                 .linkedLibrary("uring"),
             ]
         ),
+        // What every module shares: the physical-range type, the hex
+        // formatter, the monotonic clock and the seeded generator. Pure Swift,
+        // no dependencies.
+        .target(
+            name: "DAXBase",
+            swiftSettings: hotPathSwiftSettings
+        ),
         // The errno names every module reports with (errnoName). Depends on
         // nothing but the C library.
         .target(
@@ -55,25 +63,27 @@ let package = Package(
         // Knows nothing of devices.
         .target(
             name: "MMCore",
-            dependencies: ["CDaxMM", "DaxErrno"],
+            dependencies: ["DAXBase", "CDaxMM", "DaxErrno"],
             swiftSettings: hotPathSwiftSettings
         ),
-        // A linear pfn-mapping "driver" for tests and benchmarks of MMCore.
+        // For tests and benchmarks of MMCore: a linear pfn-mapping "driver",
+        // FaultRig and vmaFixture, the rigs' invariant checks (Swift Testing).
         .target(
             name: "MMTestSupport",
-            dependencies: ["MMCore", "CDaxMM"],
+            dependencies: ["DAXBase", "MMCore", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // drivers/dax/device.c and fs/dax.c ported, on MMCore.
         .target(
             name: "DAXCore",
-            dependencies: ["MMCore", "CDaxMM", "DaxErrno"],
+            dependencies: ["DAXBase", "MMCore", "CDaxMM", "DaxErrno"],
             swiftSettings: hotPathSwiftSettings
         ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
         .target(
             name: "DAXDevice",
             dependencies: [
+                "DAXBase",
                 "CDaxSys",
                 "DaxErrno",
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -83,6 +93,7 @@ let package = Package(
         .executableTarget(
             name: "daxmm",
             dependencies: [
+                "DAXBase",
                 "DAXDevice",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -90,15 +101,15 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXDeviceTests",
-            dependencies: ["DAXDevice", "CDaxSys"]
+            dependencies: ["DAXBase", "DAXDevice", "CDaxSys"]
         ),
         .testTarget(
             name: "DAXCoreTests",
-            dependencies: ["DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "DaxErrno"]
+            dependencies: ["DAXBase", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "DaxErrno"]
         ),
         .testTarget(
             name: "MMCoreTests",
-            dependencies: ["MMCore", "MMTestSupport", "CDaxMM"]
+            dependencies: ["DAXBase", "MMCore", "MMTestSupport", "CDaxMM"]
         ),
     ]
 )

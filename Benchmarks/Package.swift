@@ -26,6 +26,7 @@ let package = Package(
         .executableTarget(
             name: "DAXBenchmarks",
             dependencies: [
+                .product(name: "DAXBase", package: "daxmm"),
                 .product(name: "DAXCore", package: "daxmm"),
                 .product(name: "MMCore", package: "daxmm"),
                 .product(name: "Benchmark", package: "benchmark"),
@@ -37,6 +38,7 @@ let package = Package(
         .executableTarget(
             name: "MMBenchmarks",
             dependencies: [
+                .product(name: "DAXBase", package: "daxmm"),
                 .product(name: "MMCore", package: "daxmm"),
                 .product(name: "MMTestSupport", package: "daxmm"),
                 .product(name: "Benchmark", package: "benchmark"),

@@ -10,17 +10,8 @@
 // of another driver's file is refused (check_vma -EINVAL, VM_FAULT_SIGBUS).
 
 import CDaxMM
+import DAXBase
 import MMCore
-
-/// One range of a device (struct dev_dax_range): physical [start, end] and
-/// the device page offset it starts at.
-public struct DevDaxRange: Sendable, Equatable {
-    public var start: UInt64
-    public var end: UInt64
-    public var pgoff: UInt64
-    public var size: UInt64 { end - start + 1 }
-    public var pages: UInt64 { size >> 12 }
-}
 
 /// What the fault handlers read (through the file's private_data).
 package struct DevDaxState: DriverState {
@@ -53,10 +44,10 @@ public final class DevDax: @unchecked Sendable {
     public var ops: VMOperations { driver.ops }
 
     /// - Parameters:
-    ///   - ranges: physical (start, size) pieces in device order, as
-    ///     `daxctl create-device` may produce; each a multiple of `align`.
+    ///   - ranges: physical pieces in device order, as `daxctl
+    ///     create-device` may produce; each a multiple of `align`.
     ///   - align: 4K, 2M or 1G.
-    public init(kernel: Kernel, ranges phys: [(start: UInt64, size: UInt64)], align: UInt64) throws(MMError) {
+    public init(kernel: Kernel, ranges phys: [PhysicalRange], align: UInt64) throws(MMError) {
         guard [UInt64(4096), UInt64(pmdSize), UInt64(pudSize)].contains(align) else {
             throw .errno(EINVAL, "device-dax align \(align) is not 4K, 2M or 1G")
         }
@@ -67,7 +58,7 @@ public final class DevDax: @unchecked Sendable {
             guard p.size > 0, p.start % align == 0, p.size % align == 0 else {
                 throw .errno(EINVAL, "range [\(p.start), +\(p.size)) is not aligned to \(align)")
             }
-            rs.append(DevDaxRange(start: p.start, end: p.start + p.size - 1, pgoff: pgoff))
+            rs.append(DevDaxRange(pgoff: pgoff, range: p))
             pgoff += p.size >> 12
         }
         self.kernel = kernel
@@ -92,7 +83,7 @@ public final class DevDax: @unchecked Sendable {
     }
 
     /// Total bytes.
-    public var size: UInt64 { ranges.reduce(0) { $0 + $1.size } }
+    public var size: UInt64 { ranges.reduce(0) { $0 + $1.range.size } }
 
     /// dev_dax_probe: a GENERIC pgmap over the ranges with vmemmap_shift =
     /// order of the alignment, then memremap_pages; the device is alive.
@@ -100,7 +91,7 @@ public final class DevDax: @unchecked Sendable {
         guard pgmap == nil else { throw .errno(EINVAL, "device already probed") }
         let shift = (align >> 12).trailingZeroBitCount
         let p = DevPagemap(kernel: kernel, type: .generic,
-                           ranges: ranges.map { PhysicalRange(start: $0.start, size: $0.size) }, vmemmapShift: shift)
+                           ranges: ranges.map(\.range), vmemmapShift: shift)
         try p.memremapPages()
         pgmap = p
         dax_store_u32(&state.pointee.alive, 1)
@@ -170,8 +161,8 @@ func devDaxPgoffToPhys(_ st: UnsafeMutablePointer<DevDaxState>, _ pgoff: UInt64,
     for i in 0..<st.pointee.nrRange {
         let r = st.pointee.ranges[i]
         guard pgoff >= r.pgoff, pgoff < r.pgoff + r.pages else { continue }
-        let phys = r.start + (pgoff - r.pgoff) * 4096
-        return phys + size - 1 <= r.end ? phys : nil
+        let phys = r.range.start + (pgoff - r.pgoff) * 4096
+        return phys + size - 1 <= r.range.end ? phys : nil
     }
     return nil
 }

@@ -9,6 +9,7 @@
 // record, tagged by `DriverFile`); the classes own them and give the safe API.
 
 import CDaxMM
+import DAXBase
 import DaxErrno
 import MMCore
 import Synchronization
@@ -53,7 +54,7 @@ public enum FSError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .errno(let e, let s): return "\(errnoName(e)): \(s)"
         case .busy(let f, let pfn, let r, let p):
-            return "\(errnoName(EBUSY)): \(f): page pfn 0x\(String(pfn, radix: 16)) still busy (refcount \(r), pincount \(p))"
+            return "\(errnoName(EBUSY)): \(f): page pfn \(hex(pfn)) still busy (refcount \(r), pincount \(p))"
         }
     }
 }

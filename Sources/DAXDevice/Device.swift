@@ -2,18 +2,8 @@
 // device: a size, an alignment, physical ranges, and MAP_SHARED mappings at
 // the device's alignment.
 
+import DAXBase
 import SystemPackage
-
-/// One physical range of a device: device bytes [offset, offset+size) live at
-/// physical [start, start+size).
-public struct PhysRange: Sendable, Equatable {
-    public var offset: UInt64
-    public var start: UInt64
-    public var size: UInt64
-    public init(offset: UInt64, start: UInt64, size: UInt64) {
-        self.offset = offset; self.start = start; self.size = size
-    }
-}
 
 public enum DeviceKind: String, Sendable {
     case deviceDax = "device-dax"
@@ -52,8 +42,9 @@ public protocol DaxDevice: AnyObject, Sendable {
     /// Usable bytes.
     var size: UInt64 { get }
     var align: DaxAlign { get }
-    /// Physical layout, in device-offset order.
-    var ranges: [PhysRange] { get }
+    /// Physical layout, in device-offset order: device bytes [offset,
+    /// offset + range.size) live at physical `range`.
+    var ranges: [DevDaxRange] { get }
     /// NUMA node of the memory, if known.
     var targetNode: Int? { get }
     /// Maps [offset, offset+length) of the device. `length` nil maps to the end.
@@ -68,22 +59,22 @@ extension DaxDevice {
     /// dax_pgoff_to_phys: the physical address of a device offset, taken from
     /// the first range that contains it; nil outside every range.
     public func physicalAddress(ofOffset offset: UInt64) -> UInt64? {
-        for r in ranges where offset >= r.offset && offset - r.offset < r.size {
-            return r.start + (offset - r.offset)
+        for r in ranges where offset >= r.offset && offset - r.offset < r.range.size {
+            return r.range.start + (offset - r.offset)
         }
         return nil
     }
 
     /// One line naming the device, for "using device ..." messages.
     public var summary: String {
-        let base = ranges.first.map { formatHex($0.start) } ?? "?"
+        let base = ranges.first.map { hex($0.range.start) } ?? "?"
         let node = targetNode.map { ", node \($0)" } ?? ""
         return "\(name) (\(kind.rawValue), size \(formatSize(size)), align \(align), phys \(base)\(node))"
     }
 
     /// The request as text, for error messages.
     func describeRequest(offset: UInt64, length: UInt64, options: MapOptions) -> String {
-        "[\(formatHex(offset)), +\(formatHex(length))) \(options)"
+        "[\(hex(offset)), +\(hex(length))) \(options)"
     }
 
     /// Checks the port applies before mapping, for requests the kernel would
@@ -93,7 +84,7 @@ extension DaxDevice {
         guard offset <= size else {
             throw .mapFailed(device: name, request: describeRequest(offset: offset, length: length ?? 0, options: options),
                              errno: .invalidArgument,
-                             reason: "offset \(formatHex(offset)) is past the device's end \(formatHex(size))")
+                             reason: "offset \(hex(offset)) is past the device's end \(hex(size))")
         }
         let len = length ?? (size - offset)
         let req = describeRequest(offset: offset, length: len, options: options)
@@ -102,7 +93,7 @@ extension DaxDevice {
         }
         if len > size - offset {
             throw .mapFailed(device: name, request: req, errno: .invalidArgument,
-                             reason: "range ends past the device's end \(formatHex(size)) (the kernel would map it and raise SIGBUS on access)")
+                             reason: "range ends past the device's end \(hex(size)) (the kernel would map it and raise SIGBUS on access)")
         }
         return len
     }

@@ -4,6 +4,8 @@
 //   emulated                               the embedded device, 1G at 2M align
 //   emulated:size=1G,align=2M[,base=0x...][,node=N]
 
+import DAXBase
+
 public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
     case real(path: String)
     case emulated(size: UInt64, align: DaxAlign, base: UInt64, node: Int?)
@@ -13,7 +15,7 @@ public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
         case .real(let p): return p
         case .emulated(let s, let a, let b, let n):
             var d = "emulated:size=\(formatSize(s)),align=\(a)"
-            if b != EmulatedDevice.defaultPhysicalBase { d += ",base=\(formatHex(b))" }
+            if b != EmulatedDevice.defaultPhysicalBase { d += ",base=\(hex(b))" }
             if let n { d += ",node=\(n)" }
             return d
         }
@@ -71,7 +73,7 @@ public enum DeviceSpec: Equatable, Sendable, CustomStringConvertible {
     /// Opens the device this names.
     public func open() throws(DeviceError) -> any DaxDevice {
         switch self {
-        case .real(let p): return try DeviceDax(path: p)
+        case .real(let p): return try DaxCharDevice(path: p)
         case .emulated(let s, let a, let b, let n): return try EmulatedDevice(size: s, align: a, base: b, node: n)
         }
     }

@@ -7,6 +7,7 @@
 // device when no real one exists; tests that claim a real device never use it.
 
 import CDaxSys
+import DAXBase
 import SystemPackage
 
 #if canImport(Glibc)
@@ -23,7 +24,7 @@ public final class EmulatedDevice: DaxDevice {
     public var kind: DeviceKind { .emulated }
     public let size: UInt64
     public let align: DaxAlign
-    public let ranges: [PhysRange]
+    public let ranges: [DevDaxRange]
     public let targetNode: Int?
     private let fd: Int32
 
@@ -39,7 +40,7 @@ public final class EmulatedDevice: DaxDevice {
             throw .badSpec(spec: spec, reason: "size \(formatSize(size)) is not a multiple of the alignment \(align)")
         }
         guard base % UInt64(align.bytes) == 0 else {
-            throw .badSpec(spec: spec, reason: "physical base \(formatHex(base)) is not aligned to \(align)")
+            throw .badSpec(spec: spec, reason: "physical base \(hex(base)) is not aligned to \(align)")
         }
         guard base <= UInt64(1) << 52 - size else {
             throw .badSpec(spec: spec, reason: "physical range does not fit in 52 address bits")
@@ -47,7 +48,7 @@ public final class EmulatedDevice: DaxDevice {
         self.size = size
         self.align = align
         self.targetNode = node
-        self.ranges = [PhysRange(offset: 0, start: base, size: size)]
+        self.ranges = [DevDaxRange(pgoff: 0, range: PhysicalRange(start: base, size: size))]
         switch Sys.memfdCreate("daxmm-emulated") {
         case .success(let f): fd = f
         case .failure(let e): throw .openFailed(path: spec, errno: e)

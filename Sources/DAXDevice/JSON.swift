@@ -1,6 +1,8 @@
 // A small ordered JSON value and printer, so `daxmm list --json` can emit keys
 // in daxctl's order without Foundation.
 
+import DAXBase
+
 public indirect enum JSONValue: Equatable, Sendable {
     case object([(String, JSONValue)])
     case array([JSONValue])
@@ -57,8 +59,7 @@ public indirect enum JSONValue: Equatable, Sendable {
             case "\r": out += "\\r"
             default:
                 if u.value < 0x20 {
-                    let hex = String(u.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                    out += "\\u" + hexDigits(UInt64(u.value), width: 4)
                 } else {
                     out.unicodeScalars.append(u)
                 }

@@ -5,9 +5,7 @@
 // a page mapped at the wrong offset, a lost write or a stale page all show up
 // as a mismatch naming the offset.
 
-#if canImport(Glibc)
-import Glibc
-#endif
+import DAXBase
 
 public struct PatternCheckResult: Sendable {
     public var bytes: UInt64
@@ -24,18 +22,17 @@ public struct PatternMismatch: Error, Sendable, CustomStringConvertible {
     public var expected: UInt64
     public var found: UInt64
     public var description: String {
-        "\(device): data mismatch at device offset \(formatHex(offset)): expected \(formatHex(expected)), read \(formatHex(found))"
+        "\(device): data mismatch at device offset \(hex(offset)): expected \(hex(expected)), read \(hex(found))"
     }
 }
 
 public enum PatternCheck {
     @inline(__always)
     static func word(offset: UInt64, seed: UInt64) -> UInt64 {
-        // splitmix64 of (offset ^ seed): cheap and never constant across pages.
-        var z = (offset ^ seed) &+ 0x9e37_79b9_7f4a_7c15
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
+        // The first splitmix64 output seeded with (offset ^ seed): cheap and
+        // never constant across pages.
+        var g = SplitMix64(seed: offset ^ seed)
+        return g.next()
     }
 
     /// Runs the check over the first `bytes` of `mapping` (all of it if nil).
@@ -49,19 +46,19 @@ public enum PatternCheck {
         let devOffset = mapping.offset
 
         // One store per align-sized page first: these are the faults.
-        let t0 = now()
+        let t0 = monotonicNanos()
         var off: UInt64 = 0
         while off < len {
             base[Int(off / 8)] = 0
             off += step
         }
-        let t1 = now()
+        let t1 = monotonicNanos()
         for i in 0..<words {
             base[i] = word(offset: devOffset + UInt64(i) * 8, seed: seed)
         }
-        let t2 = now()
+        let t2 = monotonicNanos()
         try verify(mapping, bytes: len, seed: seed)
-        let t3 = now()
+        let t3 = monotonicNanos()
         return PatternCheckResult(bytes: len, alignPages: Int((len + step - 1) / step),
                                   firstTouchNanos: t1 - t0, writeNanos: t2 - t1, verifyNanos: t3 - t2)
     }
@@ -80,11 +77,5 @@ public enum PatternCheck {
                 throw PatternMismatch(device: mapping.device.name, offset: offset, expected: expect, found: got)
             }
         }
-    }
-
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }

@@ -75,10 +75,6 @@ public func formatSize(_ bytes: UInt64) -> String {
     return "\(bytes)"
 }
 
-public func formatHex(_ value: UInt64) -> String {
-    "0x" + String(value, radix: 16)
-}
-
 extension String {
     func trimmingSpaces() -> String {
         var s = Substring(self)

@@ -7,6 +7,7 @@
 // `MMError.bug(PageDump)`, and `PageDump.description` prints like dump_page.
 
 import CDaxMM
+import DAXBase
 
 /// What dump_page printed for one folio, and the rule that failed.
 public struct PageDump: Equatable, Sendable, CustomStringConvertible {
@@ -44,18 +45,13 @@ public struct PageDump: Equatable, Sendable, CustomStringConvertible {
     public var pgmapTypeName: String { memoryTypeName(pgmapType) }
 
     public var description: String {
-        var s = "page: refcount:\(refcount) mapcount:\(mapcount) mapping:\(hex16(mapping)) index:0x\(String(index, radix: 16)) pfn:0x\(String(pfn, radix: 16))\n"
+        var s = "page: refcount:\(refcount) mapcount:\(mapcount) mapping:\(hexDigits(mapping, width: 16)) index:\(hex(index)) pfn:\(hex(pfn))\n"
         if order > 0 {
-            s += "head: pfn:0x\(String(headPfn, radix: 16)) order:\(order) entire_mapcount:\(entireMapcount) pincount:\(pincount)\n"
+            s += "head: pfn:\(hex(headPfn)) order:\(order) entire_mapcount:\(entireMapcount) pincount:\(pincount)\n"
         }
-        s += "flags: 0x\(String(flags, radix: 16))(\(flagNames)) pgmap:\(pgmapTypeName)\n"
+        s += "flags: \(hex(flags))(\(flagNames)) pgmap:\(pgmapTypeName)\n"
         s += "page dumped because: \(rule) in \(function)"
         return s
-    }
-
-    func hex16(_ v: UInt64) -> String {
-        let h = String(v, radix: 16)
-        return String(repeating: "0", count: max(0, 16 - h.count)) + h
     }
 }
 

@@ -14,6 +14,7 @@
 // path gets them specialised to its record type.
 
 import CDaxMM
+import DAXBase
 
 /// The tag of a driver's private_data layout: a magic number, as
 /// include/uapi/linux/magic.h gives one to each file system. Unique per
@@ -86,7 +87,7 @@ public final class DriverFile<State: DriverState>: @unchecked Sendable {
         let type = ObjectIdentifier(State.self)
         driverTags.withLock { tags in
             if let owner = tags[tag] {
-                precondition(owner == type, "driver tag 0x\(String(tag, radix: 16)) used by two record types")
+                precondition(owner == type, "driver tag \(hex(UInt64(tag))) used by two record types")
             } else {
                 tags[tag] = type
             }

@@ -7,6 +7,7 @@
 // PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
+import DAXBase
 
 /// FOLL_* flags. The names are the kernel's; the values are the port's own.
 public struct GupFlags: OptionSet, Sendable {

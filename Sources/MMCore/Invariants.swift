@@ -2,6 +2,7 @@
 // Not a hot path: it allocates freely and takes every lock it reads under.
 
 import CDaxMM
+import DAXBase
 
 public struct InvariantViolation: Sendable, CustomStringConvertible {
     /// "§11 rule 1" etc.

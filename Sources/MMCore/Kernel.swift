@@ -27,6 +27,7 @@
 // report ring (Debug.swift), turned into text only by the safe API.
 
 import CDaxMM
+import DAXBase
 import Synchronization
 
 #if canImport(Glibc)
@@ -207,16 +208,20 @@ public func pfnValid(_ k: KernelRef, _ pfn: UInt64) -> Bool {
     return k.pointee.section_present[Int(pfn) / pagesPerSection] != 0
 }
 
-/// pfn_to_page. Precondition: pfnValid(k, pfn).
+/// pfn_to_page. Precondition: pfnValid(k, pfn) (asserted in debug builds).
 @inline(__always)
 public func pfnToPage(_ k: KernelRef, _ pfn: UInt64) -> Page {
-    Page(k.pointee.vmemmap + Int(pfn))
+    assert(pfnValid(k, pfn), "pfn_to_page: the pfn's section has no struct pages")
+    return Page(k.pointee.vmemmap + Int(pfn))
 }
 
-/// page_to_pfn.
+/// page_to_pfn. Precondition: `page` is a record of this kernel's vmemmap in
+/// a populated section (asserted in debug builds).
 @inline(__always)
 public func pageToPfn(_ k: KernelRef, _ page: Page) -> UInt64 {
-    UInt64(page.raw - k.pointee.vmemmap)
+    let pfn = page.raw - k.pointee.vmemmap
+    assert(pfn >= 0 && pfnValid(k, UInt64(pfn)), "page_to_pfn: the page is not a populated vmemmap record")
+    return UInt64(pfn)
 }
 
 /// mod_node_page_state.
@@ -224,8 +229,6 @@ public func pageToPfn(_ k: KernelRef, _ page: Page) -> UInt64 {
 func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64) {
     dax_atomic64_add(dax_kernel_stats(k) + Int(item.rawValue), delta)
 }
-
-func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 /// The lookups memremap needs: which pgmap covers a pfn (pgmap_array, an
 /// xarray in the kernel) and which physical ranges are System RAM (iomem).

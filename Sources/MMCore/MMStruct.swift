@@ -7,6 +7,7 @@
 // mmap_lock for write; faults and GUP take it for read.
 
 import CDaxMM
+import DAXBase
 import Synchronization
 
 #if canImport(Glibc)

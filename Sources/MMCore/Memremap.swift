@@ -2,6 +2,7 @@
 // memunmap_pages, get/put_dev_pagemap, free_zone_device_folio.
 
 import CDaxMM
+import DAXBase
 import Synchronization
 
 /// enum memory_type
@@ -21,17 +22,6 @@ public enum MemoryType: Int32, Sendable, CustomStringConvertible {
     /// Types whose pgmap reference is held per folio from creation on (all
     /// but PRIVATE and COHERENT, which take one per allocated folio).
     var refsPerFolioAtCreation: Bool { self != .devicePrivate && self != .deviceCoherent }
-}
-
-/// struct range: [start, end] inclusive, physical addresses.
-public struct PhysicalRange: Sendable, Equatable, CustomStringConvertible {
-    public var start: UInt64
-    public var end: UInt64
-    public init(start: UInt64, size: UInt64) { self.start = start; self.end = start + size - 1 }
-    public var size: UInt64 { end - start + 1 }
-    public var startPfn: UInt64 { start >> UInt64(pageShift) }
-    public var endPfn: UInt64 { (end + 1) >> UInt64(pageShift) }
-    public var description: String { "[\(hex(start))-\(hex(end))]" }
 }
 
 /// The callbacks of dev_pagemap_ops the port models. C function pointers, so
@@ -304,8 +294,8 @@ public final class DevPagemap: @unchecked Sendable {
         for r in ranges.prefix(n) {
             // Clear this range's records, then return whole sections no other
             // pgmap uses.
-            let first = pfnToPage(kernel.ref, r.startPfn).raw
             if kernel.pfnValid(r.startPfn) {
+                let first = pfnToPage(kernel.ref, r.startPfn).raw
                 UnsafeMutableRawPointer(first).initializeMemory(as: UInt8.self, repeating: 0,
                     count: Int(r.endPfn - r.startPfn) * MemoryLayout<dax_page>.stride)
             }

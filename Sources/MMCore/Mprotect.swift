@@ -3,6 +3,7 @@
 // entries, and mprotect (do_mprotect_pkey, mprotect_fixup) on MM.
 
 import CDaxMM
+import DAXBase
 
 /// change_protection: write-protects the present entries of [start, end) in
 /// `vma`; with removeAccess (PROT_NONE) the entries also lose _PAGE_USER.

@@ -2,6 +2,7 @@
 // and mremap (shrink, grow in place, move) on MM.
 
 import CDaxMM
+import DAXBase
 
 /// move_page_tables: moves the entries of [old, old+len) in `src` to
 /// [new, ...) in `dstVMA`. References and rmap travel with the entries. Huge

@@ -59,18 +59,30 @@ public struct Page: Hashable, @unchecked Sendable {
     @inline(__always) public var folioPageIndex: Int { raw - compoundHead.raw }
 }
 
-/// A struct folio: always the head page's record.
+/// A struct folio: always the head page's record (asserted in debug builds).
 public struct Folio: Hashable, @unchecked Sendable {
     /// The head page's record. Never nil; valid while its pgmap is live.
     @usableFromInline package let raw: UnsafeMutablePointer<dax_page>
     /// Precondition: `raw` is a head (or order-0) page record of a live
-    /// kernel's vmemmap. Outside the package a folio comes from `Page.folio`.
-    @inline(__always) @usableFromInline package init(_ raw: UnsafeMutablePointer<dax_page>) { self.raw = raw }
+    /// kernel's vmemmap (asserted in debug builds). Outside the package a
+    /// folio comes from `Page.folio`.
+    @inline(__always) @usableFromInline package init(_ raw: UnsafeMutablePointer<dax_page>) {
+        assert(dax_load_u64(dax_page_compound_head(raw)) & DAX_COMPOUND_TAIL == 0,
+               "a folio is its head page's record, not a tail's")
+        self.raw = raw
+    }
 
     @inline(__always) public var head: Page { Page(raw) }
-    /// folio_page(folio, n)
-    @inline(__always) public func page(_ n: Int) -> Page { Page(raw + n) }
-    @inline(__always) var second: UnsafeMutablePointer<dax_page> { raw + 1 }
+    /// folio_page(folio, n). Precondition: 0 <= n < nrPages.
+    @inline(__always) public func page(_ n: Int) -> Page {
+        assert(n >= 0 && n < nrPages, "folio_page: page index outside the folio")
+        return Page(raw + n)
+    }
+    /// page[1] of a large folio (its order, mapcounts and pincount).
+    @inline(__always) var second: UnsafeMutablePointer<dax_page> {
+        assert(isLarge, "page[1] of a small folio belongs to another folio")
+        return raw + 1
+    }
 
     @inline(__always) public var isLarge: Bool { head.isHead }
     /// folio_order
@@ -188,7 +200,8 @@ public func resetCompound(_ folio: Folio) {
         p1.pointee.pincount = 0
     }
     for i in 0..<n {
-        let p = folio.page(i)
+        // The order is already gone: address the pages from the head.
+        let p = folio.head.advanced(by: i)
         p.clear(DAX_PG_head)
         dax_store_u64(dax_page_compound_head(p.raw), 0)
     }

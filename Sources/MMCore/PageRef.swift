@@ -5,6 +5,7 @@
 // PageArray); their preconditions are in Kernel.swift ("The raw-record API").
 
 import CDaxMM
+import DAXBase
 
 /// folio_get: +1 on a folio that already has a reference.
 ///
@@ -79,6 +80,12 @@ public func wakeUpVar(_ k: KernelRef, _ addr: UnsafeRawPointer) {
     }
 }
 
+/// waitqueue_active(__var_waitqueue(addr)): someone sleeps in waitVarEvent
+/// on `addr`'s bucket. Tests use it to know a waiter is really blocked.
+public func varWaitqueueActive(_ k: KernelRef, _ addr: UnsafeRawPointer) -> Bool {
+    dax_load_u32(dax_kernel_wait_sleepers(k) + waitBucket(addr)) != 0
+}
+
 /// wait_var_event_timeout: waits until `condition()` holds, woken by
 /// wakeUpVar on `addr`. Returns false if `timeoutNanos` passed first
 /// (negative: no limit).
@@ -105,14 +112,4 @@ public func waitVarEvent(_ k: KernelRef, _ addr: UnsafeRawPointer, timeoutNanos:
         _ = dax_futex_wait(w, seq, Int64(slice))
         dax_dec_u32(sleepers)
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-public func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

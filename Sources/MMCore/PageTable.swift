@@ -62,9 +62,11 @@ public enum PT {
 /// pmd_mkhuge / pud_mkhuge
 @inline(__always) public func entryMkhuge(_ e: PTEntry) -> PTEntry { e | PT.pse }
 @inline(__always) public func entryMkspecial(_ e: PTEntry) -> PTEntry { e | PT.special }
-/// The next-level table a non-leaf entry points at.
+/// The next-level table a non-leaf entry points at. Precondition: `e` is a
+/// present table entry, not a huge leaf (asserted in debug builds).
 @inline(__always) public func entryTable(_ e: PTEntry) -> EntryPtr {
-    EntryPtr(bitPattern: UInt(e & PT.pfnMask))!
+    assert(entryPresent(e) && !entryLeaf(e), "entryTable of an entry that is not a present table entry")
+    return EntryPtr(bitPattern: UInt(e & PT.pfnMask))!
 }
 
 /// The lowest-level protection bits a VMA's new entries start from.
@@ -126,9 +128,12 @@ func ptFreeTable(_ k: KernelRef, _ table: EntryPtr) {
 }
 
 /// The split ptlock of the table page holding `entry` (ptlock_ptr).
+/// Precondition: `entry` lies in this kernel's page-table pool (asserted in
+/// debug builds).
 @inline(__always)
 func ptlockOf(_ k: KernelRef, tableContaining entry: EntryPtr) -> UnsafeMutablePointer<UInt32> {
     let off = UnsafeMutableRawPointer(entry) - UnsafeMutableRawPointer(k.pointee.pt_pool)
+    assert(off >= 0 && UInt64(off / pageSize) < k.pointee.pt_pool_pages, "ptlock_ptr: entry outside the page-table pool")
     return k.pointee.pt_locks + off / pageSize
 }
 

@@ -4,8 +4,9 @@
 // device-dax; zero-based (FS_DAX) folios are taken 0 -> 1 for the insert
 // and put afterwards (the fs/dax temporary-reference protocol).
 //
-// Tests, the property tests and the benchmarks share it. The real drivers
-// (device-dax, fs-dax) live in DAXCore.
+// Tests, the property tests and the benchmarks share it; FaultRig builds the
+// usual machine around it. The real drivers (device-dax, fs-dax) live in
+// DAXCore.
 
 import CDaxMM
 import MMCore
@@ -60,6 +61,22 @@ public final class LinearMapping: @unchecked Sendable {
     public func request(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write]) -> MMapRequest {
         driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, alignment: faultSize, extraFlags: DAX_VM_HUGEPAGE)
     }
+
+    /// The ops with a pfn_mkwrite callback: a VMA using them wants write
+    /// notification, so vm_page_prot is read-only and write access shows in
+    /// the entry bits only when the insert sets it.
+    public func writenotifyOps() -> VMOperations {
+        var o = ops.ref.pointee
+        o.pfn_mkwrite = linearPfnMkwriteFn
+        return VMOperations(o)
+    }
+
+    /// The ops without may_split: any split is allowed.
+    public func noMaySplitOps() -> VMOperations {
+        var o = ops.ref.pointee
+        o.may_split = nil
+        return VMOperations(o)
+    }
 }
 
 /// The fault handler: one folio of the map's order per fault. Another
@@ -107,6 +124,8 @@ let linearMaySplitFn: @convention(c) (VMARef?, UInt64) -> Int32 = { vma, addr in
     let size = UInt64(4096) << UInt64(st.pointee.order)
     return addr % size == 0 ? 0 : -EINVAL
 }
+/// pfn_mkwrite that always agrees.
+let linearPfnMkwriteFn: @convention(c) (VMFaultRef?) -> UInt32 = { _ in 0 }
 let linearPagesizeFn: @convention(c) (VMARef?) -> UInt64 = { vma in
     guard let st = linearState(vma!) else { return UInt64(pageSize) }
     return UInt64(4096) << UInt64(st.pointee.order)

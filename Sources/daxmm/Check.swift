@@ -1,4 +1,5 @@
 import ArgumentParser
+import DAXBase
 import DAXDevice
 
 struct Check: ParsableCommand {
@@ -33,8 +34,8 @@ struct Check: ParsableCommand {
         defer { mapping.unmap() }
         let r: PatternCheckResult
         do { r = try PatternCheck.run(mapping) } catch { throw failure(error.description) }
-        let phys = dev.physicalAddress(ofOffset: offset).map(formatHex) ?? "?"
-        print("check: \(dev.name): mapped \(formatSize(r.bytes)) at \(formatHex(UInt64(mapping.address))) (phys \(phys), \(r.alignPages) x \(dev.align) pages)")
+        let phys = dev.physicalAddress(ofOffset: offset).map(hex) ?? "?"
+        print("check: \(dev.name): mapped \(formatSize(r.bytes)) at \(hex(UInt64(mapping.address))) (phys \(phys), \(r.alignPages) x \(dev.align) pages)")
         let perFault = r.alignPages > 0 ? r.firstTouchNanos / UInt64(r.alignPages) : 0
         let mbps = { (ns: UInt64) in ns == 0 ? 0 : r.bytes * 1000 / ns }
         print("check: first touch \(perFault) ns/page, write \(mbps(r.writeNanos)) MB/s, verify \(mbps(r.verifyNanos)) MB/s: OK")

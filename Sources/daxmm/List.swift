@@ -1,4 +1,5 @@
 import ArgumentParser
+import DAXBase
 import DAXDevice
 
 struct List: ParsableCommand {
@@ -46,15 +47,15 @@ struct List: ParsableCommand {
                 rows.append([
                     "/dev/\(d.devname)", "region\(r.id)", formatSize(d.size),
                     d.align > 0 ? formatSize(d.align) : "-",
-                    d.resource != 0 ? formatHex(d.resource) : "-",
+                    d.resource != 0 ? hex(d.resource) : "-",
                     d.targetNode.map(String.init) ?? "-",
                     d.mode, d.enabled ? "enabled" : "disabled",
                     String(max(d.mappings.count, 1)),
                 ])
                 if mappings {
                     for m in d.mappings {
-                        rows.append(["", "  range", formatSize(m.size), "", formatHex(m.start), "", "", "",
-                                     "pgoff \(formatHex(m.pageOffset))"])
+                        rows.append(["", "  range", formatSize(m.size), "", hex(m.start), "", "", "",
+                                     "pgoff \(hex(m.pageOffset))"])
                     }
                 }
             }

@@ -1,27 +1,26 @@
 import CDaxMM
+import DAXBase
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestSupport
 
-struct DevDaxRig {
+/// One kernel, a probed device-dax instance of alignment `align` over
+/// `ranges`, and an empty MM.
+struct DevDaxRig: InvariantRig {
     let kernel: Kernel
     let dev: DevDax
     let mm: MM
 
-    init(align: UInt64, ranges: [(start: UInt64, size: UInt64)]? = nil) throws {
+    init(align: UInt64, ranges: [PhysicalRange]? = nil) throws {
         kernel = try Kernel(physBits: 40)
-        let rs = ranges ?? [(start: 0x40_0000_0000 % (1 << 40), size: max(align, 4 << 20))]
+        let rs = ranges ?? [PhysicalRange(start: 0x40_0000_0000 % (1 << 40), size: max(align, 4 << 20))]
         dev = try DevDax(kernel: kernel, ranges: rs, align: align)
         try dev.probe()
         mm = try MM(kernel: kernel)
     }
 
-    func check(sourceLocation: SourceLocation = #_sourceLocation) {
-        let v = invariants(mms: [mm], pgmaps: [dev.pgmap!])
-        #expect(v.isEmpty, "\(v.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-        let r = kernel.drainReports()
-        #expect(r.isEmpty, "\(r.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-    }
+    var pgmaps: [DevPagemap] { [dev.pgmap!] }
 
     /// Calls the device's huge_fault(order) the way the fault walk would.
     func huge(_ addr: UInt64, order: Int, write: Bool) -> UInt32 {
@@ -51,7 +50,7 @@ struct DeviceDAXTests {
         if faultSize == align { expected = DAX_VM_FAULT_NOPAGE }
         else if faultSize > align { expected = DAX_VM_FAULT_FALLBACK }
         else { expected = DAX_VM_FAULT_SIGBUS }
-        let folio = pfnToPage(rig.kernel.ref, rig.dev.ranges[0].start >> 12).folio
+        let folio = pfnToPage(rig.kernel.ref, rig.dev.ranges[0].range.startPfn).folio
         #expect(folio.refCount == 1 && folio.mapcount == 0 && folio.mapping == 0)
         let ret = rig.huge(addr, order: order, write: true)
         #expect(ret == expected, "align \(align) order \(order): \(ret)")
@@ -88,9 +87,9 @@ struct DeviceDAXTests {
         }
         rig.check()
         try rig.mm.munmap(addr, align)
-        #expect(pfnToPage(rig.kernel.ref, rig.dev.ranges[0].start >> 12).folio.refCount == 1)
+        #expect(pfnToPage(rig.kernel.ref, rig.dev.ranges[0].range.startPfn).folio.refCount == 1)
         // The mapping stays after unmap (never cleared).
-        #expect(pfnToPage(rig.kernel.ref, rig.dev.ranges[0].start >> 12).folio.mapping == rig.dev.file.mapping)
+        #expect(pfnToPage(rig.kernel.ref, rig.dev.ranges[0].range.startPfn).folio.mapping == rig.dev.file.mapping)
         rig.check()
     }
 
@@ -139,7 +138,7 @@ struct DeviceDAXTests {
     /// §7.3: multi-range devices; the first range holding pgoff decides.
     @Test("dax_pgoff_to_phys across ranges")
     func pgoffToPhys() throws {
-        let rig = try DevDaxRig(align: 2 << 20, ranges: [(start: 0x1_0000_0000, size: 4 << 20), (start: 0x2_0000_0000, size: 2 << 20)])
+        let rig = try DevDaxRig(align: 2 << 20, ranges: [PhysicalRange(start: 0x1_0000_0000, size: 4 << 20), PhysicalRange(start: 0x2_0000_0000, size: 2 << 20)])
         #expect(rig.dev.pgoffToPhys(0, size: 4096) == 0x1_0000_0000)
         #expect(rig.dev.pgoffToPhys(1023, size: 4096) == 0x1_0000_0000 + 1023 * 4096)
         #expect(rig.dev.pgoffToPhys(1024, size: 2 << 20) == 0x2_0000_0000)
@@ -172,10 +171,10 @@ struct DeviceDAXTests {
     @Test("construction errors")
     func constructionErrors() throws {
         let k = try Kernel(physBits: 40)
-        #expect(throws: MMError.self) { try DevDax(kernel: k, ranges: [(start: 0, size: 8192)], align: 8192) }
-        #expect(throws: MMError.self) { try DevDax(kernel: k, ranges: [(start: 4096, size: 2 << 20)], align: 2 << 20) }
+        #expect(throws: MMError.self) { try DevDax(kernel: k, ranges: [PhysicalRange(start: 0, size: 8192)], align: 8192) }
+        #expect(throws: MMError.self) { try DevDax(kernel: k, ranges: [PhysicalRange(start: 4096, size: 2 << 20)], align: 2 << 20) }
         #expect(throws: MMError.self) { try DevDax(kernel: k, ranges: [], align: 4096) }
-        let d = try DevDax(kernel: k, ranges: [(start: 0x1_0000_0000, size: 2 << 20)], align: 4096)
+        let d = try DevDax(kernel: k, ranges: [PhysicalRange(start: 0x1_0000_0000, size: 2 << 20)], align: 4096)
         try d.probe()
         #expect(throws: MMError.self) { try d.probe() }
         #expect(pfnToPage(k.ref, 0x1_0000_0000 >> 12).folio.refCount == 1)

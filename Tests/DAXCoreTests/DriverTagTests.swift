@@ -1,4 +1,5 @@
 import CDaxMM
+import DAXBase
 import Testing
 @testable import DAXCore
 @testable import MMCore
@@ -14,7 +15,7 @@ struct MixedRig {
 
     init() throws {
         kernel = try Kernel(physBits: 40)
-        dev = try DevDax(kernel: kernel, ranges: [(start: 1 << 38, size: 4 << 20)], align: 2 << 20)
+        dev = try DevDax(kernel: kernel, ranges: [PhysicalRange(start: 1 << 38, size: 4 << 20)], align: 2 << 20)
         try dev.probe()
         fs = try DaxFS(kernel: kernel, start: 0x8000_0000, size: 16 << 20)
         file = try fs.create(name: "f", maxSize: 4 << 20)
@@ -46,7 +47,7 @@ struct MixedRig {
     }
 
     func counters() -> Counters {
-        let devFolio = pfnToPage(kernel.ref, dev.ranges[0].start >> 12).folio
+        let devFolio = pfnToPage(kernel.ref, dev.ranges[0].range.startPfn).folio
         let fsFolio = file.folio(at: 0)!
         return Counters(fileMapped: kernel.stat(DAX_NR_FILE_MAPPED), pmdMapped: kernel.stat(DAX_NR_FILE_PMDMAPPED),
                         rss: mm.rssFilePages, nrpages: file.nrpages,

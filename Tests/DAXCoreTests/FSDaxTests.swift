@@ -1,27 +1,26 @@
 import CDaxMM
+import DAXBase
 import Dispatch
 import Foundation
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestSupport
 
-struct FSRig {
+/// One kernel, an ExtentFS of `size` bytes of fs-dax memory at `start`, and
+/// an empty MM.
+struct FSRig: InvariantRig {
     let kernel: Kernel
     let fs: DaxFS
     let mm: MM
 
-    init(size: UInt64 = 16 << 20) throws {
+    init(size: UInt64 = 16 << 20, start: UInt64 = 0x8000_0000) throws {
         kernel = try Kernel(physBits: 40)
-        fs = try DaxFS(kernel: kernel, start: 0x8000_0000, size: size)
+        fs = try DaxFS(kernel: kernel, start: start, size: size)
         mm = try MM(kernel: kernel)
     }
 
-    func check(_ ledger: RefLedger? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
-        let v = invariants(mms: [mm], pgmaps: [fs.pgmap], ledger: ledger)
-        #expect(v.isEmpty, "\(v.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-        let r = kernel.drainReports()
-        #expect(r.isEmpty, "\(r.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-    }
+    var pgmaps: [DevPagemap] { [fs.pgmap] }
 }
 
 @Suite("fs-dax (fs/dax.c, §8 and §12)")
@@ -82,7 +81,7 @@ struct FSDaxTests {
         try f.breakLayout()   // unmaps, waits for idle, deletes
         #expect(rig.mm.rssFilePages == 0)
         #expect(!head.isLarge && head.mapping == 0)
-        for i in 0..<512 { #expect(head.page(i).refcountRaw == 0 && !head.page(i).isTail) }
+        for i in 0..<512 { #expect(head.head.advanced(by: i).refcountRaw == 0 && !head.head.advanced(by: i).isTail) }
         rig.check()
     }
 
@@ -201,6 +200,9 @@ struct FSDaxTests {
 
     /// §8.6 with §2.7's wake-up: a pinned page blocks the break until another
     /// thread unpins; with a timeout it reports pfn, refcount and pincount.
+    /// Without one it waits like the kernel, until free_zone_device_folio
+    /// wakes it: the test checks the waiter is asleep before it unpins, and
+    /// that the page is idle before it joins, so no sleep length decides.
     @Test("dax_break_layout waits for a pinned page; times out naming it; completes after unpin")
     func breakLayoutWaits() throws {
         let rig = try FSRig()
@@ -219,16 +221,22 @@ struct FSDaxTests {
         }
         #expect(f.nrpages == 512, "entries stay when the break fails")
         let done = Locked(false)
+        let finished = DispatchSemaphore(value: 0)
         let worker = Thread {
-            do { try f.breakLayout(timeoutNanos: 10_000_000_000) } catch { Issue.record("\(error)") }
+            // No deadline: dax_break_layout sleeps until the page is idle.
+            do { try f.breakLayout(timeoutNanos: -1) } catch { Issue.record("\(error)") }
             done.withLock { $0 = true }
+            finished.signal()
         }
         worker.start()
-        usleep(100_000)
+        waitUntilAsleep(rig.kernel.ref, on: UnsafeRawPointer(folio.raw), orUntil: { done.withLock { $0 } })
         #expect(done.withLock { $0 } == false, "blocked while pinned")
         rig.mm.unpin(pages)
-        let deadline = Date().addingTimeInterval(10)
-        while !done.withLock({ $0 }) && Date() < deadline { usleep(1000) }
+        // The last pin's put idles the folio and wakes the waiter; only then
+        // is joining it sure to end.
+        #expect(folio.refCount == 0, "the unpin left the folio idle")
+        if folio.refCount != 0 { folio.setCount(0); wakeUpVar(rig.kernel.ref, folio.raw) }   // after a failure: release the waiter
+        finished.wait()
         #expect(done.withLock { $0 })
         #expect(f.nrpages == 0 && folio.refCount == 0 && !folio.isLarge)
         rig.check()

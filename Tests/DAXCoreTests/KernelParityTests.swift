@@ -3,6 +3,7 @@
 // the kernel function and the rule, and fails on the old answer.
 
 import CDaxMM
+import DAXBase
 import Testing
 @testable import DAXCore
 @testable import MMCore
@@ -23,7 +24,7 @@ struct DAXKernelParityTests {
         #expect(rig.mm.handleFault(a, write: true) == DAX_VM_FAULT_NOPAGE)
         #expect(rig.mm.handleFault(a + (2 << 20), write: false) == DAX_VM_FAULT_NOPAGE)
         #expect(mm2.handleFault(b, write: true) == DAX_VM_FAULT_NOPAGE)
-        let base = rig.dev.ranges[0].start >> 12
+        let base = rig.dev.ranges[0].range.startPfn
         let f0 = pfnToPage(k.ref, base).folio, f1 = pfnToPage(k.ref, base + 512).folio
         #expect(f0.refCount == 2 && f0.mapcount == 1)
         #expect(f1.refCount == 3 && f1.mapcount == 2)
@@ -68,7 +69,7 @@ struct DAXKernelParityTests {
             #expect(rig.mm.handleFault(a, write: false) == DAX_VM_FAULT_NOPAGE)
             addrs.append(a)
         }
-        let base = rig.dev.ranges[0].start >> 12
+        let base = rig.dev.ranges[0].range.startPfn
         let f = pfnToPage(k.ref, base).folio
         #expect(rig.dev.file.mappers.count == 300)
         #expect(f.refCount == 301 && f.mapcount == 300 && rig.mm.rssFilePages == 300)

@@ -48,13 +48,13 @@ struct DeviceSpecTests {
 @Suite("Opening paths that are not device-dax")
 struct BadDevicePathTests {
     @Test func missingDevice() {
-        #expect(throws: DeviceError.noSuchDevice(path: "/dev/dax97.3")) { try DeviceDax(path: "/dev/dax97.3") }
-        #expect(throws: DeviceError.noSuchDevice(path: "/dev/dax97.3")) { try DeviceDax(path: "dax97.3") }
+        #expect(throws: DeviceError.noSuchDevice(path: "/dev/dax97.3")) { try DaxCharDevice(path: "/dev/dax97.3") }
+        #expect(throws: DeviceError.noSuchDevice(path: "/dev/dax97.3")) { try DaxCharDevice(path: "dax97.3") }
     }
 
     @Test func characterDeviceOfAnotherSubsystem() {
         do {
-            _ = try DeviceDax(path: "/dev/null")
+            _ = try DaxCharDevice(path: "/dev/null")
             Issue.record("/dev/null accepted")
         } catch let e {
             guard case .notDeviceDax(let p, let why) = e else { Issue.record("wrong error \(e)"); return }
@@ -69,8 +69,8 @@ struct BadDevicePathTests {
         let fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: .ownerReadWrite)
         try fd.close()
         defer { _ = try? FileDescriptor.open(FilePath(path), .readOnly).close(); unlink(path) }
-        #expect(throws: DeviceError.notDeviceDax(path: path, reason: "a regular file")) { try DeviceDax(path: path) }
-        #expect(throws: DeviceError.notDeviceDax(path: "/tmp", reason: "a directory")) { try DeviceDax(path: "/tmp") }
+        #expect(throws: DeviceError.notDeviceDax(path: path, reason: "a regular file")) { try DaxCharDevice(path: path) }
+        #expect(throws: DeviceError.notDeviceDax(path: "/tmp", reason: "a directory")) { try DaxCharDevice(path: "/tmp") }
     }
 
     @Test func messagesAreOneLineNamingTheDevice() {

@@ -1,6 +1,7 @@
 import SystemPackage
 import Testing
 @testable import DAXDevice
+import DAXBase
 
 /// The embedded device follows device-dax's mmap rules (check_vma,
 /// dax_get_unmapped_area): shared only, aligned start and end, aligned address.
@@ -74,7 +75,7 @@ struct EmulatedDeviceTests {
 
     @Test func physicalAddressesFollowTheBase() throws {
         let dev = try EmulatedDevice(size: 4 << 20, align: .pmd, base: 0x1_0000_0000)
-        #expect(dev.ranges == [PhysRange(offset: 0, start: 0x1_0000_0000, size: 4 << 20)])
+        #expect(dev.ranges == [DevDaxRange(pgoff: 0, range: PhysicalRange(start: 0x1_0000_0000, size: 4 << 20))])
         #expect(dev.physicalAddress(ofOffset: 0x1234) == 0x1_0000_1234)
         #expect(dev.physicalAddress(ofOffset: 4 << 20) == nil)
     }

@@ -2,6 +2,7 @@ import Foundation
 import SystemPackage
 import Testing
 @testable import DAXDevice
+import DAXBase
 
 /// Tests on real device-dax. Outside the project's VM they are cancelled with
 /// a one-line reason; inside it (DAXMM_IN_VM=1) a missing device is a failure.
@@ -126,7 +127,7 @@ struct RealMappingTests {
     /// kernel's pagemap confirms the physical address the port computes.
     @Test func mapsAlignedHoldsDataAndPFNsMatch() throws {
         for info in try RealDevices.require() {
-            let dev = try DeviceDax(path: info.path)
+            let dev = try DaxCharDevice(path: info.path)
             #expect(dev.size == info.size)
             #expect(UInt64(dev.align.bytes) == info.align)
             let a = UInt64(dev.align.bytes)
@@ -140,7 +141,7 @@ struct RealMappingTests {
             // 2M devices can be checked this way.
             for off in dev.align == .pud ? [] : [UInt64(0), len / 2, len - 4096] {
                 let pfn = try pagemapPFN(m.baseAddress + Int(off))
-                #expect(pfn == dev.physicalAddress(ofOffset: off)! >> 12, "\(info.devname) offset \(formatHex(off))")
+                #expect(pfn == dev.physicalAddress(ofOffset: off)! >> 12, "\(info.devname) offset \(hex(off))")
             }
             // A second mapping sees the same data (shared memory, not a copy).
             let m2 = try dev.map(offset: 0, length: a)
@@ -152,7 +153,7 @@ struct RealMappingTests {
     /// the emulated device refuses the same requests with the same errno.
     @Test func kernelAndEmulatedDeviceRefuseAlike() throws {
         for info in try RealDevices.require() {
-            let dev = try DeviceDax(path: info.path)
+            let dev = try DaxCharDevice(path: info.path)
             let emu = try EmulatedDevice(size: UInt64(dev.align.bytes) * 2, align: dev.align)
             let a = UInt64(dev.align.bytes)
             // Read-only: a private writable mapping is charged against the
@@ -185,7 +186,7 @@ struct RealMappingTests {
             return
         }
         do {
-            _ = try DeviceDax(path: "/dev/" + blk)
+            _ = try DaxCharDevice(path: "/dev/" + blk)
             Issue.record("/dev/\(blk) accepted as device-dax")
         } catch {
             guard case .notDeviceDax(_, let why) = error else { Issue.record("\(error)"); return }
@@ -205,7 +206,7 @@ struct RealDeviceStateTests {
         #expect(rc == 0, "daxctl disable-device: \(err)")
         defer { _ = try? runProgram(["daxctl", "enable-device", victim.devname]) }
         do {
-            _ = try DeviceDax(path: victim.path)
+            _ = try DaxCharDevice(path: victim.path)
             Issue.record("disabled \(victim.devname) was opened")
         } catch {
             guard case .disabled(let d, let why) = error else { Issue.record("wrong error: \(error)"); return }
@@ -219,7 +220,7 @@ struct RealDeviceStateTests {
         // Enabled again, it works.
         let (erc, _, eerr) = try runProgram(["daxctl", "enable-device", victim.devname])
         #expect(erc == 0, "\(eerr)")
-        _ = try DeviceDax(path: victim.path)
+        _ = try DaxCharDevice(path: victim.path)
     }
 
     /// Without permission on the node: one line, exit 1.
@@ -234,7 +235,7 @@ struct RealDeviceStateTests {
     @Test func missingNodeOfAnExistingRegion() throws {
         let devs = try RealDevices.require()
         let missing = "/dev/dax\(devs[0].regionID).99"
-        #expect(throws: DeviceError.noSuchDevice(path: missing)) { try DeviceDax(path: missing) }
+        #expect(throws: DeviceError.noSuchDevice(path: missing)) { try DaxCharDevice(path: missing) }
     }
 }
 

@@ -6,6 +6,7 @@
 // the reports.
 
 import CDaxMM
+import DAXBase
 import Testing
 @testable import MMCore
 import MMTestSupport
@@ -139,7 +140,7 @@ struct ArchHookTests {
         let rec = ArchRecorder()
         rec.install(on: rig.mm)
         defer { rig.mm.removeArchHook() }
-        let a = try rig.mm.mmap(rig.map.request(length: size))
+        let a = try rig.linkVMA(length: size)
         #expect(rec.take(rig.mm).isEmpty, "mmap changes no entry")
         // A PTE fault at `a`; a huge fault from inside the entry maps it at `a`.
         let at = order == 0 ? a : a + 4096
@@ -168,10 +169,7 @@ struct ArchHookTests {
           arguments: [0, 9])
     func mkwriteUpgradeReportsOldAndNew(order: Int) throws {
         let size = UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: max(size, 4 << 20))
-        var req = rig.map.request(length: size)
-        req.ops = VMAKit.writenotifyOps(rig.map)
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(order: order, bytes: max(size, 4 << 20), length: size, ops: .writenotify)
         let rec = ArchRecorder()
         rec.install(on: rig.mm)
         defer { rig.mm.removeArchHook() }
@@ -192,8 +190,7 @@ struct ArchHookTests {
 
     @Test("zap_pte_range: munmap reports ptep_get_and_clear of each mapped PTE (empty ones not), then one flush_tlb_range over the cleared span before the references go")
     func zapReportsClearsThenFlush() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 8 * 4096))
+        let (rig, a) = try vmaFixture(length: 8 * 4096)
         let rec = ArchRecorder()
         rec.install(on: rig.mm)
         defer { rig.mm.removeArchHook() }
@@ -218,8 +215,7 @@ struct ArchHookTests {
           arguments: [9, 18])
     func hugeZapReportsClearAndFlush(order: Int) throws {
         let size = UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: max(size, 4 << 20))
-        let a = try rig.mm.mmap(rig.map.request(length: size))
+        let (rig, a) = try vmaFixture(order: order, bytes: max(size, 4 << 20), length: size)
         let rec = ArchRecorder()
         rec.install(on: rig.mm)
         defer { rig.mm.removeArchHook() }
@@ -236,10 +232,7 @@ struct ArchHookTests {
 
     @Test("__split_huge_pmd_locked: munmap of a 4K piece of a PMD mapping reports pmdp_huge_clear_flush of the whole PMD (clear, then a PMD flush) and nothing for the piece")
     func hugeSplitReportsClearFlush() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        var req = rig.map.request(length: 4 << 20)
-        req.ops = VMAKit.noMaySplitOps(rig.map)
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20, ops: .noMaySplit)
         let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: 512)
         let bf = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
@@ -261,8 +254,7 @@ struct ArchHookTests {
     func mprotectReportsEachEntryAndOneFlush(order: Int) throws {
         let size = UInt64(4096) << UInt64(order)
         let len = order == 0 ? 8 * size : size
-        let rig = try FaultRig(order: order, bytes: max(len, 4 << 20))
-        let a = try rig.mm.mmap(rig.map.request(length: len))
+        let (rig, a) = try vmaFixture(order: order, bytes: max(len, 4 << 20), length: len)
         let mapped: [UInt64] = order == 0 ? [2, 3, 6] : [0]
         for i in mapped { #expect(rig.mm.handleFault(a + i * size, write: true) & DAX_VM_FAULT_ERROR == 0) }
         let e0 = mapped.map { Self.entry(rig.mm, a + $0 * size, order: order) }
@@ -298,8 +290,7 @@ struct ArchHookTests {
     func mremapReportsMoveAndFlush(order: Int) throws {
         let size = UInt64(4096) << UInt64(order)
         let len = order == 0 ? 4 * size : size
-        let rig = try FaultRig(order: order, bytes: max(2 * len, 4 << 20))
-        let a = try rig.mm.mmap(rig.map.request(length: len))
+        let (rig, a) = try vmaFixture(order: order, bytes: max(2 * len, 4 << 20), length: len)
         let mapped: [UInt64] = order == 0 ? [0, 2] : [0]
         for i in mapped { #expect(rig.mm.handleFault(a + i * size, write: true) & DAX_VM_FAULT_ERROR == 0) }
         let e = mapped.map { Self.entry(rig.mm, a + $0 * size, order: order) }
@@ -367,8 +358,7 @@ struct ArchHookTests {
 
     @Test("MM.removeArchHook: after removal no change is reported; a hook installed after it hears only its own changes")
     func removingTheHookStopsReports() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 8 * 4096))
+        let (rig, a) = try vmaFixture(length: 8 * 4096)
         let first = ArchRecorder(), second = ArchRecorder()
         first.install(on: rig.mm)
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
@@ -400,8 +390,7 @@ struct ArchHookTests {
 
     @Test("MM.setArchHook(nil) waits for hook calls in flight: zaps running without mmap_lock (as unmap_mapping_range does) never call a hook after its removal returned")
     func removalWaitsForCallsInFlight() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 * 4096))
+        let (rig, a) = try vmaFixture(length: 64 * 4096)
         let vmaBits = UInt(bitPattern: VMAKit.read(rig.mm) { vmaLookup(rig.mm.ref, a) })
         // One context per installation (calls, dead, late), and a stop word.
         let rounds = 200

@@ -3,38 +3,12 @@ import Testing
 @testable import MMCore
 import MMTestSupport
 
-/// One kernel + pgmap + linear mapping per test.
-struct FaultRig {
-    let kernel: Kernel
-    let pgmap: DevPagemap
-    let map: LinearMapping
-    let mm: MM
-
-    init(type: MemoryType = .generic, order: Int, bytes: UInt64, phys: UInt64 = 0x1_0000_0000) throws {
-        kernel = try Kernel(physBits: 40)
-        pgmap = DevPagemap(kernel: kernel, type: type, ranges: [PhysicalRange(start: phys, size: bytes)], vmemmapShift: order)
-        try pgmap.memremapPages()
-        map = LinearMapping(pgmap: pgmap, characterDevice: type == .generic)
-        mm = try MM(kernel: kernel)
-    }
-
-    func folio(pgoff: UInt64) -> Folio { pfnToPage(kernel.ref, pgmap.ranges[0].startPfn + pgoff).folio }
-
-    func check(_ ledger: RefLedger? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
-        let v = invariants(mms: [mm], pgmaps: [pgmap], ledger: ledger)
-        #expect(v.isEmpty, "\(v.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-        let reports = kernel.drainReports()
-        #expect(reports.isEmpty, "\(reports.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
-    }
-}
-
 @Suite("Faults through handle_mm_fault")
 struct FaultPathTests {
     @Test("PTE, PMD and PUD faults take one reference and one mapcount per entry", arguments: [0, 9, 18])
     func faultAtEachLevel(order: Int) throws {
         let size = UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: max(size * 2, 4 << 20))
-        let addr = try rig.mm.mmap(rig.map.request(length: size * 2))
+        let (rig, addr) = try vmaFixture(order: order, bytes: max(size * 2, 4 << 20), length: size * 2)
         #expect(addr % size == 0)
         let f0 = rig.folio(pgoff: 0)
         #expect(f0.refCount == 1 && f0.mapcount == 0)
@@ -55,8 +29,7 @@ struct FaultPathTests {
 
     @Test("pin_user_pages_fast on device memory: pincount on large folios, bias on small ones", arguments: [0, 9])
     func pinFast(order: Int) throws {
-        let rig = try FaultRig(order: order, bytes: 4 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, addr) = try vmaFixture(order: order, bytes: 4 << 20, length: 4 << 20)
         let pages = PageArray.allocate(capacity: 4)
         defer { pages.deallocate() }
         let n = pinUserPagesFast(rig.mm.ref, addr, 4, [.write, .longterm], pages)

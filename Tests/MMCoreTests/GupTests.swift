@@ -2,6 +2,7 @@
 // check_vma_flags, FOLL_LONGTERM, try_grab_folio accounting and release.
 
 import CDaxMM
+import DAXBase
 import Testing
 @testable import MMCore
 import MMTestSupport
@@ -51,8 +52,7 @@ struct GupTests {
 
     @Test("invalid GUP arguments are -EINVAL through every entry point, with no fault and no counter change")
     func invalidArgsThroughEntryPoints() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -80,10 +80,7 @@ struct GupTests {
 
     @Test("check_vma_flags: VM_IO or VM_PFNMAP is -EFAULT for every entry point", arguments: [DAX_VM_IO, DAX_VM_PFNMAP])
     func ioAndPfnmapRefused(flag: UInt64) throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.extraFlags |= flag
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, extraFlags: flag)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let pages = VMAKit.pages(1)
@@ -104,12 +101,9 @@ struct GupTests {
 
     @Test("check_vma_flags: write without VM_WRITE is -EFAULT; FOLL_FORCE helps only on a COW mapping; FOLL_ANON on a file VMA is -EFAULT")
     func writeAccessChecks() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let ro = try rig.mm.mmap(rig.map.request(length: 64 << 10, prot: [.read]))
-        var cowReq = rig.map.request(length: 64 << 10, prot: [.read])
-        cowReq.shared = false
-        let cow = try rig.mm.mmap(cowReq)
-        let rw = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, ro) = try vmaFixture(length: 64 << 10, prot: [.read])
+        let cow = try rig.linkVMA(length: 64 << 10, prot: [.read], shared: false)
+        let rw = try rig.linkVMA(length: 64 << 10)
         VMAKit.read(rig.mm) {
             let vro = rig.mm.findVMA(ro)!, vcow = rig.mm.findVMA(cow)!, vrw = rig.mm.findVMA(rw)!
             #expect(checkVmaFlags(vro, [.pin, .write]) == -EFAULT)
@@ -139,8 +133,7 @@ struct GupTests {
 
     @Test("check_vma_flags: a read without VM_READ (mprotect PROT_WRITE only) is -EFAULT unless FOLL_FORCE with VM_MAYREAD")
     func readWithoutVmRead() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
         try rig.mm.mprotect(a, 64 << 10, [.write])
         let f = rig.folio(pgoff: 0)
@@ -164,10 +157,7 @@ struct GupTests {
 
     @Test("writable long-term pin of a shared file mapping that needs dirty tracking (pfn_mkwrite) is -EFAULT; without LONGTERM it works")
     func longtermWritableNeedsNoDirtyTracking() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.ops = VMAKit.writenotifyOps(rig.map)
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, ops: .writenotify)
         let f = rig.folio(pgoff: 0)
         let pages = VMAKit.pages(1)
         defer { pages.deallocate() }
@@ -185,8 +175,7 @@ struct GupTests {
 
     @Test("FOLL_LONGTERM on an unfaulted fs-dax VMA is -EOPNOTSUPP before any fault, slow and fast; a short-term pin of the same page works")
     func longtermFsdaxRefusedBeforeFault() throws {
-        let rig = try FaultRig(type: .fsDax, order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(type: .fsDax, length: 64 << 10)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let pages = VMAKit.pages(2)
@@ -213,8 +202,7 @@ struct GupTests {
 
     @Test("FOLL_LONGTERM on device-dax succeeds, slow and fast, and the folio is maybe_dma_pinned", arguments: [0, 9])
     func longtermDevdax(order: Int) throws {
-        let rig = try FaultRig(order: order, bytes: 4 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, a) = try vmaFixture(order: order, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let pages = VMAKit.pages(4)
         defer { pages.deallocate() }
@@ -236,8 +224,7 @@ struct GupTests {
 
     @Test("get_user_pages (FOLL_GET): +1 ref per page, no pin, no NR_FOLL_PIN change; put_user_pages undoes it", arguments: [0, 9])
     func followGetRefs(order: Int) throws {
-        let rig = try FaultRig(order: order, bytes: 4 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, a) = try vmaFixture(order: order, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let pages = VMAKit.pages(8)
@@ -270,8 +257,7 @@ struct GupTests {
 
     @Test("pin_user_pages on an unfaulted range faults the pages in, then pins: small folio +1024 per pin, NR_FOLL_PIN_ACQUIRED += n; unpin restores it all")
     func pinSmallFolios() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         let folios = (0..<4).map { rig.folio(pgoff: UInt64($0)) }
         let acq = rig.kernel.stat(DAX_NR_FOLL_PIN_ACQUIRED), rel = rig.kernel.stat(DAX_NR_FOLL_PIN_RELEASED)
         let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED)
@@ -294,8 +280,7 @@ struct GupTests {
 
     @Test("pins on a 2M folio: 4 pins give pincount 4 and refcount +4; unpin batches the run and restores pincount and refcount")
     func pinLargeFolio() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, a) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: 512)
         let acq = rig.kernel.stat(DAX_NR_FOLL_PIN_ACQUIRED), rel = rig.kernel.stat(DAX_NR_FOLL_PIN_RELEASED)
         let pages = VMAKit.pages(6)
@@ -318,8 +303,7 @@ struct GupTests {
 
     @Test("unpin_user_pages skips nil entries and handles runs of different folios")
     func unpinSkipsNil() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         let pages = VMAKit.pages(3)
         defer { pages.deallocate() }
         #expect(pinUserPages(rig.mm.ref, a, 3, [], pages) == 3)
@@ -338,8 +322,7 @@ struct GupTests {
 
     @Test("unpin_user_pages_dirty_lock(make_dirty) marks the folio dirty; without make_dirty it does not", arguments: [true, false])
     func unpinDirtyLock(makeDirty: Bool) throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, a) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let pages = VMAKit.pages(2)
         defer { pages.deallocate() }
@@ -354,10 +337,7 @@ struct GupTests {
 
     @Test("GUP past the end of a VMA returns the number pinned so far; an address with no VMA is -EFAULT")
     func pinPastVmaEnd() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 4 * 4096)
-        req.fixedAddress = 0x5000_0000_0000
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 4 * 4096, start: 0x5000_0000_0000)
         let pages = VMAKit.pages(8)
         defer { pages.deallocate() }
         let acq = rig.kernel.stat(DAX_NR_FOLL_PIN_ACQUIRED)
@@ -451,16 +431,14 @@ struct GupTests {
         #expect(pinUserPagesFast(mm.ref, a, 1, [.pciP2PDMA], pages) == 1)
         unpinUserPages(kernel.ref, pages, 1)
         #expect(f.refCount == 1)
-        #expect(invariants(mms: [mm], pgmaps: [pgmap], ledger: [:]).isEmpty)
-        #expect(kernel.drainReports().isEmpty)
+        expectInvariants(kernel, mms: [mm], pgmaps: [pgmap], ledger: [:])
     }
 
     @Test("FOLL_WRITE pin on a write-protected entry takes a write fault (mkwrite path) and then pins; mapping counters unchanged",
           arguments: [0, 9, 18])
     func writePinBreaksWriteProtect(order: Int) throws {
         let len: UInt64 = order == 0 ? 64 << 10 : UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: max(len, 4 << 20))
-        let a = try rig.mm.mmap(rig.map.request(length: len))
+        let (rig, a) = try vmaFixture(order: order, bytes: max(len, 4 << 20), length: len)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         try rig.mm.mprotect(a, len, [.read])
         try rig.mm.mprotect(a, len, [.read, .write])
@@ -493,10 +471,7 @@ struct GupTests {
 
     @Test("pinning the shared zero page takes no reference and counts no pin")
     func pinZeroPage() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.shared = false
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, shared: false)
         let zero = pfnToPage(rig.kernel.ref, 0)
         VMAKit.read(rig.mm) {
             let vma = rig.mm.findVMA(a)!
@@ -518,10 +493,7 @@ struct GupTests {
 struct GupFastRuleTests {
     @Test("GUP-fast refuses a writable long-term pin of a file mapping that needs dirty tracking and falls back to the slow path's -EFAULT")
     func fastWritableLongtermFileFallsBack() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.ops = VMAKit.writenotifyOps(rig.map)
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, ops: .writenotify)
         // A present, writable PTE: nothing else stops GUP-fast.
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
         #expect(entryWrite(VMAKit.pte(rig.mm, a)))
@@ -541,8 +513,7 @@ struct GupFastRuleTests {
 
     @Test("FOLL_NOFAULT: an unfaulted address is -EFAULT without faulting; a mapped one is returned")
     func noFault() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         let pages = VMAKit.pages(2)
         defer { pages.deallocate() }
         #expect(getUserPages(rig.mm.ref, a, 1, [.nofault], pages) == Int(-EFAULT))
@@ -556,8 +527,7 @@ struct GupFastRuleTests {
 
     @Test("folio_add_pin adds one pin with the same arithmetic; on an unpinned folio it WARNs", arguments: [0, 9])
     func folioAddPinRules(order: Int) throws {
-        let rig = try FaultRig(order: order, bytes: 4 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, a) = try vmaFixture(order: order, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let pages = VMAKit.pages(1)
         defer { pages.deallocate() }

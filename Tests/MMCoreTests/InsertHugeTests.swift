@@ -32,20 +32,14 @@ struct InsertHugeTests {
     /// A rig of the level's order with a VMA over both folios whose
     /// vm_page_prot is read-only (write notification).
     static func rig(_ level: HugeLevel, type: MemoryType = .generic) throws -> (FaultRig, UInt64) {
-        let rig = try FaultRig(type: type, order: level.order, bytes: level.bytes)
-        var req = rig.map.request(length: level.bytes)
-        req.ops = VMAKit.writenotifyOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(type: type, order: level.order, bytes: level.bytes, length: level.bytes, ops: .writenotify)
         #expect(addr % level.size == 0)
         return (rig, addr)
     }
 
     @Test("vmf_insert_folio_pmd with a folio that is not PMD_ORDER: SIGBUS and a WARN, nothing mapped", arguments: [0, 18])
     func pmdInsertWrongOrder(order: Int) throws {
-        let rig = try FaultRig(order: order, bytes: max(UInt64(4096) << UInt64(order), 4 << 20))
-        var req = rig.map.request(length: 4 << 20)
-        req.alignment = 2 << 20
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: order, bytes: max(UInt64(4096) << UInt64(order), 4 << 20), length: 4 << 20, alignment: 2 << 20)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let r = VMAKit.read(rig.mm) {
@@ -63,10 +57,7 @@ struct InsertHugeTests {
 
     @Test("vmf_insert_folio_pud with a folio that is not PUD_ORDER: SIGBUS and a WARN, nothing mapped", arguments: [0, 9])
     func pudInsertWrongOrder(order: Int) throws {
-        let rig = try FaultRig(order: order, bytes: 4 << 20)
-        var req = rig.map.request(length: 4 << 20)
-        req.alignment = 1 << 30
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: order, bytes: 4 << 20, length: 4 << 20, alignment: 1 << 30)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let r = VMAKit.read(rig.mm) {
@@ -214,9 +205,8 @@ struct InsertHugeTests {
 
     @Test("PTE-mapped pages of a PMD-order folio beside its PMD mapping: one ref per entry; NR_FILE_MAPPED counts each page once")
     func pteAndPmdMappingsOfOneFolio() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let pmdVA = try rig.mm.mmap(rig.map.request(length: 2 << 20))
-        let pteVA = try rig.mm.mmap(rig.map.request(length: 2 << 20))
+        let (rig, pmdVA) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 2 << 20)
+        let pteVA = try rig.linkVMA(length: 2 << 20)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         VMAKit.read(rig.mm) {
@@ -252,7 +242,7 @@ struct InsertHugeTests {
     func specialHugeEntriesMode(level: HugeLevel) throws {
         let rig = try FaultRig(order: level.order, bytes: level.bytes)
         rig.kernel.mode = DAX_MODE_SPECIAL_HUGE_ENTRIES.rawValue
-        let addr = try rig.mm.mmap(rig.map.request(length: level.bytes))
+        let addr = try rig.linkVMA(length: level.bytes)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)

@@ -11,19 +11,13 @@ struct InsertPteTests {
     /// A GENERIC order-0 rig with a 64 KiB VMA whose vm_page_prot is
     /// read-only (write notification), so the write bit of a new entry comes
     /// only from the insert.
-    static func wpRig(type: MemoryType = .generic) throws -> (FaultRig, UInt64, VMOperations) {
-        let rig = try FaultRig(type: type, order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        let ops = VMAKit.writenotifyOps(rig.map)
-        req.ops = ops
-        let addr = try rig.mm.mmap(req)
-        return (rig, addr, ops)
+    static func wpRig(type: MemoryType = .generic) throws -> (FaultRig, UInt64) {
+        try vmaFixture(type: type, length: 64 << 10, ops: .writenotify)
     }
 
     @Test("validate_page_before_insert: a refcount-0 (idle FS_DAX) folio is -EINVAL and nothing is mapped")
     func validateRefusesIdleFolio() throws {
-        let rig = try FaultRig(type: .fsDax, order: 0, bytes: 2 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, addr) = try vmaFixture(type: .fsDax, length: 64 << 10)
         let f = rig.folio(pgoff: 3)
         #expect(f.refCount == 0)
         let before = VMAKit.counters(rig, f)
@@ -55,7 +49,7 @@ struct InsertPteTests {
 
     @Test("insert_page on an empty PTE: +1 ref, +1 mapcount, rss +1, NR_FILE_MAPPED +1; normal entry; no young/dirty/write without mkwrite")
     func insertPageEmptyPteWithoutMkwrite() throws {
-        let (rig, addr, _) = try Self.wpRig()
+        let (rig, addr) = try Self.wpRig()
         let f = rig.folio(pgoff: 5)
         let before = VMAKit.counters(rig, f)
         VMAKit.read(rig.mm) {
@@ -84,10 +78,7 @@ struct InsertPteTests {
     @Test("vmf_insert_page_mkwrite(write) on an empty PTE: young, dirty and writable (VM_WRITE), same accounting",
           arguments: [true, false])
     func mkwriteInsertEmptyPte(vmWrite: Bool) throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10, prot: vmWrite ? [.read, .write] : [.read])
-        req.ops = VMAKit.writenotifyOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(length: 64 << 10, prot: vmWrite ? [.read, .write] : [.read], ops: .writenotify)
         let f = rig.folio(pgoff: 1)
         let before = VMAKit.counters(rig, f)
         let r = VMAKit.read(rig.mm) {
@@ -106,7 +97,7 @@ struct InsertPteTests {
 
     @Test("existing PTE without mkwrite: insert_page is -EBUSY, vmf_insert_page_mkwrite is NOPAGE, nothing changes")
     func existingPteWithoutMkwriteIsBusy() throws {
-        let (rig, addr, _) = try Self.wpRig()
+        let (rig, addr) = try Self.wpRig()
         let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: 7)
         VMAKit.read(rig.mm) {
             let vma = rig.mm.findVMA(addr)!
@@ -130,7 +121,7 @@ struct InsertPteTests {
 
     @Test("existing PTE, mkwrite, same pfn: upgraded in place (write + young, not dirty), no counter change")
     func mkwriteSamePfnUpgradesInPlace() throws {
-        let (rig, addr, _) = try Self.wpRig()
+        let (rig, addr) = try Self.wpRig()
         let f = rig.folio(pgoff: 2)
         VMAKit.read(rig.mm) {
             let vma = rig.mm.findVMA(addr)!
@@ -157,8 +148,7 @@ struct InsertPteTests {
 
     @Test("existing PTE, mkwrite, same pfn on a VMA without VM_WRITE: young but still read-only")
     func mkwriteUpgradeHonoursVmWrite() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 64 << 10, prot: [.read]))
+        let (rig, addr) = try vmaFixture(length: 64 << 10, prot: [.read])
         let f = rig.folio(pgoff: 0)
         VMAKit.read(rig.mm) {
             let vma = rig.mm.findVMA(addr)!
@@ -174,7 +164,7 @@ struct InsertPteTests {
 
     @Test("existing PTE, mkwrite, different pfn: insert_page -EFAULT with a WARN, vmf variant SIGBUS; nothing changes")
     func mkwriteDifferentPfnIsFault() throws {
-        let (rig, addr, _) = try Self.wpRig()
+        let (rig, addr) = try Self.wpRig()
         let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: 9)
         VMAKit.read(rig.mm) {
             let vma = rig.mm.findVMA(addr)!
@@ -205,10 +195,8 @@ struct InsertPteTests {
 
     @Test("existing zero-page PTE, mkwrite, another page: -EFAULT without a WARN")
     func mkwriteOverZeroPfnIsFaultWithoutWarn() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.shared = false   // a COW mapping may map the zero page
-        let addr = try rig.mm.mmap(req)
+        // A COW mapping may map the zero page.
+        let (rig, addr) = try vmaFixture(length: 64 << 10, shared: false)
         let zero = pfnToPage(rig.kernel.ref, 0)
         let f = rig.folio(pgoff: 0)
         let bf = VMAKit.counters(rig, f)
@@ -225,8 +213,7 @@ struct InsertPteTests {
 
     @Test("vmf_insert_page_mkwrite outside [vm_start, vm_end) is SIGBUS and maps nothing")
     func vmfInsertOutsideVmaIsSigbus() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, addr) = try vmaFixture(length: 64 << 10)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let tables = rig.kernel.pageTablesInUse
@@ -244,7 +231,7 @@ struct InsertPteTests {
 
     @Test("vm_insert_page: -EFAULT outside the VMA; inside it sets VM_MIXEDMAP and maps without mkwrite")
     func vmInsertPageRules() throws {
-        let (rig, addr, _) = try Self.wpRig()
+        let (rig, addr) = try Self.wpRig()
         let f = rig.folio(pgoff: 4)
         let before = VMAKit.counters(rig, f)
         VMAKit.write(rig.mm) {
@@ -268,10 +255,7 @@ struct InsertPteTests {
 
     @Test("vm_insert_page on a VM_PFNMAP VMA is refused (kernel BUG, port -EINVAL) without setting VM_MIXEDMAP")
     func vmInsertPageRefusesPfnmap() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.extraFlags |= DAX_VM_PFNMAP
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(length: 64 << 10, extraFlags: DAX_VM_PFNMAP)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         VMAKit.write(rig.mm) {
@@ -286,8 +270,7 @@ struct InsertPteTests {
 
     @Test("zero page on a shared writable VMA without pfn_mkwrite: -EINVAL (vm_mixed_zeropage_allowed)")
     func zeroPageRefusedOnSharedWritable() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, addr) = try vmaFixture(length: 64 << 10)
         let zero = pfnToPage(rig.kernel.ref, 0)
         let zr = zero.folio.refCount
         VMAKit.read(rig.mm) {
@@ -307,17 +290,13 @@ struct InsertPteTests {
         let rig = try FaultRig(type: .fsDax, order: 0, bytes: 2 << 20)
         let zero = pfnToPage(rig.kernel.ref, 0)
         // COW
-        var cow = rig.map.request(length: 64 << 10)
-        cow.shared = false
-        let a1 = try rig.mm.mmap(cow)
+        let a1 = try rig.linkVMA(length: 64 << 10, shared: false)
         // pfn_mkwrite on an fs-dax (regular DAX file) VMA
-        var wn = rig.map.request(length: 64 << 10)
-        wn.ops = VMAKit.writenotifyOps(rig.map)
-        let a2 = try rig.mm.mmap(wn)
+        let a2 = try rig.linkVMA(length: 64 << 10, ops: .writenotify)
         // shared, VM_WRITE and VM_MAYWRITE cleared
-        let a3 = try rig.mm.mmap(rig.map.request(length: 64 << 10, prot: [.read]))
+        let a3 = try rig.linkVMA(length: 64 << 10, prot: [.read])
         // shared writable without pfn_mkwrite: the refused case
-        let a4 = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let a4 = try rig.linkVMA(length: 64 << 10)
         VMAKit.write(rig.mm) {
             let v3 = rig.mm.findVMA(a3)!
             v3.pointee.vm_flags &= ~DAX_VM_MAYWRITE
@@ -331,10 +310,7 @@ struct InsertPteTests {
 
     @Test("zero page insert: special, read-only PTE; no refcount, mapcount, rss or NR_FILE_MAPPED change")
     func zeroPageInsertIsSpecial() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.shared = false
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(length: 64 << 10, shared: false)
         let zero = pfnToPage(rig.kernel.ref, 0)
         let before = VMAKit.counters(rig, zero.folio)
         VMAKit.read(rig.mm) {
@@ -354,10 +330,7 @@ struct InsertPteTests {
 
     @Test("zero page insert with mkwrite on a writable COW VMA stays read-only and clean (mkwrite bits are for real folios only)")
     func zeroPageMkwriteStaysReadOnly() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.shared = false
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(length: 64 << 10, shared: false)
         let zero = pfnToPage(rig.kernel.ref, 0)
         let before = VMAKit.counters(rig, zero.folio)
         let r = VMAKit.read(rig.mm) {

@@ -4,6 +4,7 @@
 // answer.
 
 import CDaxMM
+import DAXBase
 import Testing
 @testable import MMCore
 import MMTestSupport
@@ -17,7 +18,7 @@ struct MMKernelParityTests {
     func iMmapFollowsVMAs() throws {
         let rig = try FaultRig(order: 0, bytes: 4 << 20)
         let file = rig.map.file
-        let a = try rig.mm.mmap(rig.map.request(length: 16 * 4096))
+        let a = try rig.linkVMA(length: 16 * 4096)
         #expect(file.mappers == [rig.mm.findVMA(a)!])
         for i in 0..<16 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: false) == DAX_VM_FAULT_NOPAGE) }
         #expect(rig.mm.rssFilePages == 16)
@@ -96,10 +97,7 @@ struct MMKernelParityTests {
     @Test("vmf_insert_folio_pmd/pud check the folio order first (WARN, SIGBUS) and the address in insert_pmd/insert_pud after it: a wrong-order folio outside the VMA WARNs",
           arguments: [pmdOrder, pudOrder])
     func hugeInsertOrderCheckedFirst(level: Int) throws {
-        let rig = try FaultRig(order: 0, bytes: 4 << 20)
-        var req = rig.map.request(length: 4 << 20)
-        req.alignment = UInt64(4096) << UInt64(level)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(bytes: 4 << 20, length: 4 << 20, alignment: UInt64(4096) << UInt64(level))
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let r = VMAKit.read(rig.mm) {

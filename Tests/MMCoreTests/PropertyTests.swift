@@ -1,4 +1,5 @@
 import CDaxMM
+import DAXBase
 import Foundation
 import Testing
 @testable import MMCore
@@ -39,16 +40,11 @@ struct PropertyTests {
         let steps = Self.totalSteps / 4
         let seed = UInt64(ProcessInfo.processInfo.environment["DAXMM_PROPERTY_SEED"] ?? "") ?? 0xdac5_0000 &+ UInt64(order) &* 31 &+ UInt64(type.rawValue)
         var rng = SplitMix64(seed: seed)
-        let kernel = try Kernel(physBits: 40)
         let folioBytes = UInt64(4096) << UInt64(order)
         let nrFolios: UInt64 = order == 0 ? 64 : 4
-        let pgmap = DevPagemap(kernel: kernel, type: type,
-                               ranges: [PhysicalRange(start: 0x2_0000_0000, size: max(folioBytes * nrFolios, 2 << 20))],
-                               vmemmapShift: order)
-        try pgmap.memremapPages()
         // Device-dax (char device) for GENERIC; a regular DAX file for FS_DAX.
-        let map = LinearMapping(pgmap: pgmap, dax: true, characterDevice: type == .generic)
-        let mm = try MM(kernel: kernel)
+        let rig = try FaultRig(type: type, order: order, bytes: max(folioBytes * nrFolios, 2 << 20), phys: 0x2_0000_0000)
+        let (kernel, pgmap, map, mm) = (rig.kernel, rig.pgmap, rig.map, rig.mm)
         let k = kernel.ref
         let length = folioBytes * nrFolios
         var regions = [Region(map: map, addr: try mm.mmap(map.request(length: length)), length: length),
@@ -143,23 +139,15 @@ struct PropertyTests {
                 what = "remap region \(r)"
                 regions[r].addr = try mm.mmap(region.map.request(length: region.length))
             }
-            let v = invariants(mms: [mm], pgmaps: [pgmap], ledger: ledger)
-            if !v.isEmpty {
-                Issue.record("seed \(seed) step \(step) after \(what):\n\(v.prefix(3).map(\.description).joined(separator: "\n"))")
-                return
-            }
-            let reports = kernel.drainReports()
-            if !reports.isEmpty {
-                Issue.record("seed \(seed) step \(step) after \(what): unexpected report\n\(reports[0])")
-                return
-            }
+            guard propertyStepHolds(kernel, mms: [mm], pgmaps: [pgmap], ledger: ledger, seed: seed, step: step, after: what)
+            else { return }
         }
         // Release everything: back to idle.
         for h in held {
             if h.pin { unpinUserPage(k, Page(h.page)) } else { folioPut(k, Page(h.page).folio) }
         }
         for reg in regions { if let a = reg.addr { try mm.munmap(a, reg.length) } }
-        #expect(invariants(mms: [mm], pgmaps: [pgmap], ledger: [:]).isEmpty)
+        rig.check([:])
         var pfn = pgmap.ranges[0].startPfn
         while pfn < pgmap.ranges[0].endPfn {
             #expect(pfnToPage(k, pfn).folio.refCount == type.idleRefcount)

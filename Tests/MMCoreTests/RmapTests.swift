@@ -267,7 +267,7 @@ struct RmapTests {
         case .removePmdOnSmall:
             ok = folioRemoveRmapPmd(k.ref, sf, sf.head); want = ["HPAGE_PMD_NR", "outside folio"]
         case .pageOfOtherFolio:
-            ok = folioAddFileRmapPte(k.ref, mf, mf.page(512)); want = ["page_folio(page) != folio"]
+            ok = folioAddFileRmapPte(k.ref, mf, mf.head.advanced(by: 512)); want = ["page_folio(page) != folio"]
         }
         #expect(!ok)
         #expect(folios.map { snap(k, $0) } == before, "counters unchanged")

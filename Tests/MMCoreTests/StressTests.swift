@@ -1,4 +1,5 @@
 import CDaxMM
+import DAXBase
 import Dispatch
 import Foundation
 import Testing
@@ -17,17 +18,12 @@ struct StressTests {
         (0, false), (0, true), (9, false), (9, true),
     ] as [(Int, Bool)])
     func twoThreads(order: Int, overlapping: Bool) throws {
-        let kernel = try Kernel(physBits: 40)
         let folioBytes = UInt64(4096) << UInt64(order)
         let nrFolios: UInt64 = order == 0 ? 256 : 8
-        let pgmap = DevPagemap(kernel: kernel, type: .generic,
-                               ranges: [PhysicalRange(start: 0x4_0000_0000, size: max(folioBytes * nrFolios, 2 << 20))],
-                               vmemmapShift: order)
-        try pgmap.memremapPages()
-        let map = LinearMapping(pgmap: pgmap)
-        let mm = try MM(kernel: kernel)
         let length = folioBytes * nrFolios
-        let base = try mm.mmap(map.request(length: length))
+        let (rig, base) = try vmaFixture(order: order, bytes: max(folioBytes * nrFolios, 2 << 20), phys: 0x4_0000_0000,
+                                         length: length)
+        let (kernel, pgmap, mm) = (rig.kernel, rig.pgmap, rig.mm)
         let k = kernel.ref
         let iterations = Self.iterations
         let failures = Locked<[String]>([])
@@ -67,8 +63,7 @@ struct StressTests {
         }
         let f = failures.withLock { $0 }
         #expect(f.isEmpty, "\(f.prefix(5).joined(separator: "\n"))")
-        #expect(invariants(mms: [mm], pgmaps: [pgmap], ledger: [:]).map(\.description) == [])
-        #expect(kernel.drainReports().map(\.description) == [])
+        rig.check([:])
         try mm.munmap(base, length)
         var pfn = pgmap.ranges[0].startPfn
         while pfn < pgmap.ranges[0].endPfn {

@@ -7,6 +7,7 @@
 import Testing
 @testable import MMCore
 import CDaxMM
+import DAXBase
 import Synchronization
 
 #if canImport(Glibc)
@@ -185,5 +186,3 @@ final class Shared<T: Sendable>: Sendable {
 
 /// An unchecked-Sendable wrapper for raw pointers handed to test threads.
 struct SendablePtr<P>: @unchecked Sendable { let p: P; init(_ p: P) { self.p = p } }
-
-func sleepMillis(_ ms: Int) { usleep(useconds_t(ms * 1000)) }

@@ -48,10 +48,7 @@ struct VMAOpsTests {
 
     @Test("mmap hook returning -EINVAL refuses the mapping: no VMA, and a MAP_FIXED target keeps its old mapping")
     func mmapHookRefusal() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, start: Self.fixedBase)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -80,15 +77,15 @@ struct VMAOpsTests {
 
     @Test("MAP_FIXED over an existing mapping replaces it: old entries zapped and their references dropped")
     func mapFixedReplaces() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, start: Self.fixedBase)
         for i in 0..<4 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: true) & DAX_VM_FAULT_ERROR == 0) }
         let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED)
-        var over = rig.map.request(length: 8192, pgoff: 100)
-        over.fixedAddress = a + 4096
-        #expect(try rig.mm.mmap(over) == a + 4096)
+        // MAP_FIXED of two pages at a+4K cuts the old VMA in two:
+        //
+        //   a=fixedBase     a+4K                a+12K           a+64K
+        //   [ old, pgoff 0 ][ new, pgoff 100   ][ old, pgoff 3 ]
+        //    page 0 kept     pages 1-2 zapped    page 3 kept
+        #expect(try rig.linkVMA(length: 8192, start: a + 4096, pgoff: 100) == a + 4096)
         for i in [1, 2] {
             let f = rig.folio(pgoff: UInt64(i))
             #expect(f.refCount == 1 && f.mapcount == 0)
@@ -110,8 +107,7 @@ struct VMAOpsTests {
 
     @Test("munmap argument errors: unaligned start or zero length is -EINVAL; an empty range is a no-op")
     func munmapArgumentErrors() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
@@ -127,8 +123,7 @@ struct VMAOpsTests {
           arguments: [0, 9, 18])
     func mprotectWriteProtects(order: Int) throws {
         let len: UInt64 = order == 0 ? 64 << 10 : UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: max(len, 4 << 20))
-        let a = try rig.mm.mmap(rig.map.request(length: len))
+        let (rig, a) = try vmaFixture(order: order, bytes: max(len, 4 << 20), length: len)
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
         let entry = { order == 0 ? VMAKit.pte(rig.mm, a) : order == pmdOrder ? VMAKit.pmd(rig.mm, a) : VMAKit.pud(rig.mm, a) }
         #expect(entryWrite(entry()))
@@ -160,10 +155,13 @@ struct VMAOpsTests {
 
     @Test("mprotect of a middle part of a 4K-order VMA splits it in three and write-protects only that part")
     func mprotectMiddleSplits() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         for i in 0..<16 { #expect(rig.mm.handleFault(a + UInt64(i) * 4096, write: true) & DAX_VM_FAULT_ERROR == 0) }
         let before = (0..<16).map { VMAKit.counters(rig, rig.folio(pgoff: UInt64($0))) }
+        // mprotect(PROT_READ) of the middle 16K splits the VMA in three:
+        //
+        //   a              a+16K         a+32K          a+64K
+        //   [ pgoff 0, RW ][ pgoff 4, R ][ pgoff 8, RW ]
         try rig.mm.mprotect(a + 4 * 4096, 4 * 4096, [.read])
         let vmas = rig.mm.vmaList()
         #expect(vmas.map { $0.pointee.vm_start } == [a, a + 4 * 4096, a + 8 * 4096])
@@ -190,13 +188,13 @@ struct VMAOpsTests {
 
     @Test("mprotect over a range with a hole is -ENOMEM and changes nothing")
     func mprotectHoleIsENOMEM() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 64 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
-        req.fixedAddress = Self.fixedBase + (128 << 10)
-        _ = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 64 << 10, start: Self.fixedBase)
+        _ = try rig.linkVMA(length: 64 << 10, start: Self.fixedBase + (128 << 10))
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        // mprotect over [a, a+192K) spans a hole: -ENOMEM.
+        //
+        //   a=fixedBase    a+64K     a+128K         a+192K
+        //   [ VMA pgoff 0 ] (hole)   [ VMA pgoff 0 ]
         let flags = rig.mm.vmaList().map { $0.pointee.vm_flags }
         #expect(VMAKit.errno { try rig.mm.mprotect(a, 192 << 10, [.read]) } == ENOMEM)
         #expect(VMAKit.errno { try rig.mm.mprotect(a, 192 << 10, [.read, .write]) } == ENOMEM)
@@ -208,13 +206,17 @@ struct VMAOpsTests {
 
     @Test("mremap shrink unmaps the tail and drops its references")
     func mremapShrink() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 64 << 10))
+        let (rig, a) = try vmaFixture(length: 64 << 10)
         let pages = VMAKit.pages(16)
         defer { pages.deallocate() }
         #expect(getUserPages(rig.mm.ref, a, 16, [], pages) == 16)
         putUserPages(rig.kernel.ref, pages, 16)
         let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED)
+        // Shrink 64K -> 32K in place (before, after):
+        //
+        //   a              a+32K         a+64K
+        //   [ VMA pgoff 0               ]
+        //   [ VMA pgoff 0 ] (unmapped)
         #expect(try rig.mm.mremap(a, oldLength: 64 << 10, newLength: 32 << 10, mayMove: false) == a)
         for i in 0..<16 {
             let f = rig.folio(pgoff: UInt64(i))
@@ -228,13 +230,17 @@ struct VMAOpsTests {
 
     @Test("mremap grows in place when the space above is free; the new part faults from the right file offset")
     func mremapGrowInPlace() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f0 = rig.folio(pgoff: 0)
         let b0 = VMAKit.counters(rig, f0)
+        // Grow 32K -> 64K in place into free space (before, after); the new part
+        // faults from its file offset:
+        //
+        //   a=fixedBase      a+32K  a+48K       a+64K
+        //   [ VMA pgoff 0   ]
+        //   [ VMA pgoff 0                      ]
+        //    page 0 mapped           pgoff 12
         #expect(try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: false) == a)
         #expect(rig.mm.vmaList().count == 1)
         #expect(rig.mm.vmaList().first?.pointee.vm_end == a + (64 << 10))
@@ -246,10 +252,7 @@ struct VMAOpsTests {
 
     @Test("mremap MREMAP_MAYMOVE moves PTEs with their references: same pfns at the new address, old range empty, counters unchanged")
     func mremapMovePtes() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase)
         var blocker = MMapRequest(length: 4096)
         blocker.fixedAddress = a + (32 << 10)
         _ = try rig.mm.mmap(blocker)
@@ -258,6 +261,13 @@ struct VMAOpsTests {
         let before = folios.map { VMAKit.counters(rig, $0) }
         let oldEntries = (0..<8).map { VMAKit.pte(rig.mm, a + UInt64($0) * 4096) }
 
+        // A blocker right above the VMA forces a move (before, after):
+        //
+        //   a=fixedBase            a+32K      a+36K
+        //   [ VMA pgoff 0, 8 PTEs ][ blocker ]
+        //   b                    b+32K                 b+64K
+        //   [ VMA pgoff 0                             ]
+        //    the 8 PTEs, moved    faults, pgoff 8-15
         // Cannot grow in place; without MAYMOVE that is -ENOMEM and nothing moves.
         #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: false) } == ENOMEM)
         #expect(folios.map { VMAKit.counters(rig, $0) } == before)
@@ -288,11 +298,8 @@ struct VMAOpsTests {
           arguments: [9, 18])
     func mremapMoveHuge(order: Int) throws {
         let size = UInt64(4096) << UInt64(order)
-        let rig = try FaultRig(order: order, bytes: 2 * size)
+        let (rig, a) = try vmaFixture(order: order, bytes: 2 * size, length: size, start: Self.fixedBase)
         let entry = { (x: UInt64) in order == pmdOrder ? VMAKit.pmd(rig.mm, x) : VMAKit.pud(rig.mm, x) }
-        var req = rig.map.request(length: size)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
         var blocker = MMapRequest(length: 4096)
         blocker.fixedAddress = a + size
         _ = try rig.mm.mmap(blocker)
@@ -301,6 +308,13 @@ struct VMAOpsTests {
         let before = VMAKit.counters(rig, f)
         let e0 = entry(a)
         #expect(entryLeaf(e0))
+        // The same with one huge entry (size 2M or 1G; before, after):
+        //
+        //   a=fixedBase                a+size     a+size+4K
+        //   [ VMA pgoff 0: f, PMD/PUD ][ blocker ]
+        //   b (size aligned)          b+size  b+2*size
+        //   [ VMA pgoff 0                    ]
+        //    f's entry, moved whole
         let b = try rig.mm.mremap(a, oldLength: size, newLength: 2 * size, mayMove: true)
         #expect(b % size == 0)
         #expect(entry(b) == e0)
@@ -316,16 +330,16 @@ struct VMAOpsTests {
 
     @Test("mremap argument errors: unaligned address -EINVAL; a range not inside one VMA -EFAULT; nothing changes")
     func mremapArgumentErrors() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        let a = try rig.mm.mmap(req)
-        req.fixedAddress = a + (32 << 10)
-        req.pgoff = 8
-        _ = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase)
+        _ = try rig.linkVMA(length: 32 << 10, start: a + (32 << 10), pgoff: 8)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
+        // Two VMAs back to back: [a, a+64K) is not inside one VMA, and nothing
+        // is mapped at fixedBase-1M.
+        //
+        //   a=fixedBase    a+32K          a+64K
+        //   [ VMA pgoff 0 ][ VMA pgoff 8 ]
         #expect(VMAKit.errno { try rig.mm.mremap(a + 1, oldLength: 4096, newLength: 8192, mayMove: true) } == EINVAL)
         #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 64 << 10, newLength: 128 << 10, mayMove: true) } == EFAULT)
         #expect(VMAKit.errno { try rig.mm.mremap(Self.fixedBase - (1 << 20), oldLength: 4096, newLength: 8192, mayMove: true) } == EFAULT)
@@ -353,14 +367,15 @@ struct VMAOpsTests {
 
     @Test("mremap cannot grow a VM_DONTEXPAND VMA (-EFAULT), in place or by moving; shrinking is allowed")
     func mremapDontExpand() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = rig.map.request(length: 32 << 10)
-        req.fixedAddress = Self.fixedBase
-        req.extraFlags |= DAX_VM_DONTEXPAND
-        let a = try rig.mm.mmap(req)
+        let (rig, a) = try vmaFixture(length: 32 << 10, start: Self.fixedBase, extraFlags: DAX_VM_DONTEXPAND)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
+        // A VM_DONTEXPAND VMA may shrink but not grow (before, after):
+        //
+        //   a=fixedBase    a+16K            a+32K        a+64K
+        //   [ VMA pgoff 0, VM_DONTEXPAND   ] no growth
+        //   [ VMA pgoff 0 ] (unmapped)
         #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: false) } == EFAULT)
         #expect(VMAKit.errno { try rig.mm.mremap(a, oldLength: 32 << 10, newLength: 64 << 10, mayMove: true) } == EFAULT)
         #expect(rig.mm.vmaList().first?.pointee.vm_end == a + (32 << 10))

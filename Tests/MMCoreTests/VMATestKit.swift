@@ -89,22 +89,6 @@ enum VMAKit {
 
     static func counters(_ rig: FaultRig, _ folio: Folio) -> Counters { counters(rig.kernel, rig.mm, folio) }
 
-    /// The linear mapping's ops with a pfn_mkwrite callback: the VMA then
-    /// wants write notification, so vm_page_prot is read-only and write
-    /// access shows in the entry bits only when the insert sets it.
-    static func writenotifyOps(_ map: LinearMapping) -> VMOperations {
-        var o = map.ops.ref.pointee
-        o.pfn_mkwrite = vmaKitPfnMkwriteOK
-        return VMOperations(o)
-    }
-
-    /// The linear mapping's ops without may_split: any split is allowed.
-    static func noMaySplitOps(_ map: LinearMapping) -> VMOperations {
-        var o = map.ops.ref.pointee
-        o.may_split = nil
-        return VMOperations(o)
-    }
-
     /// Page-table walk results helpers.
     static func isHugeLeaf(_ e: PTEntry) -> Bool { entryLeaf(e) }
 
@@ -118,5 +102,3 @@ enum VMAKit {
     /// Reports drained with the functions that made them.
     static func reportFunctions(_ kernel: Kernel) -> [String] { kernel.drainReports().map(\.function) }
 }
-
-let vmaKitPfnMkwriteOK: @convention(c) (VMFaultRef?) -> UInt32 = { _ in 0 }

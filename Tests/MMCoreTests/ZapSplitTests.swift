@@ -15,7 +15,12 @@ struct ZapSplitTests {
         let nr = Int64(1) << Int64(order)
         let rig = try FaultRig(order: order, bytes: max(size * 2, 4 << 20))
         let tables = rig.kernel.pageTablesInUse
-        let addr = try rig.mm.mmap(rig.map.request(length: size * 2))
+        let addr = try rig.linkVMA(length: size * 2)
+        // One VMA, two entries of the map's fault size (PTE, PMD or PUD):
+        //
+        //   addr               addr+size         addr+2*size
+        //   [ VMA pgoff 0                       ]
+        //   [ f0, write fault ][ f1, read fault ]
         let f0 = rig.folio(pgoff: 0), f1 = rig.folio(pgoff: UInt64(nr))
         let b0 = VMAKit.counters(rig, f0), b1 = VMAKit.counters(rig, f1)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
@@ -41,8 +46,7 @@ struct ZapSplitTests {
 
     @Test("munmap of one 4K page inside a 2M VMA of a 4K-order map: only that PTE goes; the VMA splits in two")
     func munmapOnePteInsideVma() throws {
-        let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 2 << 20))
+        let (rig, addr) = try vmaFixture(length: 2 << 20)
         let pages = VMAKit.pages(512)
         defer { pages.deallocate() }
         // Fault all 512 pages in through GUP, then drop the GUP refs.
@@ -51,6 +55,10 @@ struct ZapSplitTests {
         #expect(rig.mm.rssFilePages == 512)
         let fm = rig.kernel.stat(DAX_NR_FILE_MAPPED)
         let hole = addr + 3 * 4096
+        // munmap of one page splits the VMA around the hole:
+        //
+        //   addr           hole=addr+12K  addr+16K       addr+2M
+        //   [ VMA pgoff 0 ] (unmapped)    [ VMA pgoff 4 ]
         let f3 = rig.folio(pgoff: 3), f4 = rig.folio(pgoff: 4)
         #expect(f3.refCount == 2 && f4.refCount == 2)
         try rig.mm.munmap(hole, 4096)
@@ -70,12 +78,18 @@ struct ZapSplitTests {
 
     @Test("order-9 map: munmap at a non-2M-aligned address is -EINVAL (may_split) and nothing changes")
     func munmapRefusedByMaySplit() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let e0 = VMAKit.pmd(rig.mm, addr)
+        // One VMA over two PMD folios; each refused range starts or ends inside
+        // one of them:
+        //
+        //   addr       addr+4K    addr+8K  addr+1M  addr+2M  addr+3M  addr+4M
+        //   [ VMA pgoff 0                                            ]
+        //   [ f: PMD, mapped                       ][ g: not mapped  ]
+        //   [ refused ][ refused ]         [ refused        ]
         let tables = rig.kernel.pageTablesInUse
         for (start, len) in [(addr + 4096, UInt64(4096)), (addr, UInt64(4096)), (addr + (1 << 20), UInt64(2 << 20))] {
             #expect(VMAKit.errno { try rig.mm.munmap(start, len) } == EINVAL)
@@ -98,13 +112,19 @@ struct ZapSplitTests {
 
     @Test("order-9 map: mprotect at a non-2M-aligned address is -EINVAL (may_split) and nothing changes")
     func mprotectRefusedByMaySplit() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         let e0 = VMAKit.pmd(rig.mm, addr)
         let flags = rig.mm.vmaList().first!.pointee.vm_flags
+        // mprotect of [addr, +4K) or [addr+4K, +4K) would split the VMA inside
+        // f's PMD:
+        //
+        //   addr       addr+4K    addr+8K      addr+2M  addr+4M
+        //   [ VMA pgoff 0                              ]
+        //   [ f: PMD, mapped, writable        ][ g     ]
+        //   [ refused ][ refused ]
         #expect(VMAKit.errno { try rig.mm.mprotect(addr + 4096, 4096, [.read]) } == EINVAL)
         #expect(VMAKit.errno { try rig.mm.mprotect(addr, 4096, [.read]) } == EINVAL)
         #expect(rig.mm.vmaList().count == 1)
@@ -117,14 +137,18 @@ struct ZapSplitTests {
 
     @Test("zap of part of a PMD mapping without may_split splits it, i.e. unmaps the whole PMD (ref, mapcount, rss -512, PMDMAPPED -512)")
     func partialZapOfPmdUnmapsIt() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        var req = rig.map.request(length: 4 << 20)
-        req.ops = VMAKit.noMaySplitOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20, ops: .noMaySplit)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
         #expect(f.refCount == before.ref + 1 && f.entireMapcount == 1)
+        // Zap of one 4K page inside f's PMD entry unmaps the whole entry; the
+        // VMA stays whole:
+        //
+        //   addr  addr+4K  addr+8K  addr+2M  addr+4M
+        //   [ VMA pgoff 0, no may_split     ]
+        //   [ f: PMD               ][ g     ]
+        //         [ zap   ]
         VMAKit.read(rig.mm) { zapPageRange(rig.mm.ref, addr + 4096, addr + 2 * 4096) }
         #expect(VMAKit.counters(rig, f) == before)
         #expect(!entryPresent(VMAKit.pmd(rig.mm, addr)))
@@ -135,14 +159,20 @@ struct ZapSplitTests {
 
     @Test("munmap of a 4K piece of a PMD-mapped VMA without may_split: the VMA splits and the whole PMD is unmapped")
     func munmapPieceOfPmdWithoutMaySplit() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        var req = rig.map.request(length: 4 << 20)
-        req.ops = VMAKit.noMaySplitOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20, ops: .noMaySplit)
         let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: 512)
         let bf = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr, write: false) & DAX_VM_FAULT_ERROR == 0)
         #expect(rig.mm.handleFault(addr + (2 << 20), write: false) & DAX_VM_FAULT_ERROR == 0)
+        // munmap of [addr+8K, +4K) splits the VMA (no may_split refuses) and
+        // with it f's PMD entry, which is unmapped whole; g's is untouched
+        // (before, after):
+        //
+        //   addr           addr+8K       addr+12K  addr+2M   addr+4M
+        //   [ VMA pgoff 0, no may_split                     ]
+        //   [ f: PMD                              ][ g: PMD ]
+        //   [ VMA pgoff 0 ] (unmapped)   [ VMA pgoff 3      ]
+        //    f: not mapped                         [ g: PMD ]
         try rig.mm.munmap(addr + 8192, 4096)
         #expect(VMAKit.counters(rig, f).ref == bf.ref)
         #expect(f.mapcount == 0 && f.entireMapcount == 0)
@@ -155,15 +185,19 @@ struct ZapSplitTests {
 
     @Test("zap of part of a PUD mapping splits it: the whole PUD is unmapped (rss -262144)")
     func partialZapOfPudUnmapsIt() throws {
-        let rig = try FaultRig(order: pudOrder, bytes: 1 << 30)
-        var req = rig.map.request(length: 1 << 30)
-        req.ops = VMAKit.noMaySplitOps(rig.map)
-        let addr = try rig.mm.mmap(req)
+        let (rig, addr) = try vmaFixture(order: pudOrder, bytes: 1 << 30, length: 1 << 30, ops: .noMaySplit)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr + (5 << 20), write: false) & DAX_VM_FAULT_ERROR == 0)
         #expect(rig.mm.rssFilePages == Int64(hpagePudNr))
         #expect(f.refCount == before.ref + 1 && f.entireMapcount == 1)
+        // Zap of [addr+2M, addr+4M) inside f's PUD entry (faulted at addr+5M)
+        // unmaps the whole entry; the VMA stays:
+        //
+        //   addr  addr+2M  addr+4M       addr+1G
+        //   [ VMA pgoff 0, no may_split ]
+        //   [ f: PUD                    ]
+        //         [ zap   ]
         VMAKit.read(rig.mm) { zapPageRange(rig.mm.ref, addr + (2 << 20), addr + (4 << 20)) }
         #expect(VMAKit.counters(rig, f) == before)
         #expect(!entryPresent(VMAKit.pud(rig.mm, addr)))
@@ -173,12 +207,17 @@ struct ZapSplitTests {
 
     @Test("zap of a whole PMD range through zap_page_range_single: same accounting as munmap, VMA kept, refault works")
     func zapWholePmdThenRefault() throws {
-        let rig = try FaultRig(order: pmdOrder, bytes: 4 << 20)
-        let addr = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, addr) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(rig.mm.handleFault(addr, write: false) & DAX_VM_FAULT_ERROR == 0)
         let mapped = VMAKit.counters(rig, f)
+        // Zap of exactly f's PMD range; the VMA stays for the refault:
+        //
+        //   addr      addr+2M  addr+4M
+        //   [ VMA pgoff 0     ]
+        //   [ f: PMD ][ g     ]
+        //   [ zap    ]
         VMAKit.read(rig.mm) { zapPageRange(rig.mm.ref, addr, addr + (2 << 20)) }
         #expect(VMAKit.counters(rig, f) == before)
         rig.check()
@@ -191,12 +230,12 @@ struct ZapSplitTests {
     func pageTablesFreedOnlyWhenUnused() throws {
         let rig = try FaultRig(order: 0, bytes: 2 << 20)
         let tables = rig.kernel.pageTablesInUse
-        var req = rig.map.request(length: 8192)
-        req.fixedAddress = 0x4000_0000_0000
-        let a = try rig.mm.mmap(req)
-        req.fixedAddress = a + 8192
-        req.pgoff = 2
-        let b = try rig.mm.mmap(req)
+        let a = try rig.linkVMA(length: 8192, start: 0x4000_0000_0000)
+        let b = try rig.linkVMA(length: 8192, start: a + 8192, pgoff: 2)
+        // Two VMAs side by side, under the same PUD, PMD and PTE tables:
+        //
+        //   a=0x4000_0000_0000  b=a+8K         b+8K
+        //   [ VMA pgoff 0      ][ VMA pgoff 2 ]
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         #expect(rig.mm.handleFault(b, write: false) & DAX_VM_FAULT_ERROR == 0)
         let used = rig.kernel.pageTablesInUse
@@ -232,8 +271,7 @@ struct ZapSplitTests {
     }
     @Test("fs-dax (zero-based) folios: zap returns them to idle refcount 0 with no report, at PTE and PMD level", arguments: [0, 9])
     func fsdaxZapReturnsToIdle(order: Int) throws {
-        let rig = try FaultRig(type: .fsDax, order: order, bytes: 4 << 20)
-        let a = try rig.mm.mmap(rig.map.request(length: 4 << 20))
+        let (rig, a) = try vmaFixture(type: .fsDax, order: order, bytes: 4 << 20, length: 4 << 20)
         let f = rig.folio(pgoff: 0)
         let before = VMAKit.counters(rig, f)
         #expect(before.ref == 0)

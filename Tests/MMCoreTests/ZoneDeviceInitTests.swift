@@ -4,6 +4,7 @@
 import Testing
 @testable import MMCore
 import CDaxMM
+import DAXBase
 
 @Suite("MMCore ZONE_DEVICE page init (§2.5)")
 struct ZoneDeviceInitTests {
@@ -22,7 +23,7 @@ struct ZoneDeviceInitTests {
                 }
             }
         }
-        #expect(bad == 0, "\(bad) page(s) violate \(what); first at pfn \(firstBad.map { String($0, radix: 16) } ?? "-")",
+        #expect(bad == 0, "\(bad) page(s) violate \(what); first at pfn \(firstBad.map(hex) ?? "-")",
                 sourceLocation: sourceLocation)
     }
 

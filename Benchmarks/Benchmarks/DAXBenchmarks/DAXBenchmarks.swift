@@ -5,6 +5,7 @@
 
 import Benchmark
 import CDaxMM
+import DAXBase
 import DAXCore
 import MMCore
 
@@ -19,7 +20,7 @@ let benchmarks: @Sendable () -> Void = {
         Benchmark("device-dax fault, \(name) align (dev_dax_huge_fault)") { benchmark in
             let kernel = try! Kernel(physBits: 42)
             let size = align * 1024
-            let dev = try! DevDax(kernel: kernel, ranges: [(start: 1 << 36, size: size)], align: align)
+            let dev = try! DevDax(kernel: kernel, ranges: [PhysicalRange(start: 1 << 36, size: size)], align: align)
             try! dev.probe()
             let mm = try! MM(kernel: kernel)
             let base = try! mm.mmap(dev.mmapRequest(length: size))

@@ -5,6 +5,7 @@
 
 import Benchmark
 import CDaxMM
+import DAXBase
 import MMCore
 import MMTestSupport
 

@@ -1,6 +1,7 @@
 // A real device-dax character device, /dev/daxX.Y.
 
 import CDaxSys
+import DAXBase
 import DaxErrno
 import SystemPackage
 
@@ -8,13 +9,15 @@ import SystemPackage
 import Glibc
 #endif
 
-public final class DeviceDax: DaxDevice {
+/// A real /dev/daxX.Y character device, opened and mapped through the host
+/// kernel. (DAXCore's `DevDax` is the port of the driver behind such a device.)
+public final class DaxCharDevice: DaxDevice {
     public let name: String
     public var kind: DeviceKind { .deviceDax }
     public let devname: String
     public let size: UInt64
     public let align: DaxAlign
-    public let ranges: [PhysRange]
+    public let ranges: [DevDaxRange]
     public let targetNode: Int?
     public let info: DaxDeviceInfo
     private let fd: Int32
@@ -35,7 +38,7 @@ public final class DeviceDax: DaxDevice {
         case .failure(let e):
             if e == .noSuchFileOrDirectory {
                 let base = String(path.split(separator: "/").last ?? "")
-                if let why = DeviceDax.disabledReason(devname: base) {
+                if let why = DaxCharDevice.disabledReason(devname: base) {
                     throw .disabled(device: path, reason: why)
                 }
                 throw .noSuchDevice(path: path)
@@ -76,18 +79,18 @@ public final class DeviceDax: DaxDevice {
         let discovered: DaxDeviceInfo?
         do { discovered = try DaxDiscovery.device(named: devname) }
         catch { throw .discovery(error) }
-        let info = discovered ?? DeviceDax.sysfsInfo(devname: devname, sysfs: sysfs, major: Int(st.deviceMajor), minor: Int(st.deviceMinor))
+        let info = discovered ?? DaxCharDevice.sysfsInfo(devname: devname, sysfs: sysfs, major: Int(st.deviceMajor), minor: Int(st.deviceMinor))
         self.info = info
 
         guard info.size > 0 else { throw .zeroSize(device: path) }
         let alignBytes = info.align == 0 ? UInt64(Sys.pageSize()) : info.align
         guard let a = DaxAlign(bytes: Int(alignBytes)) else {
-            throw .badSpec(spec: path, reason: "unsupported alignment \(formatHex(alignBytes)) (expected 4K, 2M or 1G)")
+            throw .badSpec(spec: path, reason: "unsupported alignment \(hex(alignBytes)) (expected 4K, 2M or 1G)")
         }
         align = a
         size = info.size
         targetNode = info.targetNode
-        ranges = DeviceDax.ranges(of: info)
+        ranges = DaxCharDevice.ranges(of: info)
 
         switch Sys.open(path, O_RDWR) {
         case .success(let f): fd = f
@@ -151,14 +154,14 @@ public final class DeviceDax: DaxDevice {
         }
     }
 
-    static func ranges(of info: DaxDeviceInfo) -> [PhysRange] {
+    static func ranges(of info: DaxDeviceInfo) -> [DevDaxRange] {
         if !info.mappings.isEmpty {
-            let page = UInt64(Sys.pageSize())
+            // page_offset counts PAGE_SIZE (4K on x86-64) pages, as pgoff does.
             return info.mappings
                 .sorted { $0.pageOffset < $1.pageOffset }
-                .map { PhysRange(offset: $0.pageOffset * page, start: $0.start, size: $0.size) }
+                .map { DevDaxRange(pgoff: $0.pageOffset, range: PhysicalRange(start: $0.start, size: $0.size)) }
         }
-        return info.resource != 0 ? [PhysRange(offset: 0, start: info.resource, size: info.size)] : []
+        return info.resource != 0 ? [DevDaxRange(pgoff: 0, range: PhysicalRange(start: info.resource, size: info.size))] : []
     }
 
     /// Reads the device's attributes straight from sysfs.
