@@ -48,35 +48,37 @@ let package = Package(
             ]
         ),
         // What every module shares: the physical-range type, the hex
-        // formatter, the monotonic clock and the seeded generator. Pure Swift,
-        // no dependencies.
+        // formatter, the monotonic clock, the seeded generator and the errno
+        // names (errnoName). Pure Swift over the C library, no dependencies.
         .target(
             name: "DAXBase",
             swiftSettings: hotPathSwiftSettings
-        ),
-        // The errno names every module reports with (errnoName). Depends on
-        // nothing but the C library.
-        .target(
-            name: "DaxErrno"
         ),
         // mm/ ported: memremap, page tables, inserts, rmap, zap, faults, GUP.
         // Knows nothing of devices.
         .target(
             name: "MMCore",
-            dependencies: ["DAXBase", "CDaxMM", "DaxErrno"],
+            dependencies: ["DAXBase", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // For tests and benchmarks of MMCore: a linear pfn-mapping "driver",
-        // FaultRig and vmaFixture, the rigs' invariant checks (Swift Testing).
+        // FaultRig and vmaFixture, waiting helpers. No Swift Testing, so the
+        // benchmarks link it without the test runtime.
         .target(
             name: "MMTestSupport",
             dependencies: ["DAXBase", "MMCore", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
+        // The rigs' invariant checks, as Swift Testing expectations: for the
+        // test targets only.
+        .target(
+            name: "MMTestChecks",
+            dependencies: ["MMCore", "MMTestSupport"]
+        ),
         // drivers/dax/device.c and fs/dax.c ported, on MMCore.
         .target(
             name: "DAXCore",
-            dependencies: ["DAXBase", "MMCore", "CDaxMM", "DaxErrno"],
+            dependencies: ["DAXBase", "MMCore", "CDaxMM"],
             swiftSettings: hotPathSwiftSettings
         ),
         // Devices: libdaxctl discovery, /dev/daxX.Y and the emulated memfd device.
@@ -85,7 +87,6 @@ let package = Package(
             dependencies: [
                 "DAXBase",
                 "CDaxSys",
-                "DaxErrno",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: hotPathSwiftSettings
@@ -105,11 +106,11 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXCoreTests",
-            dependencies: ["DAXBase", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "DaxErrno"]
+            dependencies: ["DAXBase", "DAXCore", "MMCore", "MMTestSupport", "MMTestChecks", "CDaxMM"]
         ),
         .testTarget(
             name: "MMCoreTests",
-            dependencies: ["DAXBase", "MMCore", "MMTestSupport", "CDaxMM"]
+            dependencies: ["DAXBase", "MMCore", "MMTestSupport", "MMTestChecks", "CDaxMM"]
         ),
     ]
 )

@@ -10,7 +10,6 @@
 
 import CDaxMM
 import DAXBase
-import DaxErrno
 import MMCore
 import Synchronization
 

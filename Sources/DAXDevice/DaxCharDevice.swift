@@ -2,7 +2,6 @@
 
 import CDaxSys
 import DAXBase
-import DaxErrno
 import SystemPackage
 
 #if canImport(Glibc)

@@ -5,7 +5,7 @@
 // drops it before returning.
 
 import CDaxSys
-import DaxErrno
+import DAXBase
 
 /// One physical range of a device (a `mappingN` directory in sysfs).
 public struct DaxMappingInfo: Sendable, Equatable {

@@ -1,7 +1,7 @@
 // Typed errors for devices. Every description is one line that names the
 // device and the cause, suitable for `daxmm: <description>`.
 
-import DaxErrno
+import DAXBase
 import SystemPackage
 
 public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {

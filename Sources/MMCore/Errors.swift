@@ -1,5 +1,5 @@
 import CDaxMM
-import DaxErrno
+import DAXBase
 
 // Errors of the port's safe API. Inside the port, kernel conventions stay
 // visible (negative errno, VM_FAULT_* bits); these wrap them at the edge.

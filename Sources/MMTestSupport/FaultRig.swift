@@ -10,7 +10,7 @@ import MMCore
 /// One kernel, one pgmap of `type` with folios of `order` over `bytes` at
 /// physical `phys`, the linear mapping of that pgmap (a device-dax character
 /// device for GENERIC, a regular DAX file otherwise) and an empty MM.
-public struct FaultRig: InvariantRig {
+public struct FaultRig {
     public let kernel: Kernel
     public let pgmap: DevPagemap
     public let map: LinearMapping

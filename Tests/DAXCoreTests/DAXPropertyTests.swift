@@ -6,6 +6,7 @@ import Synchronization
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 

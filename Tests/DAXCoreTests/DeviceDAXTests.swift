@@ -3,6 +3,7 @@ import DAXBase
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 /// One kernel, a probed device-dax instance of alignment `align` over

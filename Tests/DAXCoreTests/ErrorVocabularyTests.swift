@@ -1,6 +1,5 @@
 import CDaxMM
 import DAXBase
-import DaxErrno
 import Testing
 @testable import DAXCore
 @testable import MMCore

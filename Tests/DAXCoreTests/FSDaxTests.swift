@@ -5,6 +5,7 @@ import Foundation
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 /// One kernel, an ExtentFS of `size` bytes of fs-dax memory at `start`, and

@@ -9,6 +9,7 @@ import CDaxMM
 import DAXBase
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 /// One report of the hook.

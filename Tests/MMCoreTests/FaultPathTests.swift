@@ -1,6 +1,7 @@
 import CDaxMM
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 @Suite("Faults through handle_mm_fault")

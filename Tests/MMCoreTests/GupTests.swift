@@ -5,6 +5,7 @@ import CDaxMM
 import DAXBase
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 private let gupNoopPageFree: @convention(c) (UnsafeMutablePointer<dax_page>?, UnsafeMutableRawPointer?) -> Void = { _, _ in }

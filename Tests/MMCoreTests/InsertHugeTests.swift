@@ -4,6 +4,7 @@
 import CDaxMM
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 /// PMD or PUD: what differs between the two levels.

@@ -7,6 +7,7 @@ import CDaxMM
 import DAXBase
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 @Suite("Kernel parity: mm")

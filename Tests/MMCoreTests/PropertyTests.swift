@@ -3,6 +3,7 @@ import DAXBase
 import Foundation
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 

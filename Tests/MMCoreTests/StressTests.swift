@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 /// Two threads fault, pin, unpin and zap on disjoint and on overlapping

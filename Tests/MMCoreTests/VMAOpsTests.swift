@@ -5,6 +5,7 @@
 import CDaxMM
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 @Suite("VMA operations: mmap, munmap, mprotect, mremap")

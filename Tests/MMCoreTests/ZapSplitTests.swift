@@ -4,6 +4,7 @@
 import CDaxMM
 import Testing
 @testable import MMCore
+import MMTestChecks
 import MMTestSupport
 
 @Suite("Zap and split (§3.7, §4.4, §4.5)")

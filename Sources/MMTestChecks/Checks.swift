@@ -3,6 +3,7 @@
 // the kernel. Shared by the MMCore and DAXCore suites.
 
 import MMCore
+import MMTestSupport
 import Testing
 
 /// A test's machine: the kernel, the MM and the pgmaps `check()` looks at.
@@ -52,3 +53,5 @@ public func propertyStepHolds(_ kernel: Kernel, mms: [MM], pgmaps: [DevPagemap],
     }
     return true
 }
+
+extension FaultRig: InvariantRig {}
