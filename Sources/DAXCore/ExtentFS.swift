@@ -1,8 +1,9 @@
 // A small extent-based file store on a DAX device, enough to drive fs/dax
 // the way ext4/XFS do: files map 4 KiB blocks of an FS_DAX pgmap, the
 // allocator hands out 2 MiB-aligned chunks to 2 MiB-aligned file ranges (so
-// PMD faults happen), reflink shares blocks (so the share count of §8.3 is
-// exercised), and truncate, hole punch and unmount break layouts first.
+// PMD faults happen), reflink shares blocks (so the share count of
+// fs/dax.c: dax_associate_entry / dax_folio_put is exercised), and truncate,
+// hole punch and unmount break layouts first.
 //
 // The block map, allocator and entry index are C-style records reached from
 // the fault handlers through the file's private_data (the fs-dax inode

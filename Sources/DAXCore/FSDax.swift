@@ -12,7 +12,7 @@
 import CDaxMM
 import MMCore
 
-// MARK: entry encoding (§8.1)
+// MARK: entry encoding (fs/dax.c: dax_make_entry, dax_to_pfn)
 
 public enum DaxEntry {
     public static let locked: UInt64 = 1
@@ -63,7 +63,7 @@ package struct DaxMappingCore {
 
 package typealias DaxMappingRef = UnsafeMutablePointer<DaxMappingCore>
 
-// MARK: entry locking (§8.2)
+// MARK: entry locking (fs/dax.c: get_next_unlocked_entry, dax_lock_entry)
 
 /// The slot holding the entry that covers `index` for a request of `order`,
 /// and the entry (0 if none). A PMD entry covers its 512 indices.
@@ -133,7 +133,7 @@ func daxUnlockEntry(_ m: DaxMappingRef, _ slot: UnsafeMutablePointer<UInt64>, _ 
     wakeUpVar(m.pointee.kernel, UnsafeRawPointer(slot))
 }
 
-// MARK: association (§8.3)
+// MARK: association (fs/dax.c: dax_associate_entry, dax_folio_put)
 
 /// dax_folio_init
 @inline(__always)
@@ -228,7 +228,7 @@ func daxDisassociateEntry(_ k: KernelRef, _ e: UInt64) {
     _ = daxFolioPut(k, pfnToPage(k, DaxEntry.pfn(e)).folio)
 }
 
-// MARK: busy pages (§8.4, §8.5)
+// MARK: busy pages (fs/dax.c: dax_busy_page, dax_layout_busy_page_range)
 
 /// dax_busy_page: the head page if refcount - mapcount != 0.
 @inline(__always)
@@ -267,7 +267,7 @@ package func daxLayoutBusyPageRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ en
     return nil
 }
 
-// MARK: removal (§8.7)
+// MARK: removal (fs/dax.c: dax_delete_mapping_range, __dax_invalidate_entry)
 
 /// dax_delete_mapping_range: remove every entry in the range (no busy check).
 package func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ endIdx: UInt64) {

@@ -145,9 +145,10 @@ func daxInsertEntry(_ m: DaxMappingRef, _ vmf: VMFaultRef, _ slot: UnsafeMutable
     return e
 }
 
-/// The temporary-reference protocol around an insert (§8.9): an idle fs-dax
-/// folio goes 0 -> 1 with folio_ref_inc (no zero check), the insert takes the
-/// mapping's own reference, and the temporary one is put. Only the seed-bug
+/// The temporary-reference protocol around an insert (fs/dax.c:
+/// dax_fault_iter, dax_insert_pfn_mkwrite): an idle fs-dax folio goes 0 -> 1
+/// with folio_ref_inc (no zero check), the insert takes the mapping's own
+/// reference, and the temporary one is put. Only the seed-bug
 /// scenario (DAX_MODE_LEGACY_PRE_SERIES) skips it, to reproduce the RFC's
 /// folio_get on a free folio.
 @inline(__always)
@@ -318,7 +319,7 @@ let fsDaxMkwriteFn: @convention(c) (VMFaultRef?) -> UInt32 = { vmf in
     vmf!.pointee.flags |= DAX_FAULT_FLAG_WRITE
     return fsDaxHugeFault(vmf!, 0)
 }
-// MARK: breaking layouts (§8.6)
+// MARK: breaking layouts (fs/dax.c: dax_break_layout, dax_break_layout_final)
 
 /// dax_page_is_idle
 @inline(__always) public func daxPageIsIdle(_ page: Page?) -> Bool { page.map { $0.folio.refCount == 0 } ?? false }

@@ -28,7 +28,7 @@ public struct GupFlags: OptionSet, Sendable {
 
 public typealias PageArray = UnsafeMutablePointer<UnsafeMutablePointer<dax_page>?>
 
-// MARK: argument and VMA checks (§6.4, §6.5, §6.6)
+// MARK: argument and VMA checks (mm/gup.c: is_valid_gup_args, check_vma_flags; folio_is_longterm_pinnable)
 
 /// is_valid_gup_args: 0, or -EINVAL. `toSet` is FOLL_GET or FOLL_PIN.
 @inline(__always)
@@ -84,7 +84,7 @@ public func folioIsLongtermPinnable(_ k: KernelRef, _ folio: Folio) -> Bool {
     }
 }
 
-// MARK: grabbing references (§6.1, §6.2)
+// MARK: grabbing references (mm/gup.c: try_grab_folio, try_grab_folio_fast)
 
 @inline(__always) func isP2PDMA(_ folio: Folio) -> Bool {
     folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_PCI_P2PDMA.rawValue)
@@ -148,7 +148,7 @@ public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flag
     return folio
 }
 
-// MARK: release (§6.3)
+// MARK: release (mm/gup.c: gup_put_folio, unpin_user_pages)
 
 /// gup_put_folio
 @inline(__always)

@@ -162,7 +162,7 @@ public func vmfInsertPfnHuge(_ vmf: VMFaultRef, pfn: UInt64, write: Bool, pud: B
     return DAX_VM_FAULT_NOPAGE
 }
 
-// MARK: zap and split (§4.4, §4.5)
+// MARK: zap and split (mm/huge_memory.c: zap_huge_pmd, zap_huge_pud, __split_huge_pmd_locked)
 
 /// The folio a huge entry maps, or nil when the kernel does no folio work
 /// for it (special entry of a non-DAX VMA, the zero pfn, no struct page).

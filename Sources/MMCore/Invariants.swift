@@ -1,11 +1,45 @@
-// The global invariants of the spec (§11) as a checker over MMs and pgmaps.
-// Not a hot path: it allocates freely and takes every lock it reads under.
+// The global invariants of the mm and DAX core, numbered as
+// `InvariantViolation.rule` reports them ("invariant 4"), and a checker over
+// MMs and pgmaps. Not a hot path: it allocates freely and takes every lock it
+// reads under.
+//
+// For a folio: R is its refcount, M the present PTE/PMD/PUD entries mapping
+// any part of it, base its type's idle refcount (1 for GENERIC, 0 for
+// FS_DAX, PRIVATE, COHERENT and P2PDMA).
+//  1. Reference accounting: R = base + M + GUP gets + pin refs + transient
+//     refs; every present entry, PTE, PMD or PUD, adds one ref and one mapcount.
+//  2. Free iff zero: free_zone_device_folio runs exactly on a transition to
+//     0, and R never falls below base. folio_get and try_grab_folio refuse 0.
+//  3. Idle fs-dax: dax_page_is_idle iff R == 0, which implies M == 0 and no pins.
+//  4. Page-cache entries hold no refs: adding or removing fs/dax xarray
+//     entries never changes R.
+//  5. Association makes layout: an fs-dax folio is compound of order k iff a
+//     live entry of order k is associated with it; at the last
+//     disassociation every page has R == 0.
+//  6. Share states: owned (mapping set), shared (no mapping, share >= 1) or
+//     unassociated (no mapping, share 0).
+//  7. Tail pages: every tail of a compound ZONE_DEVICE folio has refcount 0
+//     and its compound head names the head.
+//  8. Truncate precondition: before blocks are freed, the range has no DAX
+//     entries and every folio that was in it has R == 0 (dax_break_layout).
+//  9. rmap levels: a PMD maps a folio of exactly HPAGE_PMD_NR pages, a PUD one
+//     of HPAGE_PUD_NR; folio, entire and per-page mapcounts match the entries.
+// 10. Special entries: no refcounted folio is mapped by a special entry
+//     (violated by DAX PMDs/PUDs in 6.15 as merged); they never change R or M.
+// 11. Long-term pins: no fs-dax folio carries a FOLL_LONGTERM pin.
+// 12. Pins imply refs: a pinned folio has R >= base + its pin refs.
+// 13. pgmap ref: memunmap_pages cannot finish while a PRIVATE/COHERENT folio
+//     is allocated or a get_dev_pagemap ref is held.
+// 14. rss: per mm, MM_FILEPAGES counts the pages its entries map (+1 per PTE,
+//     +HPAGE_PMD_NR per PMD, +HPAGE_PUD_NR per PUD); the zero page and
+//     pfn-only special entries do not count.
+// 15. Device-dax layout: folio order is vmemmap_shift for life.
 
 import CDaxMM
 import DAXBase
 
 public struct InvariantViolation: Sendable, CustomStringConvertible {
-    /// "§11 rule 1" etc.
+    /// The rule's number in the list at the top of this file.
     public var rule: Int
     public var dump: PageDump?
     public var detail: String
@@ -19,8 +53,9 @@ public struct InvariantViolation: Sendable, CustomStringConvertible {
 /// refs, transient holders), by head pfn: the G + pinRefs + T of rule 1.
 public typealias RefLedger = [UInt64: Int64]
 
-/// Checks §11 rules 1, 2, 7, 9, 12 and 14 (and 10, no special entry maps a
-/// refcounted folio, unless the 6.15-as-merged mode is on).
+/// Checks rules 1, 2, 7, 9, 12 and 14 (and 10, no special entry maps a
+/// refcounted folio, unless the 6.15-as-merged mode is on); the others concern
+/// fs/dax entries, pins and pgmap refs, which the page tables do not show.
 ///
 /// - Parameters:
 ///   - ledger: when given, rule 1 is checked as an equality

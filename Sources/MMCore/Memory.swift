@@ -28,7 +28,7 @@ public func vmNormalPage(_ k: KernelRef, _ vma: VMARef, _ entry: PTEntry) -> Pag
     return pfnToPage(k, pfn)
 }
 
-// MARK: inserts (§3)
+// MARK: inserts (mm/memory.c: insert_page, insert_pfn)
 
 /// vm_mixed_zeropage_allowed
 @inline(__always)
@@ -179,7 +179,7 @@ public func vmfInsertPfn(_ vma: VMARef, _ addr: UInt64, _ pfn: UInt64) -> UInt32
     return insertPfn(vma, addr, pfn, vma.pointee.vm_page_prot, mkwrite: false)
 }
 
-// MARK: zap (§3.7): unmap_page_range -> zap_pud_range -> zap_pmd_range -> zap_pte_range
+// MARK: zap (mm/memory.c): unmap_page_range -> zap_pud_range -> zap_pmd_range -> zap_pte_range
 
 /// The port's mmu_gather batch: folio references are dropped after the
 /// entries are cleared, the ptlock released and the TLB flushed, at most

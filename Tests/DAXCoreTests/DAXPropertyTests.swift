@@ -11,8 +11,9 @@ import MMTestSupport
 
 
 /// Random sequences mixing device-dax and fs-dax operations in one kernel and
-/// one MM, with the §11 invariants (against a ledger of held references) and
-/// no debug report after every step. DAXMM_DAX_PROPERTY_STEPS sets the length.
+/// one MM, with the invariants of MMCore/Invariants.swift (against a ledger of
+/// held references) and no debug report after every step.
+/// DAXMM_DAX_PROPERTY_STEPS sets the length.
 @Suite("Property: device-dax and fs-dax together")
 struct DAXPropertyTests {
     static var steps: Int { Int(ProcessInfo.processInfo.environment["DAXMM_DAX_PROPERTY_STEPS"] ?? "") ?? 5_000 }

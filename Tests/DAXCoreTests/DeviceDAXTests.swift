@@ -37,11 +37,11 @@ struct DevDaxRig: InvariantRig {
     }
 }
 
-@Suite("device-dax (drivers/dax/device.c, §7)")
+@Suite("device-dax (drivers/dax/device.c)")
 struct DeviceDAXTests {
     static let aligns: [UInt64] = [4096, 2 << 20, 1 << 30]
 
-    /// §7.5: the outcome matrix, with the counters of a successful insert.
+    /// dev_dax_huge_fault: the outcome matrix, with the counters of a successful insert.
     @Test("fault outcome matrix: align x order", arguments: aligns, [0, 9, 18])
     func outcomeMatrix(align: UInt64, order: Int) throws {
         let rig = try DevDaxRig(align: align)
@@ -94,7 +94,7 @@ struct DeviceDAXTests {
         rig.check()
     }
 
-    /// §7.2: check_vma at mmap.
+    /// check_vma at mmap (dax_mmap).
     @Test("check_vma: private -> EINVAL, misaligned -> EINVAL, dead -> ENXIO")
     func checkVmaRules() throws {
         let rig = try DevDaxRig(align: 2 << 20)
@@ -136,7 +136,7 @@ struct DeviceDAXTests {
         rig.check()
     }
 
-    /// §7.3: multi-range devices; the first range holding pgoff decides.
+    /// dax_pgoff_to_phys: multi-range devices; the first range holding pgoff decides.
     @Test("dax_pgoff_to_phys across ranges")
     func pgoffToPhys() throws {
         let rig = try DevDaxRig(align: 2 << 20, ranges: [PhysicalRange(start: 0x1_0000_0000, size: 4 << 20), PhysicalRange(start: 0x2_0000_0000, size: 2 << 20)])
@@ -154,7 +154,8 @@ struct DeviceDAXTests {
         rig.check()
     }
 
-    /// §6.6/§6.8: device-dax folios may be pinned long term.
+    /// folio_is_longterm_pinnable (include/linux/mm.h): device-dax folios may be
+    /// pinned long term.
     @Test("FOLL_LONGTERM pin on device-dax succeeds; folio_maybe_dma_pinned", arguments: [UInt64(4096), 2 << 20])
     func longtermPin(align: UInt64) throws {
         let rig = try DevDaxRig(align: align)

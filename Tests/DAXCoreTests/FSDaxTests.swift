@@ -24,7 +24,7 @@ struct FSRig: InvariantRig {
     var pgmaps: [DevPagemap] { [fs.pgmap] }
 }
 
-@Suite("fs-dax (fs/dax.c, §8 and §12)")
+@Suite("fs-dax (fs/dax.c and the fs-dax folio life cycle)")
 struct FSDaxTests {
     /// Free -> Assoc(0) -> Mapped -> unmapped (idle, still associated) ->
     /// layout broken (entry deleted, unassociated, Free).
@@ -49,7 +49,8 @@ struct FSDaxTests {
         #expect(DaxEntry.pfn(f.entry(at: 5)) == pageToPfn(rig.kernel.ref, folio.head))
         #expect(f.mapping.pointee.marks[5] & DaxMark.dirty != 0)
         rig.check()
-        // Unmap: the entry holds no reference (§11 rule 4), so the folio is idle.
+        // Unmap: the entry holds no reference (invariant 4 in
+        // MMCore/Invariants.swift), so the folio is idle.
         try rig.mm.munmap(addr, 64 << 10)
         #expect(folio.refCount == 0 && folio.mapcount == 0)
         #expect(folio.mapping == f.file.mapping, "still associated")
@@ -125,7 +126,8 @@ struct FSDaxTests {
         rig.check()
     }
 
-    /// Seed 004 / §9: the RFC's PMD insert took folio_get on an idle folio.
+    /// The pre-series PMD insert (dax_insert_pfn_pmd) took folio_get on an idle
+    /// fs-dax folio at refcount 0.
     @Test("seed bug: pre-series PMD insert trips folio_get at refcount 0; the fixed path does not")
     func seedBugPmd() throws {
         for legacy in [true, false] {
@@ -199,8 +201,9 @@ struct FSDaxTests {
         rig.check()
     }
 
-    /// §8.6 with §2.7's wake-up: a pinned page blocks the break until another
-    /// thread unpins; with a timeout it reports pfn, refcount and pincount.
+    /// dax_break_layout with free_zone_device_folio's wake-up: a pinned page
+    /// blocks the break until another thread unpins; with a timeout it reports
+    /// pfn, refcount and pincount.
     /// Without one it waits like the kernel, until free_zone_device_folio
     /// wakes it: the test checks the waiter is asleep before it unpins, and
     /// that the page is idle before it joins, so no sleep length decides.

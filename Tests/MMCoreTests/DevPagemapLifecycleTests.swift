@@ -1,5 +1,5 @@
-// §2.6 get_dev_pagemap / put_dev_pagemap / zone_device_page_init and §2.4
-// memunmap_pages: who holds the pgmap, and unmap waiting for them.
+// mm/memremap.c: get_dev_pagemap / put_dev_pagemap / zone_device_page_init
+// and memunmap_pages: who holds the pgmap, and unmap waiting for them.
 
 import Testing
 @testable import MMCore
@@ -7,7 +7,7 @@ import MMTestSupport
 import CDaxMM
 import DAXBase
 
-@Suite("MMCore get_dev_pagemap / put_dev_pagemap (§2.6)")
+@Suite("MMCore get_dev_pagemap / put_dev_pagemap (mm/memremap.c)")
 struct GetDevPagemapTests {
 
     @Test("a covering pfn returns the pgmap with one more reference; put drops it", arguments: [MemoryType.fsDax, .devicePrivate])
@@ -77,7 +77,7 @@ struct GetDevPagemapTests {
         #expect(b.refCount == bBase)
     }
 
-    @Test("a cached pgmap does not cover a pfn in the hole between its ranges (§2.6: only covering pfns hit the cache)")
+    @Test("a cached pgmap does not cover a pfn in the hole between its ranges (get_dev_pagemap: only covering pfns hit the cache)")
     func cachedHoleBetweenRanges() throws {
         let k = try makeKernel()
         let a = makePgmap(k, .fsDax, ranges: [phys(base, 2 * MiB), phys(base + 1 * GiB, 2 * MiB)])
@@ -101,7 +101,7 @@ struct GetDevPagemapTests {
         #expect(pg.refCount == before)
     }
 
-    @Test("after memunmap has started (dying) lookups return nil and take no ref (§2.6 tryget_live)")
+    @Test("after memunmap has started (dying) lookups return nil and take no ref (get_dev_pagemap: percpu_ref_tryget_live)")
     func dyingReturnsNil() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 2 * MiB)
@@ -119,7 +119,7 @@ struct GetDevPagemapTests {
         try pg.memunmapPages(timeoutNanos: 1_000_000_000)
     }
 
-    @Test("zone_device_page_init takes a pgmap ref, sets refcount 1 and locks the page (§2.6)", arguments: [MemoryType.devicePrivate, .deviceCoherent])
+    @Test("zone_device_page_init takes a pgmap ref, sets refcount 1 and locks the page (mm/memremap.c)", arguments: [MemoryType.devicePrivate, .deviceCoherent])
     func zoneDevicePageInitRefs(type: MemoryType) throws {
         let k = try makeKernel()
         let pg = try mapped(k, type)
@@ -154,7 +154,7 @@ struct GetDevPagemapTests {
     }
 }
 
-@Suite("MMCore memunmap_pages (§2.4)")
+@Suite("MMCore memunmap_pages (mm/memremap.c)")
 struct MemunmapTests {
 
     @Test("with no holders memunmap completes, sections go invalid and the records are gone", arguments: allTypes)
@@ -202,7 +202,7 @@ struct MemunmapTests {
         putDevPagemap(p)
     }
 
-    @Test("an outstanding get_dev_pagemap makes memunmap -EBUSY within the timeout, naming the lookup (§2.4.3)")
+    @Test("an outstanding get_dev_pagemap makes memunmap -EBUSY within the timeout, naming the lookup (memunmap_pages: wait_for_completion)")
     func busyWithLookup() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .generic, size: 2 * MiB)
@@ -243,7 +243,7 @@ struct MemunmapTests {
         #expect(!k.pfnValid(pfnOf(base)))
     }
 
-    @Test("an allocated PRIVATE folio blocks memunmap (-EBUSY naming the pfn) until folio_put frees it (§2.4, §11.13)")
+    @Test("an allocated PRIVATE folio blocks memunmap (-EBUSY naming the pfn) until folio_put frees it (memunmap_pages; invariant 13)")
     func privateFolioBlocks() throws {
         let k = try makeKernel()
         let log = FreeLog()
@@ -283,7 +283,7 @@ struct MemunmapTests {
         try pg.memunmapPages(timeoutNanos: 1_000_000_000)
     }
 
-    @Test("FS_DAX folios with references do not hold the pgmap: memunmap does not wait for them (§2.4.2)")
+    @Test("FS_DAX folios with references do not hold the pgmap: memunmap does not wait for them (memunmap_pages)")
     func fsdaxFolioRefsDoNotBlock() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 2 * MiB)
@@ -296,7 +296,7 @@ struct MemunmapTests {
     /// held, so neither may tear down (a racing teardown would fault on the
     /// depopulated vmemmap). percpu_ref_kill and the creation-ref drop must
     /// happen once: afterwards exactly the lookup's reference is left.
-    @Test("concurrent memunmap calls kill the ref and drop the creation references once (§2.4.1-2)")
+    @Test("concurrent memunmap calls kill the ref and drop the creation references once (memunmap_pages)")
     func concurrentUnmap() throws {
         var rounds = 0
         for _ in 0..<300 {

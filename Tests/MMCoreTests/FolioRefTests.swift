@@ -1,5 +1,6 @@
-// §1.1 folio_get / folio_put and §2.7 free_zone_device_folio per memory
-// type, plus the VM_BUG report folio_get records on a free folio (§9 seed).
+// folio_get / folio_put (include/linux/mm.h) and free_zone_device_folio
+// (mm/memremap.c) per memory type, plus the VM_BUG report folio_get records
+// on a free folio (as the pre-series PMD insert hit at refcount 0).
 
 import Testing
 @testable import MMCore
@@ -7,10 +8,10 @@ import MMTestSupport
 import CDaxMM
 import DAXBase
 
-@Suite("MMCore free_zone_device_folio (§2.7)")
+@Suite("MMCore free_zone_device_folio (mm/memremap.c)")
 struct FreeZoneDeviceFolioTests {
 
-    @Test("GENERIC: get then put leaves 1 without freeing; the put to 0 resets to 1 and keeps mapping (§2.7.5)",
+    @Test("GENERIC: get then put leaves 1 without freeing; the put to 0 resets to 1 and keeps mapping (free_zone_device_folio)",
           arguments: [0, pmdOrder])
     func generic(shift: Int) throws {
         let k = try makeKernel()
@@ -45,7 +46,7 @@ struct FreeZoneDeviceFolioTests {
         #expect(k.drainReports().isEmpty)
     }
 
-    @Test("FS_DAX: the put to 0 stays 0, keeps mapping, calls no op and wakes the head page (§2.7.5)", arguments: [0, pmdOrder])
+    @Test("FS_DAX: the put to 0 stays 0, keeps mapping, calls no op and wakes the head page (free_zone_device_folio)", arguments: [0, pmdOrder])
     func fsdax(shift: Int) throws {
         let k = try makeKernel()
         let log = FreeLog()
@@ -108,7 +109,7 @@ struct FreeZoneDeviceFolioTests {
         #expect(f.refCount == 1)
     }
 
-    @Test("PRIVATE/COHERENT: the put to 0 calls page_free with the owner, drops the pgmap ref and clears mapping (§2.7.4-5)",
+    @Test("PRIVATE/COHERENT: the put to 0 calls page_free with the owner, drops the pgmap ref and clears mapping (free_zone_device_folio)",
           arguments: [MemoryType.devicePrivate, .deviceCoherent])
     func privateCoherent(type: MemoryType) throws {
         let k = try makeKernel()
@@ -134,7 +135,7 @@ struct FreeZoneDeviceFolioTests {
         #expect(k.drainReports().isEmpty)
     }
 
-    @Test("PRIVATE without page_free at free time WARNs, calls nothing and keeps the pgmap ref (§2.7.5)")
+    @Test("PRIVATE without page_free at free time WARNs, calls nothing and keeps the pgmap ref (free_zone_device_folio)")
     func privateMissingOpAtFree() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .devicePrivate, size: 2 * MiB)
@@ -149,7 +150,7 @@ struct FreeZoneDeviceFolioTests {
         #expect(pg.refCount == 2, "the put_dev_pagemap is skipped with the op")
     }
 
-    @Test("P2PDMA: set to 1 by the allocator, the put to 0 calls page_free and clears mapping (§2.7.5, §2.8)")
+    @Test("P2PDMA: set to 1 by the allocator, the put to 0 calls page_free and clears mapping (free_zone_device_folio; p2pmem_alloc_mmap)")
     func p2pdma() throws {
         let k = try makeKernel()
         let log = FreeLog()
@@ -203,10 +204,10 @@ struct FreeZoneDeviceFolioTests {
     }
 }
 
-@Suite("MMCore folio_get on a free folio (§1.1, §9)")
+@Suite("MMCore folio_get on a free folio (include/linux/mm.h)")
 struct FolioGetTests {
 
-    @Test("folio_get at refcount 0 on an idle 2M FS_DAX folio refuses and dumps the page (§1.1, §9.1)")
+    @Test("folio_get at refcount 0 on an idle 2M FS_DAX folio refuses and dumps the page (folio_get's VM_BUG_ON_FOLIO, as in the pre-series PMD insert)")
     func idleFsdaxFolio() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 2 * MiB, shift: pmdOrder)

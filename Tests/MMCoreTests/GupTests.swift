@@ -1,4 +1,4 @@
-// §6: get_user_pages / pin_user_pages (slow and fast): argument checks,
+// mm/gup.c: get_user_pages / pin_user_pages (slow and fast): argument checks,
 // check_vma_flags, FOLL_LONGTERM, try_grab_folio accounting and release.
 
 import CDaxMM
@@ -10,7 +10,7 @@ import MMTestSupport
 
 private let gupNoopPageFree: @convention(c) (UnsafeMutablePointer<dax_page>?, UnsafeMutableRawPointer?) -> Void = { _, _ in }
 
-@Suite("GUP (§6)")
+@Suite("GUP (mm/gup.c)")
 struct GupTests {
     typealias GupFn = @Sendable (MMRef, UInt64, Int, GupFlags, PageArray?) -> Int
 
@@ -28,7 +28,7 @@ struct GupTests {
         return l
     }
 
-    // MARK: is_valid_gup_args (§6.4)
+    // MARK: is_valid_gup_args (mm/gup.c)
 
     @Test("is_valid_gup_args: internal flags, PIN+GET, LONGTERM without PIN, no pages array, LONGTERM+PCI_P2PDMA are -EINVAL")
     func isValidGupArgsMatrix() throws {
@@ -77,7 +77,7 @@ struct GupTests {
         rig.check()
     }
 
-    // MARK: check_vma_flags (§6.5)
+    // MARK: check_vma_flags (mm/gup.c)
 
     @Test("check_vma_flags: VM_IO or VM_PFNMAP is -EFAULT for every entry point", arguments: [DAX_VM_IO, DAX_VM_PFNMAP])
     func ioAndPfnmapRefused(flag: UInt64) throws {
@@ -172,7 +172,7 @@ struct GupTests {
         rig.check()
     }
 
-    // MARK: FOLL_LONGTERM (§6.6-6.8)
+    // MARK: FOLL_LONGTERM (folio_is_longterm_pinnable, __gup_longterm_locked)
 
     @Test("FOLL_LONGTERM on an unfaulted fs-dax VMA is -EOPNOTSUPP before any fault, slow and fast; a short-term pin of the same page works")
     func longtermFsdaxRefusedBeforeFault() throws {
@@ -361,7 +361,7 @@ struct GupTests {
         rig.check(Self.ledger(rig, []))
     }
 
-    // MARK: try_grab_folio (§6.1, §6.2)
+    // MARK: try_grab_folio (mm/gup.c: try_grab_folio, try_grab_folio_fast)
 
     @Test("try_grab_folio on a refcount-0 folio: -ENOMEM and a WARN, nothing taken; the fast grab just fails")
     func tryGrabIdleFolio() throws {
@@ -490,7 +490,7 @@ struct GupTests {
     }
 }
 
-@Suite("GUP (§6) fast-path rules and pin helpers")
+@Suite("GUP (mm/gup.c) fast-path rules and pin helpers")
 struct GupFastRuleTests {
     @Test("GUP-fast refuses a writable long-term pin of a file mapping that needs dirty tracking and falls back to the slow path's -EFAULT")
     func fastWritableLongtermFileFallsBack() throws {

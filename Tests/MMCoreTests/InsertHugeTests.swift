@@ -1,5 +1,5 @@
-// §4.1-4.3: vmf_insert_folio_pmd / vmf_insert_folio_pud, the 6.15-as-merged
-// special-entry mode, and the pfn-only huge inserts.
+// mm/huge_memory.c: vmf_insert_folio_pmd / vmf_insert_folio_pud, the
+// 6.15-as-merged special-entry mode, and the pfn-only huge inserts.
 
 import CDaxMM
 import Testing
@@ -28,7 +28,7 @@ struct HugeLevel: Sendable, CustomStringConvertible {
     func entry(_ mm: MM, _ addr: UInt64) -> PTEntry { isPud ? VMAKit.pud(mm, addr) : VMAKit.pmd(mm, addr) }
 }
 
-@Suite("PMD/PUD folio inserts (§4.1-4.3)")
+@Suite("PMD/PUD folio inserts (mm/huge_memory.c)")
 struct InsertHugeTests {
     /// A rig of the level's order with a VMA over both folios whose
     /// vm_page_prot is read-only (write notification).
@@ -286,7 +286,7 @@ struct InsertHugeTests {
         rig.check()
     }
 
-    // MARK: pfn-only huge inserts (§4.3)
+    // MARK: pfn-only huge inserts (vmf_insert_pfn_pmd, vmf_insert_pfn_pud)
 
     @Test("vmf_insert_pfn_pmd: special huge entry with no accounting on a MIXEDMAP VMA; SIGBUS without exactly one of PFNMAP/MIXEDMAP")
     func pfnHugePmd() throws {

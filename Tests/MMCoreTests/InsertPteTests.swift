@@ -1,4 +1,4 @@
-// §3: PTE inserts (validate_page_before_insert, insert_page,
+// mm/memory.c: PTE inserts (validate_page_before_insert, insert_page,
 // vm_insert_page, vmf_insert_page_mkwrite) and the pfn-only contrast.
 
 import CDaxMM
@@ -7,7 +7,7 @@ import Testing
 import MMTestChecks
 import MMTestSupport
 
-@Suite("PTE inserts (§3)")
+@Suite("PTE inserts (mm/memory.c)")
 struct InsertPteTests {
     /// A GENERIC order-0 rig with a 64 KiB VMA whose vm_page_prot is
     /// read-only (write notification), so the write bit of a new entry comes
@@ -346,7 +346,7 @@ struct InsertPteTests {
         rig.check()
     }
 
-    // MARK: pfn-only contrast (§3.5)
+    // MARK: pfn-only contrast (mm/memory.c: insert_pfn, vmf_insert_pfn)
 
     @Test("vmf_insert_pfn: special PTE with no refcount, mapcount, rss or NR_FILE_MAPPED change; SIGBUS without PFNMAP/MIXEDMAP")
     func insertPfnIsSpecialAndUnaccounted() throws {

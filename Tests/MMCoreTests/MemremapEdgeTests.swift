@@ -1,6 +1,8 @@
 // Edges of the pgmap life cycle: range boundaries against System RAM,
 // self-overlapping ranges, sections shared between pgmaps, concurrent
-// memremap of one pgmap, and the free paths' WARNs (§2.3, §2.4, §2.7, §11.2).
+// memremap of one pgmap, and the free paths' WARNs (mm/memremap.c:
+// memremap_pages, memunmap_pages, free_zone_device_folio; invariant 2 in
+// MMCore/Invariants.swift).
 
 import Testing
 @testable import MMCore
@@ -104,9 +106,9 @@ struct MemremapEdgeTests {
         }
     }
 
-    // MARK: free paths (§2.7, §11.2)
+    // MARK: free paths (free_zone_device_folio; invariant 2)
 
-    @Test("free runs exactly on the n -> 0 transition of folio_put_refs (§11.2)")
+    @Test("free runs exactly on the n -> 0 transition of folio_put_refs (invariant 2)")
     func freeOnlyAtZero() throws {
         let k = try makeKernel()
         let log = FreeLog()
@@ -126,7 +128,7 @@ struct MemremapEdgeTests {
         #expect(k.drainReports().isEmpty)
     }
 
-    @Test("free_zone_device_folio of a folio without a pgmap WARNs and does nothing else (§2.7.1)")
+    @Test("free_zone_device_folio of a folio without a pgmap WARNs and does nothing else (mm/memremap.c)")
     func freeWithoutPgmap() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .generic, size: 2 * MiB)

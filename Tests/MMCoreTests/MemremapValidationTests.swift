@@ -1,16 +1,16 @@
-// §2.3 memremap_pages: argument checks, per-type requirements, range
-// conflicts and the undo of earlier ranges when a later one fails.
+// mm/memremap.c: memremap_pages: argument checks, per-type requirements,
+// range conflicts and the undo of earlier ranges when a later one fails.
 
 import Testing
 @testable import MMCore
 import CDaxMM
 
-@Suite("MMCore memremap_pages validation (§2.3)")
+@Suite("MMCore memremap_pages validation (mm/memremap.c)")
 struct MemremapValidationTests {
 
     // MARK: nr_range and per-type requirements
 
-    @Test("nr_range == 0 is -EINVAL (§2.3.1)", arguments: allTypes)
+    @Test("nr_range == 0 is -EINVAL (memremap_pages)", arguments: allTypes)
     func noRanges(type: MemoryType) throws {
         let k = try makeKernel()
         let pg = makePgmap(k, type, ranges: [])
@@ -25,7 +25,7 @@ struct MemremapValidationTests {
         var description: String { "migrate_to_ram:\(migrate) page_free:\(free) owner:\(owner)" }
     }
 
-    @Test("PRIVATE without migrate_to_ram, page_free or owner is -EINVAL (§2.3.2)", arguments: [
+    @Test("PRIVATE without migrate_to_ram, page_free or owner is -EINVAL (memremap_pages)", arguments: [
         Missing(migrate: false, free: true, owner: true),
         Missing(migrate: true, free: false, owner: true),
         Missing(migrate: true, free: true, owner: false),
@@ -51,7 +51,7 @@ struct MemremapValidationTests {
         #expect(k.pfnValid(pfnOf(base)))
     }
 
-    @Test("COHERENT without page_free or owner is -EINVAL (§2.3.2)", arguments: [(false, true), (true, false), (false, false)])
+    @Test("COHERENT without page_free or owner is -EINVAL (memremap_pages)", arguments: [(false, true), (true, false), (false, false)])
     func coherentRequirements(free: Bool, owner: Bool) throws {
         let k = try makeKernel()
         let log = FreeLog()
@@ -72,7 +72,7 @@ struct MemremapValidationTests {
         #expect(pg.isLive)
     }
 
-    @Test("GENERIC, FS_DAX and P2PDMA need no ops and no owner (§2.3.2)", arguments: [MemoryType.generic, .fsDax, .p2pdma])
+    @Test("GENERIC, FS_DAX and P2PDMA need no ops and no owner (memremap_pages)", arguments: [MemoryType.generic, .fsDax, .p2pdma])
     func noRequirements(type: MemoryType) throws {
         let k = try makeKernel()
         let pg = DevPagemap(kernel: k, type: type, ranges: [phys(base, 2 * MiB)])
@@ -100,7 +100,7 @@ struct MemremapValidationTests {
 
     // MARK: ranges
 
-    @Test("a range overlapping a live pgmap is -ENOMEM and the first pgmap is untouched (§2.3.4)")
+    @Test("a range overlapping a live pgmap is -ENOMEM and the first pgmap is untouched (pagemap_range)")
     func overlap() throws {
         let k = try makeKernel()
         let a = try mapped(k, .generic, start: base, size: 4 * MiB)
@@ -146,7 +146,7 @@ struct MemremapValidationTests {
         #expect(b.firstPage().folio.refCount == 1)
     }
 
-    @Test("a range intersecting System RAM is -ENXIO (§2.3.4)")
+    @Test("a range intersecting System RAM is -ENXIO (pagemap_range)")
     func systemRAM() throws {
         let k = try makeKernel()
         k.addSystemRAM(start: base + 3 * MiB, size: 4 * KiB)
@@ -194,7 +194,7 @@ struct MemremapValidationTests {
         #expect(!k.pfnValid(pfnOf(start) + 512))
     }
 
-    @Test("a failure in range 1 undoes range 0 (§2.3.5)", arguments: ["systemRAM", "overlap", "misaligned"])
+    @Test("a failure in range 1 undoes range 0 (memremap_pages)", arguments: ["systemRAM", "overlap", "misaligned"])
     func laterRangeFailureUndoesEarlier(cause: String) throws {
         let k = try makeKernel()
         let r0 = phys(base, 4 * MiB)
@@ -242,7 +242,7 @@ struct MemremapValidationTests {
 
     // MARK: check order
 
-    @Test("a conflict with an existing pgmap is found before System RAM (§2.3.4 order: -ENOMEM first)")
+    @Test("a conflict with an existing pgmap is found before System RAM (pagemap_range order: -ENOMEM first)")
     func conflictBeforeSystemRAM() throws {
         let k = try makeKernel()
         let a = try mapped(k, .fsDax, start: base, size: 2 * MiB)
@@ -253,7 +253,7 @@ struct MemremapValidationTests {
         #expect(a.isLive)
     }
 
-    @Test("System RAM is checked before mhp_range_allowed (§2.3.4 order: -ENXIO before -EINVAL)")
+    @Test("System RAM is checked before mhp_range_allowed (pagemap_range order: -ENXIO before -EINVAL)")
     func systemRAMBeforeRangeAllowed() throws {
         let k = try makeKernel()
         let top = UInt64(1) << 40

@@ -9,8 +9,8 @@ import MMTestSupport
 
 /// Random sequences of fault / write-upgrade / zap / pin / unpin / get / put /
 /// munmap / remap over GENERIC and FS_DAX pgmaps at 4K and 2M folio order,
-/// with the §11 invariants checked after every step against a ledger of the
-/// references the sequence holds.
+/// with the invariants of MMCore/Invariants.swift checked after every step
+/// against a ledger of the references the sequence holds.
 ///
 /// Steps: DAXMM_PROPERTY_STEPS (default 100_000 over the four cases; set
 /// 1_000_000 for the long run).

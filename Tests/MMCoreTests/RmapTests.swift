@@ -1,12 +1,13 @@
-// §5 file rmap at PTE, PMD and PUD level: mapcounts, _nr_pages_mapped,
+// mm/rmap.c file rmap at PTE, PMD and PUD level: mapcounts, _nr_pages_mapped,
 // NR_FILE_MAPPED / NR_FILE_PMDMAPPED and the level/order sanity checks.
-// The rmap functions never touch _refcount (§5.3, last bullet).
+// The rmap functions never touch _refcount; their callers pair each add or
+// remove with a get or put.
 
 import Testing
 @testable import MMCore
 import CDaxMM
 
-@Suite("MMCore file rmap (§5)")
+@Suite("MMCore file rmap (mm/rmap.c)")
 struct RmapTests {
 
     /// Counter snapshot of one folio plus the node stats.
@@ -23,7 +24,7 @@ struct RmapTests {
 
     // MARK: small folios
 
-    @Test("small folio: PTE map twice then unmap twice: mapcount 1,2,1,0; NR_FILE_MAPPED only on first map / last unmap (§5.2, §5.3)",
+    @Test("small folio: PTE map twice then unmap twice: mapcount 1,2,1,0; NR_FILE_MAPPED only on first map / last unmap (__folio_add_rmap, __folio_remove_rmap)",
           arguments: [MemoryType.fsDax, .generic])
     func smallFolioPte(type: MemoryType) throws {
         let k = try makeKernel()
@@ -78,7 +79,7 @@ struct RmapTests {
 
     // MARK: PMD-sized folios
 
-    @Test("2M folio: PMD map -> entire 1, mapcount 1, NR_FILE_MAPPED +512, NR_FILE_PMDMAPPED +512; unmap mirrors (§5.2)")
+    @Test("2M folio: PMD map -> entire 1, mapcount 1, NR_FILE_MAPPED +512, NR_FILE_PMDMAPPED +512; unmap mirrors (__folio_add_rmap)")
     func pmdMap() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 2 * MiB, shift: pmdOrder)
@@ -106,7 +107,7 @@ struct RmapTests {
         #expect(snap(k, f) == Snap(ref: 0, map: 0, entire: 0, pagesMapped: 0, fileMapped: 0, pmdMapped: 0))
     }
 
-    @Test("2M folio: a PTE on top of a PMD -> mapcount 2, NR_FILE_MAPPED unchanged; removals mirror (§5.2, §5.3)")
+    @Test("2M folio: a PTE on top of a PMD -> mapcount 2, NR_FILE_MAPPED unchanged; removals mirror (__folio_add_rmap, __folio_remove_rmap)")
     func pteOnTopOfPmd() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 2 * MiB, shift: pmdOrder)
@@ -123,7 +124,7 @@ struct RmapTests {
         #expect(k.drainReports().isEmpty)
     }
 
-    @Test("2M folio: PMD unmapped before the PTE leaves the PTE-mapped page counted (§5.3)")
+    @Test("2M folio: PMD unmapped before the PTE leaves the PTE-mapped page counted (__folio_remove_rmap)")
     func pmdRemovedFirst() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 2 * MiB, shift: pmdOrder)
@@ -137,7 +138,7 @@ struct RmapTests {
         #expect(snap(k, f) == Snap(ref: 0, map: 0, entire: 0, pagesMapped: 0, fileMapped: 0, pmdMapped: 0))
     }
 
-    @Test("2M folio: PTEs first, then a PMD adds only the pages not yet mapped (§5.2)")
+    @Test("2M folio: PTEs first, then a PMD adds only the pages not yet mapped (__folio_add_rmap)")
     func ptesThenPmd() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 2 * MiB, shift: pmdOrder)
@@ -152,7 +153,7 @@ struct RmapTests {
         #expect(snap(k, f) == Snap(ref: 0, map: 0, entire: 0, pagesMapped: 0, fileMapped: 0, pmdMapped: 0))
     }
 
-    @Test("large folio PTE maps: nrPagesMapped counts distinct pages, mapcount counts entries (§1.2)")
+    @Test("large folio PTE maps: nrPagesMapped counts distinct pages, mapcount counts entries (include/linux/mm_types.h)")
     func distinctPages() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .generic, size: 2 * MiB, shift: pmdOrder)
@@ -217,7 +218,7 @@ struct RmapTests {
 
     // MARK: PUD-sized folios
 
-    @Test("1G folio: PUD map -> entire 1, NR_FILE_MAPPED +262144, NR_FILE_PMDMAPPED unchanged (§5.2)")
+    @Test("1G folio: PUD map -> entire 1, NR_FILE_MAPPED +262144, NR_FILE_PMDMAPPED unchanged (__folio_add_rmap)")
     func pudMap() throws {
         let k = try makeKernel()
         let pg = try mapped(k, .fsDax, size: 1 * GiB, shift: pudOrder)
@@ -238,7 +239,7 @@ struct RmapTests {
         case pmdOnSmall, pmdOnPud, pudOnPmd, pudOnSmall, ptesPastEnd, pteZero, removePmdOnSmall, pageOfOtherFolio
     }
 
-    @Test("an rmap call whose level or page range does not fit the folio is refused with one report (§5.1)",
+    @Test("an rmap call whose level or page range does not fit the folio is refused with one report (__folio_rmap_sanity_checks)",
           arguments: Mismatch.allCases)
     func mismatch(_ m: Mismatch) throws {
         let k = try makeKernel()

@@ -1,5 +1,5 @@
-// §3.7, §4.4, §4.5: zap of PTE/PMD/PUD mappings, splits (which unmap DAX
-// huge entries), may_split refusals and page-table freeing.
+// mm/memory.c, mm/huge_memory.c: zap of PTE/PMD/PUD mappings, splits (which
+// unmap DAX huge entries), may_split refusals and page-table freeing.
 
 import CDaxMM
 import Testing
@@ -7,7 +7,7 @@ import Testing
 import MMTestChecks
 import MMTestSupport
 
-@Suite("Zap and split (§3.7, §4.4, §4.5)")
+@Suite("Zap and split (mm/memory.c, mm/huge_memory.c)")
 struct ZapSplitTests {
     @Test("munmap drops exactly one ref, one mapcount, the entry's rss and NR_FILE_MAPPED/PMDMAPPED per entry, and frees the page tables",
           arguments: [0, 9, 18])

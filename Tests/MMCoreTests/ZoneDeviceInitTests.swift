@@ -1,12 +1,13 @@
-// §2.5 memmap_init_zone_device / __init_zone_device_page, §1.4 compound
-// layout, and the creation references of §2.3.4.
+// mm/mm_init.c: memmap_init_zone_device / __init_zone_device_page, the
+// compound layout (memmap_init_compound), and the creation references of
+// mm/memremap.c: pagemap_range.
 
 import Testing
 @testable import MMCore
 import CDaxMM
 import DAXBase
 
-@Suite("MMCore ZONE_DEVICE page init (§2.5)")
+@Suite("MMCore ZONE_DEVICE page init (mm/mm_init.c)")
 struct ZoneDeviceInitTests {
 
     /// Counts the pages of `pg` that fail `check`, and reports the first.
@@ -27,7 +28,7 @@ struct ZoneDeviceInitTests {
                 sourceLocation: sourceLocation)
     }
 
-    @Test("every page starts at refcount 1 for GENERIC and 0 for the zero-based types (§2.5 table)", arguments: allTypes)
+    @Test("every page starts at refcount 1 for GENERIC and 0 for the zero-based types (__init_zone_device_page)", arguments: allTypes)
     func initialRefcount(type: MemoryType) throws {
         let k = try makeKernel()
         let pg = makePgmap(k, type, ranges: [phys(base, 2 * MiB), phys(base + 256 * MiB, 2 * MiB)])
@@ -37,7 +38,7 @@ struct ZoneDeviceInitTests {
         #expect(type.idleRefcount == want)
     }
 
-    @Test("every page is unmapped (_mapcount -1), PG_reserved, ZONE_DEVICE and points at its pgmap (§2.5)", arguments: allTypes)
+    @Test("every page is unmapped (_mapcount -1), PG_reserved, ZONE_DEVICE and points at its pgmap (__init_zone_device_page)", arguments: allTypes)
     func initialFlagsAndPgmap(type: MemoryType) throws {
         let k = try makeKernel()
         let pg = try mapped(k, type, size: 2 * MiB)
@@ -104,7 +105,7 @@ struct ZoneDeviceInitTests {
         #expect(badTails == 0, "\(badTails) tail(s) with the wrong compound state")
     }
 
-    @Test("vmemmap_shift 9 builds 2 MiB folios: PG_head, order, tails at refcount 0 pointing at the head (§2.5, §1.4)",
+    @Test("vmemmap_shift 9 builds 2 MiB folios: PG_head, order, tails at refcount 0 pointing at the head (memmap_init_compound)",
           arguments: allTypes)
     func pmdFolios(type: MemoryType) throws {
         let k = try makeKernel()
@@ -113,7 +114,7 @@ struct ZoneDeviceInitTests {
         checkCompound(k, pg, shift: pmdOrder, headRef: type.idleRefcount)
     }
 
-    @Test("vmemmap_shift 18 builds 1 GiB folios (§2.5, §1.4)", arguments: [MemoryType.fsDax, .generic])
+    @Test("vmemmap_shift 18 builds 1 GiB folios (memmap_init_compound)", arguments: [MemoryType.fsDax, .generic])
     func pudFolios(type: MemoryType) throws {
         let k = try makeKernel()
         let pg = try mapped(k, type, size: 1 * GiB, shift: pudOrder)
@@ -139,7 +140,7 @@ struct ZoneDeviceInitTests {
 
     // MARK: creation references
 
-    @Test("creation refs: 1 + one per folio for GENERIC/FS_DAX/P2PDMA, 1 for PRIVATE/COHERENT (§2.3.4)",
+    @Test("creation refs: 1 + one per folio for GENERIC/FS_DAX/P2PDMA, 1 for PRIVATE/COHERENT (pagemap_range)",
           arguments: allTypes, [0, pmdOrder])
     func creationRefs(type: MemoryType, shift: Int) throws {
         let k = try makeKernel()
@@ -154,7 +155,7 @@ struct ZoneDeviceInitTests {
         }
     }
 
-    @Test("memunmap drops every creation ref (§2.4.2)", arguments: allTypes)
+    @Test("memunmap drops every creation ref (memunmap_pages)", arguments: allTypes)
     func creationRefsDropped(type: MemoryType) throws {
         let k = try makeKernel()
         let pg = try mapped(k, type, size: 4 * MiB, shift: pmdOrder)
