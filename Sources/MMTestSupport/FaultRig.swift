@@ -73,3 +73,19 @@ public func vmaFixture(type: MemoryType = .generic, order: Int = 0, bytes: UInt6
                                alignment: alignment, extraFlags: extraFlags)
     return (rig, addr)
 }
+
+/// Calls the VMA's huge_fault(order) at `addr` the way the fault walk does
+/// (under mmap_lock for read, with a vm_fault for the page-aligned address
+/// and its file offset), and returns its VM_FAULT_* bits. For tests that
+/// drive one order directly instead of the PUD -> PMD -> PTE fallback.
+public func callHugeFault(_ mm: MM, _ addr: UInt64, order: Int, write: Bool) -> UInt32 {
+    mm.lockRead()
+    defer { mm.unlockRead() }
+    let vma = vmaLookup(mm.ref, addr)!
+    var vmf = dax_vm_fault()
+    vmf.vma = vma
+    vmf.address = addr & ~UInt64(pageSize - 1)
+    vmf.pgoff = linearPageIndex(vma, vmf.address)
+    vmf.flags = write ? DAX_FAULT_FLAG_WRITE : 0
+    return withUnsafeMutablePointer(to: &vmf) { vma.pointee.vm_ops.pointee.huge_fault($0, UInt32(order)) }
+}

@@ -24,17 +24,7 @@ struct DevDaxRig: InvariantRig {
     var pgmaps: [DevPagemap] { [dev.pgmap!] }
 
     /// Calls the device's huge_fault(order) the way the fault walk would.
-    func huge(_ addr: UInt64, order: Int, write: Bool) -> UInt32 {
-        mm.lockRead()
-        defer { mm.unlockRead() }
-        let vma = vmaLookup(mm.ref, addr)!
-        var vmf = dax_vm_fault()
-        vmf.vma = vma
-        vmf.address = addr & ~4095
-        vmf.pgoff = linearPageIndex(vma, vmf.address)
-        vmf.flags = write ? DAX_FAULT_FLAG_WRITE : 0
-        return withUnsafeMutablePointer(to: &vmf) { vma.pointee.vm_ops.pointee.huge_fault($0, UInt32(order)) }
-    }
+    func huge(_ addr: UInt64, order: Int, write: Bool) -> UInt32 { callHugeFault(mm, addr, order: order, write: write) }
 }
 
 @Suite("device-dax (drivers/dax/device.c)")

@@ -7,6 +7,7 @@ import DAXBase
 import Testing
 @testable import DAXCore
 @testable import MMCore
+import MMTestSupport
 
 @Suite("Kernel parity: drivers/dax and fs/dax")
 struct DAXKernelParityTests {
@@ -141,19 +142,6 @@ struct DAXKernelParityTests {
 
     // MARK: dax_iomap_pte_fault / dax_iomap_pmd_fault results
 
-    /// Calls the file's huge_fault(order) the way the fault walk would.
-    static func hugeFault(_ mm: MM, _ addr: UInt64, order: Int, write: Bool) -> UInt32 {
-        mm.lockRead()
-        defer { mm.unlockRead() }
-        let vma = vmaLookup(mm.ref, addr)!
-        var vmf = dax_vm_fault()
-        vmf.vma = vma
-        vmf.address = addr & ~4095
-        vmf.pgoff = linearPageIndex(vma, vmf.address)
-        vmf.flags = write ? DAX_FAULT_FLAG_WRITE : 0
-        return withUnsafeMutablePointer(to: &vmf) { vma.pointee.vm_ops.pointee.huge_fault($0, UInt32(order)) }
-    }
-
     @Test("dax_iomap_pte_fault returns an iomap_begin error through dax_fault_return (vmf_error): -ENOMEM is VM_FAULT_OOM, -ENOSPC VM_FAULT_SIGBUS; dax_iomap_pmd_fault falls back on either",
           arguments: [ENOMEM, ENOSPC])
     func iomapErrorThroughVmfError(errno: Int32) throws {
@@ -169,9 +157,9 @@ struct DAXKernelParityTests {
         }
         withUnsafeMutablePointer(to: &err) { e in
             f.inode.pointee.fsPrivate = UnsafeMutableRawPointer(e)
-            #expect(Self.hugeFault(rig.mm, addr, order: pmdOrder, write: true) == DAX_VM_FAULT_FALLBACK)
+            #expect(callHugeFault(rig.mm, addr, order: pmdOrder, write: true) == DAX_VM_FAULT_FALLBACK)
             let expected = errno == ENOMEM ? DAX_VM_FAULT_OOM : DAX_VM_FAULT_SIGBUS
-            #expect(Self.hugeFault(rig.mm, addr, order: 0, write: true) == expected)
+            #expect(callHugeFault(rig.mm, addr, order: 0, write: true) == expected)
             // Through the fault walk: the PMD level falls back, the PTE level
             // gives the mapped error.
             #expect(rig.mm.handleFault(addr + 4096, write: true) == expected)
