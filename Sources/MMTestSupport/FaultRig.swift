@@ -74,11 +74,12 @@ public func vmaFixture(type: MemoryType = .generic, order: Int = 0, bytes: UInt6
     return (rig, addr)
 }
 
-/// Calls the VMA's huge_fault(order) at `addr` the way the fault walk does
-/// (under mmap_lock for read, with a vm_fault for the page-aligned address
-/// and its file offset), and returns its VM_FAULT_* bits. For tests that
-/// drive one order directly instead of the PUD -> PMD -> PTE fallback.
-public func callHugeFault(_ mm: MM, _ addr: UInt64, order: Int, write: Bool) -> UInt32 {
+/// Calls the VMA's vm_ops->huge_fault(order) at `addr` (order 0: ->fault)
+/// the way the fault walk does (under mmap_lock for read, with a vm_fault for
+/// the page-aligned address and its file offset), and returns its VM_FAULT_*
+/// bits. For tests that drive one order directly instead of the
+/// PUD -> PMD -> PTE fallback.
+public func callFault(_ mm: MM, _ addr: UInt64, order: Int, write: Bool = true) -> UInt32 {
     mm.lockRead()
     defer { mm.unlockRead() }
     let vma = vmaLookup(mm.ref, addr)!
@@ -87,5 +88,6 @@ public func callHugeFault(_ mm: MM, _ addr: UInt64, order: Int, write: Bool) -> 
     vmf.address = addr & ~UInt64(pageSize - 1)
     vmf.pgoff = linearPageIndex(vma, vmf.address)
     vmf.flags = write ? DAX_FAULT_FLAG_WRITE : 0
-    return withUnsafeMutablePointer(to: &vmf) { vma.pointee.vm_ops.pointee.huge_fault($0, UInt32(order)) }
+    let ops = vma.pointee.vm_ops.pointee
+    return withUnsafeMutablePointer(to: &vmf) { order == 0 ? ops.fault($0) : ops.huge_fault($0, UInt32(order)) }
 }

@@ -24,7 +24,7 @@ struct DevDaxRig: InvariantRig {
     var pgmaps: [DevPagemap] { [dev.pgmap!] }
 
     /// Calls the device's huge_fault(order) the way the fault walk would.
-    func huge(_ addr: UInt64, order: Int, write: Bool) -> UInt32 { callHugeFault(mm, addr, order: order, write: write) }
+    func huge(_ addr: UInt64, order: Int, write: Bool) -> UInt32 { callFault(mm, addr, order: order, write: write) }
 }
 
 @Suite("device-dax (drivers/dax/device.c)")

@@ -26,16 +26,7 @@ struct MixedRig {
     /// Calls `vma`'s vm_ops->huge_fault(order) (order 0: ->fault) the way the
     /// fault walk would.
     func callFault(_ addr: UInt64, order: Int, write: Bool = true) -> UInt32 {
-        mm.lockRead()
-        defer { mm.unlockRead() }
-        let vma = vmaLookup(mm.ref, addr)!
-        var vmf = dax_vm_fault()
-        vmf.vma = vma
-        vmf.address = addr & ~UInt64(pageSize - 1)
-        vmf.pgoff = linearPageIndex(vma, vmf.address)
-        vmf.flags = write ? DAX_FAULT_FLAG_WRITE : 0
-        let ops = vma.pointee.vm_ops.pointee
-        return withUnsafeMutablePointer(to: &vmf) { order == 0 ? ops.fault($0) : ops.huge_fault($0, UInt32(order)) }
+        MMTestSupport.callFault(mm, addr, order: order, write: write)
     }
 
     /// What a refused callback must leave untouched.

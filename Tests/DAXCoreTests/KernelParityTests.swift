@@ -157,9 +157,9 @@ struct DAXKernelParityTests {
         }
         withUnsafeMutablePointer(to: &err) { e in
             f.inode.pointee.fsPrivate = UnsafeMutableRawPointer(e)
-            #expect(callHugeFault(rig.mm, addr, order: pmdOrder, write: true) == DAX_VM_FAULT_FALLBACK)
+            #expect(callFault(rig.mm, addr, order: pmdOrder, write: true) == DAX_VM_FAULT_FALLBACK)
             let expected = errno == ENOMEM ? DAX_VM_FAULT_OOM : DAX_VM_FAULT_SIGBUS
-            #expect(callHugeFault(rig.mm, addr, order: 0, write: true) == expected)
+            #expect(callFault(rig.mm, addr, order: 0, write: true) == expected)
             // Through the fault walk: the PMD level falls back, the PTE level
             // gives the mapped error.
             #expect(rig.mm.handleFault(addr + 4096, write: true) == expected)
