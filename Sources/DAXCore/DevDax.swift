@@ -27,6 +27,14 @@ package struct DevDaxState: DriverState {
     @inline(__always) package static var driverTag: DriverTag { DriverTag(0x6464_6178) }
 }
 
+/// The address of `alive` in the record at `st`, computed without an inout
+/// access (`&st.pointee.alive` is one, which the thread sanitizer reports
+/// when the fault path reads the word while remove() stores it).
+@inline(__always)
+package func devDaxAlive(_ st: UnsafeMutablePointer<DevDaxState>) -> UnsafeMutablePointer<UInt32> {
+    (UnsafeMutableRawPointer(st) + MemoryLayout<DevDaxState>.offset(of: \.alive)!).assumingMemoryBound(to: UInt32.self)
+}
+
 public final class DevDax: @unchecked Sendable {
     // @unchecked: `state` is read by the fault handlers under the kernel's
     // rules (alive is atomic; the ranges never change after probe).
@@ -94,7 +102,7 @@ public final class DevDax: @unchecked Sendable {
                            ranges: ranges.map(\.range), vmemmapShift: shift)
         try p.memremapPages()
         pgmap = p
-        dax_store_u32(&state.pointee.alive, 1)
+        dax_store_u32(devDaxAlive(state), 1)
     }
 
     /// Device removal: dev_dax_probe's devm actions run in reverse, so
@@ -109,7 +117,7 @@ public final class DevDax: @unchecked Sendable {
     /// racing with remove() may still map after the zap. Callers stop faulting
     /// first.
     public func remove(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
-        dax_store_u32(&state.pointee.alive, 0)
+        dax_store_u32(devDaxAlive(state), 0)
         unmapMappingRange(file.ref, holebegin: 0, holelen: 0, evenCows: true)
         try pgmap?.memunmapPages(timeoutNanos: timeoutNanos)
         pgmap = nil
@@ -119,7 +127,7 @@ public final class DevDax: @unchecked Sendable {
     /// the device alignment (dax_get_unmapped_area).
     public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
                             fixedAddress: UInt64? = nil) -> MMapRequest {
-        driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: align,
+        driver.mmapRequest(owner: self, length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: align,
                            fixedAddress: fixedAddress, mmapHook: { vma in
             let rc = checkVma(vma)
             if rc != 0 { return rc }
@@ -146,7 +154,7 @@ func devDaxState(_ vma: VMARef) -> UnsafeMutablePointer<DevDaxState>? {
 @inline(__always)
 public func checkVma(_ vma: VMARef) -> Int32 {
     guard let st = devDaxState(vma) else { return -EINVAL }
-    if dax_load_u32(&st.pointee.alive) == 0 { return -ENXIO }
+    if dax_load_u32(devDaxAlive(st)) == 0 { return -ENXIO }
     if vma.pointee.vm_flags & DAX_VM_MAYSHARE == 0 { return -EINVAL }   // private mapping
     let mask = st.pointee.align - 1
     if (vma.pointee.vm_start | vma.pointee.vm_end) & mask != 0 { return -EINVAL }

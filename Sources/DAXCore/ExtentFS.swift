@@ -220,7 +220,7 @@ public final class DaxFile: @unchecked Sendable {
     /// A MAP_SHARED (or MAP_SHARED_VALIDATE|MAP_SYNC) mapping request.
     public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
                             sync: Bool = false) -> MMapRequest {
-        driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: UInt64(pmdSize),
+        driver.mmapRequest(owner: self, length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: UInt64(pmdSize),
                            extraFlags: sync ? DAX_VM_SYNC : 0)
     }
 

@@ -57,9 +57,10 @@ private let driverTags = Locked<[UInt64: ObjectIdentifier]>([:])
 /// A driver's file: owns the tagged private_data record, the MappedFile that
 /// carries it and the vm_operations, and builds the driver's mmap requests.
 ///
-/// Lifetime: the MM retains the file and the operations of every VMA, not
-/// this object; keep the driver (and so its record) alive while VMAs of its
-/// file exist, as a kernel module stays loaded while its files are mapped.
+/// Lifetime: every VMA made from `mmapRequest` retains the file, the
+/// operations and the request's owner (the driver object that owns this
+/// one), so the record outlives every mapping of the file, as a kernel
+/// module stays loaded while its files are mapped.
 public final class DriverFile<State: DriverState>: @unchecked Sendable {
     // @unchecked: `state` is shared with the driver's C callbacks; its
     // synchronisation is the driver's (atomics, its own locks).
@@ -99,6 +100,11 @@ public final class DriverFile<State: DriverState>: @unchecked Sendable {
     }
 
     deinit {
+        // No VMA can still reach the record (each retains the owner, which
+        // owns this object); clear the tag anyway so a stale file reads as
+        // driverless instead of reaching freed memory.
+        file.ref.pointee.private_tag = 0
+        file.ref.pointee.private_data = nil
         state.deinitialize(count: 1)
         state.deallocate()
     }
@@ -107,10 +113,16 @@ public final class DriverFile<State: DriverState>: @unchecked Sendable {
     /// from page `pgoff`, placed at a multiple of `alignment` (the driver's
     /// get_unmapped_area), with the driver's extra VM_* flags and its mmap
     /// handler (a negative errno refuses the mapping).
-    public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
-                            alignment: UInt64, fixedAddress: UInt64? = nil, extraFlags: UInt64 = 0,
+    ///
+    /// `owner` is the driver object whose memory the record points into
+    /// (device ranges, the file's entries and blocks): every VMA of the
+    /// request keeps it alive, as vma->vm_file pins the inode and its module.
+    public func mmapRequest(owner: AnyObject, length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write],
+                            shared: Bool = true, alignment: UInt64, fixedAddress: UInt64? = nil,
+                            extraFlags: UInt64 = 0,
                             mmapHook: (@Sendable (VMARef) -> Int32)? = nil) -> MMapRequest {
         var req = MMapRequest(length: length)
+        req.owner = owner
         req.prot = prot
         req.shared = shared
         req.file = file

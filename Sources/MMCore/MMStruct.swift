@@ -37,6 +37,9 @@ public struct MMapRequest: @unchecked Sendable {
     public var file: MappedFile? = nil
     public var pgoff: UInt64 = 0
     public var ops: VMOperations? = nil
+    /// The driver object behind `file`'s private_data, retained by every VMA
+    /// of the mapping (the kernel's vm_file pins the inode and its module).
+    public var owner: AnyObject? = nil
     /// Extra VM_* flags to set (VM_HUGEPAGE, VM_MIXEDMAP, VM_PFNMAP, VM_IO, VM_LOCKED, VM_SYNC...).
     public var extraFlags: UInt64 = 0
     /// vma->vm_private_data (unretained; the driver's).
@@ -189,7 +192,7 @@ public final class MM: @unchecked Sendable {
                 throw error
             }
         }
-        insertVMA(vma, retain: [req.file as AnyObject?, req.ops as AnyObject?].compactMap { $0 })
+        insertVMA(vma, retain: [req.file as AnyObject?, req.ops as AnyObject?, req.owner].compactMap { $0 })
         return addr
     }
 

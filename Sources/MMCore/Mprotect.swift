@@ -5,15 +5,19 @@
 import CDaxMM
 import DAXBase
 
-/// change_protection: write-protects the present entries of [start, end) in
-/// `vma`; with removeAccess (PROT_NONE) the entries also lose _PAGE_USER.
-/// Like the kernel's pte_protnone entries they stay mapped: references,
-/// mapcounts and rss do not change, and the VMA's missing VM_READ keeps
-/// faults and GUP out. The entries that changed are flushed once at the end
-/// (the mmu_gather of mprotect_fixup). The caller holds mmap_lock for write.
-func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, removeAccess: Bool) {
+/// change_protection: applies the VMA's new protection to the present
+/// entries of [start, end) in `vma` (the kernel's pte_modify with the new
+/// vm_page_prot): `clear` bits go (_PAGE_RW when write access goes, and
+/// _PAGE_USER too for PROT_NONE), `set` bits come (_PAGE_USER when read
+/// access comes back). _PAGE_RW is never set here: a shared DAX mapping
+/// wants write notification, so write access returns through the write
+/// fault's mkwrite path, as in the kernel. PROT_NONE entries stay mapped
+/// like the kernel's pte_protnone ones: references, mapcounts and rss do
+/// not change, and the VMA's missing VM_READ keeps faults and GUP out. The
+/// entries that changed are flushed once at the end (the mmu_gather of
+/// mprotect_fixup). The caller holds mmap_lock for write.
+func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, clear: UInt64, set: UInt64) {
     let k = mm.pointee.kernel!
-    let clear = removeAccess ? (PT.rw | PT.user) : PT.rw
     var tlb = TLBGather()
     var a = start
     while a < end {
@@ -25,8 +29,9 @@ func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64
             let haddr = roundDown(a, UInt64(pudSize))
             dax_spin_lock(pudLockptr(mm))
             let old = dax_load_u64(pud)
-            if entryLeaf(old) && old & clear != 0 {
-                setPudAt(mm, haddr, pud, old & ~clear)
+            let new = (old & ~clear) | set
+            if entryLeaf(old) && new != old {
+                setPudAt(mm, haddr, pud, new)
                 tlb.adjust(haddr, UInt64(pudSize), DAX_PGTABLE_LEVEL_PUD)
             }
             dax_spin_unlock(pudLockptr(mm))
@@ -39,8 +44,9 @@ func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64
             let l = pmdLockptr(k, pmd)
             dax_spin_lock(l)
             let old = dax_load_u64(pmd)
-            if entryLeaf(old) && old & clear != 0 {
-                setPmdAt(mm, haddr, pmd, old & ~clear)
+            let new = (old & ~clear) | set
+            if entryLeaf(old) && new != old {
+                setPmdAt(mm, haddr, pmd, new)
                 tlb.adjust(haddr, UInt64(pmdSize), DAX_PGTABLE_LEVEL_PMD)
             }
             dax_spin_unlock(l)
@@ -52,8 +58,9 @@ func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64
             let l = pteLockptr(k, dax_load_u64(pmd))
             dax_spin_lock(l)
             let old = ptepModifyProtStart(vma, a, pte)
-            if entryPresent(old) && old & clear != 0 {
-                ptepModifyProtCommit(vma, a, pte, old, old & ~clear)
+            let new = (old & ~clear) | set
+            if entryPresent(old) && new != old {
+                ptepModifyProtCommit(vma, a, pte, old, new)
                 tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // pte_needs_flush
             }
             dax_spin_unlock(l)
@@ -91,10 +98,14 @@ extension MM {
             if prot.contains(.write) { f |= DAX_VM_WRITE }
             if prot.contains(.exec) { f |= DAX_VM_EXEC }
             let losingWrite = v.pointee.vm_flags & DAX_VM_WRITE != 0 && f & DAX_VM_WRITE == 0
+            let regainingRead = v.pointee.vm_flags & DAX_VM_READ == 0 && f & DAX_VM_READ != 0
             v.pointee.vm_flags = f
             vmaSetPageProt(v)
-            if losingWrite || !prot.contains(.read) {
-                changeProtection(ref, v, v.pointee.vm_start, v.pointee.vm_end, removeAccess: !prot.contains(.read))
+            var clear: UInt64 = losingWrite ? PT.rw : 0
+            if !prot.contains(.read) { clear |= PT.rw | PT.user }
+            let set: UInt64 = regainingRead ? PT.user : 0
+            if clear | set != 0 {
+                changeProtection(ref, v, v.pointee.vm_start, v.pointee.vm_end, clear: clear, set: set)
             }
         }
     }

@@ -114,7 +114,12 @@ extension MM {
         new.pointee.vm_start = dst
         new.pointee.vm_end = dst + newLen
         insertVMA(new, retain: retained[src] ?? [])
+        // take_rmap_locks: an unmap_mapping_range walk of the file must not
+        // visit the new VMA before the entries arrive and the old one after
+        // they left (the i_mmap array has no order to rely on).
+        if let file = src.pointee.vm_file { iMmapLockWrite(file) }
         movePageTables(ref, src, old, new, dst, oldLen)
+        if let file = src.pointee.vm_file { iMmapUnlockWrite(file) }
         removeVMAs([src])
         freePgtables(ref, old, old + oldLen)
         return dst

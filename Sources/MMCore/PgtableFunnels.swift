@@ -16,6 +16,9 @@
 // protects the entry); the hook's own rules are in dax_mm.h.
 
 import CDaxMM
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // MARK: the arch hook
 
@@ -253,7 +256,10 @@ extension MM {
     /// space's arch hook, replacing any other; nil removes it. Takes
     /// mmap_lock for write. When it returns, no call of the previous hook is
     /// still running (zaps from unmap_mapping_range run without mmap_lock:
-    /// the remover waits for them), so its context may be freed.
+    /// the remover waits for them), so its context may be freed; and every
+    /// entry change that starts after it returns reaches the new hook (an
+    /// unmap_mapping_range walk that began before, under a file's i_mmap
+    /// lock, has finished).
     ///
     /// Preconditions: `ops` and `context` stay valid while installed (the
     /// exit_mmap zaps of deinit report too: remove the hook first or keep
@@ -265,10 +271,26 @@ extension MM {
         lockWrite()
         defer { unlockWrite() }
         dax_mm_set_arch_ops(ref, nil)
-        // Callers that saw the old hook have raised arch_users first.
-        while dax_atomic64_add_return(dax_mm_arch_users(ref), 0) != 0 { dax_cpu_relax() }
+        // Callers that saw the old hook have raised arch_users first. A hook
+        // call may make system calls (a mirror does): yield, do not spin.
+        var spins = 0
+        while dax_atomic64_add_return(dax_mm_arch_users(ref), 0) != 0 {
+            spins += 1
+            if spins < 64 { dax_cpu_relax() } else { sched_yield() }
+        }
         ref.pointee.arch_ctx = context
         if let ops { dax_mm_set_arch_ops(ref, ops) }
+        // The only writers that run without mmap_lock are unmap_mapping_range
+        // walks, each under its file's i_mmap lock for read. Taking every
+        // mapped file's lock once waits out a walk that read "no hook" before
+        // the store above; later walks see the hook. (mmap_lock for write
+        // keeps the VMA list still meanwhile.)
+        for vma in vmaList() {
+            if let file = vma.pointee.vm_file {
+                iMmapLockWrite(file)
+                iMmapUnlockWrite(file)
+            }
+        }
     }
 
     /// Removes the arch hook (setArchHook(nil)); later changes are not

@@ -59,7 +59,7 @@ public final class LinearMapping: @unchecked Sendable {
 
     /// An mmap request for `length` bytes of the file from `pgoff`.
     public func request(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write]) -> MMapRequest {
-        driver.mmapRequest(length: length, pgoff: pgoff, prot: prot, alignment: faultSize, extraFlags: DAX_VM_HUGEPAGE)
+        driver.mmapRequest(owner: self, length: length, pgoff: pgoff, prot: prot, alignment: faultSize, extraFlags: DAX_VM_HUGEPAGE)
     }
 
     /// The ops with a pfn_mkwrite callback: a VMA using them wants write

@@ -102,12 +102,12 @@ struct DeviceDAXTests {
         #expect(rig.mm.findVMA(ok)!.pointee.vm_flags & DAX_VM_HUGEPAGE != 0)
         #expect(rig.mm.findVMA(ok)!.pointee.vm_flags & DAX_VM_MIXEDMAP == 0)
         // Killed: no new mmap, and faults SIGBUS.
-        dax_store_u32(&rig.dev.state.pointee.alive, 0)
+        dax_store_u32(devDaxAlive(rig.dev.state), 0)
         #expect(throws: MMError.errno(ENXIO, "mmap refused by the file's mmap handler")) {
             try rig.mm.mmap(rig.dev.mmapRequest(length: 2 << 20))
         }
         #expect(rig.mm.handleFault(ok, write: true) == DAX_VM_FAULT_SIGBUS)
-        dax_store_u32(&rig.dev.state.pointee.alive, 1)
+        dax_store_u32(devDaxAlive(rig.dev.state), 1)
         rig.check()
     }
 

@@ -44,7 +44,7 @@ struct MixedRig {
                         rss: mm.rssFilePages, nrpages: file.nrpages,
                         devRef: devFolio.refCount, devMapcount: devFolio.mapcount, devMapping: devFolio.mapping,
                         fsRef: fsFolio.refCount, fsMapping: fsFolio.mapping,
-                        devAlive: dax_load_u32(&dev.state.pointee.alive), devAlign: dev.state.pointee.align,
+                        devAlive: dax_load_u32(devDaxAlive(dev.state)), devAlign: dev.state.pointee.align,
                         devFileMapping: dev.state.pointee.mapping)
     }
 }
@@ -78,12 +78,12 @@ struct DriverTagTests {
         #expect(rig.kernel.drainReports().isEmpty)
     }
 
-    @Test("dax_iomap_pte_fault / dax_iomap_pmd_fault and the fs's open/close refuse a device-dax VMA (VM_FAULT_SIGBUS)")
+    @Test("dax_iomap_pte_fault / dax_iomap_pmd_fault refuse a device-dax VMA (VM_FAULT_SIGBUS); mapping and unmapping it leave the device record alone")
     func fsDaxCallbacksOnDeviceDaxVma() throws {
         let rig = try MixedRig()
         let before = rig.counters()
         var req = rig.dev.mmapRequest(length: 2 << 20)
-        req.ops = rig.file.ops   // vm_ops->open runs on insertion: it must not touch the device's record
+        req.ops = rig.file.ops
         let addr = try rig.mm.mmap(req)
         #expect(rig.counters() == before)
         #expect(rig.callFault(addr, order: 0) == DAX_VM_FAULT_SIGBUS)
@@ -91,7 +91,7 @@ struct DriverTagTests {
         #expect(rig.mm.handleFault(addr + 4096, write: false) == DAX_VM_FAULT_SIGBUS)
         #expect(rig.mm.handleFault(addr, write: true) == DAX_VM_FAULT_SIGBUS)
         #expect(rig.counters() == before)
-        try rig.mm.munmap(addr, 2 << 20)   // vm_ops->close
+        try rig.mm.munmap(addr, 2 << 20)
         #expect(rig.counters() == before)
         // The device still works through its own operations.
         let ok = try rig.mm.mmap(rig.dev.mmapRequest(length: 2 << 20))
@@ -128,5 +128,36 @@ struct DriverTagTests {
         #expect(rig.mm.handleFault(paddr, write: true) == DAX_VM_FAULT_SIGBUS)
         #expect(rig.counters() == before)
         #expect(rig.kernel.drainReports().isEmpty)
+    }
+
+    @Test("a mapping keeps its driver alive (vm_file pins the inode): faults after the last user reference still reach a live record")
+    func mappingKeepsDriverAlive() throws {
+        let kernel = try Kernel(physBits: 40)
+        let mm = try MM(kernel: kernel)
+        weak var weakDev: DevDax?
+        weak var weakFile: DaxFile?
+        var fsKeep: DaxFS?
+        let (daddr, faddr) = try { () throws -> (UInt64, UInt64) in
+            let dev = try DevDax(kernel: kernel, ranges: [PhysicalRange(start: 1 << 38, size: 4 << 20)], align: 2 << 20)
+            try dev.probe()
+            let fs = try DaxFS(kernel: kernel, start: 0x8000_0000, size: 16 << 20)
+            let file = try fs.create(name: "f", maxSize: 4 << 20)
+            try file.allocate(pgoff: 0, pages: 1024)
+            weakDev = dev
+            weakFile = file
+            fsKeep = fs
+            return (try mm.mmap(dev.mmapRequest(length: 2 << 20)), try mm.mmap(file.mmapRequest(length: 2 << 20)))
+        }()
+        // The caller dropped the device; the fs keeps its file listed, so
+        // only the device shows the mapping's own reference.
+        #expect(weakDev != nil, "the device-dax VMA retains its driver")
+        #expect(mm.handleFault(daddr, write: true) == DAX_VM_FAULT_NOPAGE)
+        #expect(mm.handleFault(faddr, write: true) == DAX_VM_FAULT_NOPAGE)
+        #expect(mm.rssFilePages == 1024)
+        try mm.munmap(daddr, 2 << 20)
+        #expect(weakDev == nil, "the last VMA gone, the driver goes")
+        try mm.munmap(faddr, 2 << 20)
+        #expect(weakFile != nil && fsKeep != nil)
+        #expect(kernel.drainReports().isEmpty)
     }
 }
