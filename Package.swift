@@ -63,7 +63,8 @@ let package = Package(
         ),
         // For tests and benchmarks of MMCore: a linear pfn-mapping "driver",
         // FaultRig and vmaFixture, waiting helpers. No Swift Testing, so the
-        // benchmarks link it without the test runtime.
+        // benchmarks link it without the test runtime. A product only because
+        // the Benchmarks/ package needs it: not an API for other packages.
         .target(
             name: "MMTestSupport",
             dependencies: ["DAXBase", "MMCore", "CDaxMM"],

@@ -39,6 +39,7 @@ public func errnoName(_ code: Int32) -> String {
     case EOPNOTSUPP: return "EOPNOTSUPP"
     case ETIMEDOUT: return "ETIMEDOUT"
     case EREMOTEIO: return "EREMOTEIO"
+    case EHWPOISON: return "EHWPOISON"
     default: return "errno \(abs(code))"
     }
 }

@@ -222,11 +222,11 @@ public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
 }
 
 /// dax_fault_return: 0 is NOPAGE, an error goes through vmf_error (-ENOMEM
-/// is VM_FAULT_OOM, anything else VM_FAULT_SIGBUS).
+/// is VM_FAULT_OOM, -EHWPOISON VM_FAULT_HWPOISON, anything else
+/// VM_FAULT_SIGBUS).
 @inline(__always)
 func daxFaultReturn(_ error: Int32) -> UInt32 {
-    if error == 0 { return DAX_VM_FAULT_NOPAGE }
-    return error == -ENOMEM ? DAX_VM_FAULT_OOM : DAX_VM_FAULT_SIGBUS
+    error == 0 ? DAX_VM_FAULT_NOPAGE : vmfErrorCode(error)
 }
 
 /// dax_iomap_pmd_fault

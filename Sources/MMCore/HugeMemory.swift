@@ -46,7 +46,12 @@ func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ a
     if !entryNone(old) {
         if write {
             if entryPfn(old) != pfn {
-                vmReport(k, folio.head, rule: "WARN_ON_ONCE(!is_huge_zero_pmd(*pmd) && pmd_pfn(*pmd) != pfn)",
+                // insert_pmd exempts the huge zero PMD; the port has no huge
+                // zero folio (PMD read holes fall back to PTEs), so an old
+                // PMD with another pfn always warns.
+                vmReport(k, folio.head,
+                         rule: level == .pmd ? "WARN_ON_ONCE(!is_huge_zero_pmd(*pmd) && pmd_pfn(*pmd) != pfn)"
+                                             : "WARN_ON_ONCE(pud_pfn(*pud) != pfn)",
                          function: level == .pmd ? "insert_pmd" : "insert_pud")
                 return -EEXIST
             }

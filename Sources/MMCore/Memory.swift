@@ -133,15 +133,22 @@ public func vmfInsertPageMkwrite(_ vmf: VMFaultRef, _ page: Page, write: Bool) -
     return vmfError(insertPage(vma, addr, page, vma.pointee.vm_page_prot, mkwrite: write))
 }
 
-/// The errno -> vm_fault_t mapping of the insert helpers (vmf_error plus
-/// -EBUSY meaning "someone else mapped it": success).
+/// vmf_error: -ENOMEM is VM_FAULT_OOM, -EHWPOISON VM_FAULT_HWPOISON, any
+/// other error VM_FAULT_SIGBUS.
 @inline(__always)
-func vmfError(_ rc: Int32) -> UInt32 {
-    switch rc {
-    case 0, -EBUSY: return DAX_VM_FAULT_NOPAGE
+public func vmfErrorCode(_ err: Int32) -> UInt32 {
+    switch err {
     case -ENOMEM: return DAX_VM_FAULT_OOM
+    case -EHWPOISON: return DAX_VM_FAULT_HWPOISON
     default: return DAX_VM_FAULT_SIGBUS
     }
+}
+
+/// The errno -> vm_fault_t mapping of the insert helpers: vmf_error, with 0
+/// and -EBUSY ("someone else mapped it") both a success.
+@inline(__always)
+func vmfError(_ rc: Int32) -> UInt32 {
+    rc == 0 || rc == -EBUSY ? DAX_VM_FAULT_NOPAGE : vmfErrorCode(rc)
 }
 
 /// insert_pfn: a special PTE with no struct-page accounting (the contrast).

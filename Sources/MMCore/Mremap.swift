@@ -19,7 +19,8 @@ func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef,
         let w = walk(mm, oa)
         if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
             if oa % UInt64(pudSize) == 0, na % UInt64(pudSize) == 0, len - off >= UInt64(pudSize),
-               let npud = pudAlloc(mm, na) {
+               let npud = pudAlloc(mm, na), destinationEmpty(k, npud, dax_load_u64(pud), "move_huge_pud",
+                                                             "WARN_ON_ONCE(!pud_none(*new_pud))") {
                 // move_huge_pud
                 dax_spin_lock(pudLockptr(mm))
                 let e = pudpHugeGetAndClear(mm, oa, pud)
@@ -34,7 +35,8 @@ func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef,
         }
         if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
             if oa % UInt64(pmdSize) == 0, na % UInt64(pmdSize) == 0, len - off >= UInt64(pmdSize),
-               let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na) {
+               let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na),
+               destinationEmpty(k, npmd, dax_load_u64(pmd), "move_huge_pmd", "WARN_ON_ONCE(!pmd_none(*new_pmd))") {
                 // move_huge_pmd
                 let l1 = pmdLockptr(k, pmd), l2 = pmdLockptr(k, npmd)
                 dax_spin_lock(l1)
@@ -51,20 +53,32 @@ func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef,
             continue
         }
         if let pte = w.pte, let pmd = w.pmd, entryPresent(dax_load_u64(pte)) {
-            if let (npte, nl) = getLockedPte(mm, na) {
-                // move_ptes
-                let ol = pteLockptr(k, dax_load_u64(pmd))
-                if ol != nl { dax_spin_lock(ol) }
+            if let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na), let npte = pteAlloc(mm, npmd, na) {
+                // move_ptes: the old table's lock, then the new one nested.
+                let ol = pteLockptr(k, dax_load_u64(pmd)), nl = pteLockptr(k, dax_load_u64(npmd))
+                dax_spin_lock(ol)
+                if nl != ol { dax_spin_lock(nl) }
                 let e = ptepGetAndClear(mm, oa, pte)
                 setPteAt(mm, na, npte, e)
-                if ol != nl { dax_spin_unlock(ol) }
-                dax_spin_unlock(nl)
+                if nl != ol { dax_spin_unlock(nl) }
+                dax_spin_unlock(ol)
                 if !entryNone(e) { tlb.adjust(oa, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE) }
             }
         }
         off += UInt64(pageSize)
     }
     tlb.flush(src)
+}
+
+/// move_huge_pmd / move_huge_pud refuse a destination that is not empty
+/// (WARN, and move_page_tables splits the entry instead): a table left
+/// there would be overwritten and leak.
+@inline(__always)
+private func destinationEmpty(_ k: KernelRef, _ dst: EntryPtr, _ moving: PTEntry,
+                              _ function: StaticString, _ rule: StaticString) -> Bool {
+    if entryNone(dax_load_u64(dst)) { return true }
+    if pfnValid(k, entryPfn(moving)) { vmReport(k, pfnToPage(k, entryPfn(moving)), rule: rule, function: function) }
+    return false
 }
 
 extension MM {

@@ -60,7 +60,7 @@ public final class MappedFile: @unchecked Sendable {
     public var mapping: UInt64 { ref.pointee.mapping }
 
     /// The VMAs mapping the file now (i_mmap), in no particular order.
-    public var mappers: [VMARef] {
+    package var mappers: [VMARef] {
         let sem = dax_file_i_mmap_rwsem(ref)!
         dax_down_read(sem)
         defer { dax_up_read(sem) }

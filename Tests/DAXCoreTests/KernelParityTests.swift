@@ -58,7 +58,7 @@ struct DAXKernelParityTests {
         #expect(k.drainReports().isEmpty)
     }
 
-    // MARK: i_mmap past 256 VMAs
+    // MARK: i_mmap grows with the mappings (it once held at most 256 VMAs)
 
     @Test("kill_dev_dax's unmap_mapping_range reaches all of 300 VMAs mapping one device page (the file's i_mmap grows)")
     func removeReaches300Mappings() throws {
@@ -142,8 +142,8 @@ struct DAXKernelParityTests {
 
     // MARK: dax_iomap_pte_fault / dax_iomap_pmd_fault results
 
-    @Test("dax_iomap_pte_fault returns an iomap_begin error through dax_fault_return (vmf_error): -ENOMEM is VM_FAULT_OOM, -ENOSPC VM_FAULT_SIGBUS; dax_iomap_pmd_fault falls back on either",
-          arguments: [ENOMEM, ENOSPC])
+    @Test("dax_iomap_pte_fault returns an iomap_begin error through dax_fault_return (vmf_error): -ENOMEM is VM_FAULT_OOM, -EHWPOISON VM_FAULT_HWPOISON, -ENOSPC VM_FAULT_SIGBUS; dax_iomap_pmd_fault falls back on each",
+          arguments: [ENOMEM, EHWPOISON, ENOSPC])
     func iomapErrorThroughVmfError(errno: Int32) throws {
         let rig = try FSRig()
         let f = try rig.fs.create(name: "e", maxSize: 4 << 20)
@@ -158,7 +158,8 @@ struct DAXKernelParityTests {
         withUnsafeMutablePointer(to: &err) { e in
             f.inode.pointee.fsPrivate = UnsafeMutableRawPointer(e)
             #expect(callFault(rig.mm, addr, order: pmdOrder, write: true) == DAX_VM_FAULT_FALLBACK)
-            let expected = errno == ENOMEM ? DAX_VM_FAULT_OOM : DAX_VM_FAULT_SIGBUS
+            let expected = errno == ENOMEM ? DAX_VM_FAULT_OOM
+                : errno == EHWPOISON ? DAX_VM_FAULT_HWPOISON : DAX_VM_FAULT_SIGBUS
             #expect(callFault(rig.mm, addr, order: 0, write: true) == expected)
             // Through the fault walk: the PMD level falls back, the PTE level
             // gives the mapped error.
