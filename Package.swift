@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "MMTestSupport", targets: ["MMTestSupport"]),
         .library(name: "DAXCore", targets: ["DAXCore"]),
         .library(name: "DAXDevice", targets: ["DAXDevice"]),
+        .library(name: "DAXRuntime", targets: ["DAXRuntime"]),
         .executable(name: "daxmm", targets: ["daxmm"]),
     ],
     dependencies: [
@@ -46,6 +47,15 @@ let package = Package(
                 .linkedLibrary("numa"),
                 .linkedLibrary("uring"),
             ]
+        ),
+        // The host side of the port's page tables over real memory: managed
+        // windows, the SIGSEGV handler that serves their faults from the port,
+        // and the arch hook that mirrors the port's entries onto host mappings
+        // of the device. Links nothing.
+        .target(
+            name: "CDaxWindow",
+            dependencies: ["CDaxMM"],
+            path: "CShims/CDaxWindow"
         ),
         // What every module shares: the physical-range type, the hex
         // formatter, the monotonic clock, the seeded generator and the errno
@@ -92,6 +102,15 @@ let package = Package(
             ],
             swiftSettings: hotPathSwiftSettings
         ),
+        // Where the port meets real memory: a device (real /dev/dax or the
+        // emulated one) bound to a port Kernel in device-dax or fs-dax mode,
+        // CPU faults in managed windows served by the port, and the
+        // cross-checks against the real kernel.
+        .target(
+            name: "DAXRuntime",
+            dependencies: ["DAXBase", "MMCore", "DAXCore", "DAXDevice", "CDaxMM", "CDaxWindow", "CDaxSys"],
+            swiftSettings: hotPathSwiftSettings
+        ),
         .executableTarget(
             name: "daxmm",
             dependencies: [
@@ -108,6 +127,10 @@ let package = Package(
         .testTarget(
             name: "DAXCoreTests",
             dependencies: ["DAXBase", "DAXCore", "MMCore", "MMTestSupport", "MMTestChecks", "CDaxMM"]
+        ),
+        .testTarget(
+            name: "DAXRuntimeTests",
+            dependencies: ["DAXBase", "DAXRuntime", "DAXDevice", "DAXCore", "MMCore", "MMTestChecks", "CDaxMM", "CDaxWindow"]
         ),
         .testTarget(
             name: "MMCoreTests",

@@ -85,10 +85,21 @@ void dax_up_read(struct dax_rwsem *s)
 		rwsem_release(s);
 }
 
+uint32_t dax_current_tid(void)
+{
+	static __thread uint32_t tid;
+	if (!tid)
+		tid = (uint32_t)syscall(SYS_gettid);
+	return tid;
+}
+
 bool dax_down_write_trylock(struct dax_rwsem *s)
 {
 	int32_t z = 0;
-	return __atomic_compare_exchange_n(&s->count, &z, -1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+	if (!__atomic_compare_exchange_n(&s->count, &z, -1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		return false;
+	__atomic_store_n(&s->owner, dax_current_tid(), __ATOMIC_RELAXED);
+	return true;
 }
 
 void dax_down_write(struct dax_rwsem *s)
@@ -106,12 +117,14 @@ void dax_down_write(struct dax_rwsem *s)
 
 void dax_up_write(struct dax_rwsem *s)
 {
+	__atomic_store_n(&s->owner, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->count, 0, __ATOMIC_RELEASE);
 	rwsem_release(s);
 }
 
 void dax_downgrade_write(struct dax_rwsem *s)
 {
+	__atomic_store_n(&s->owner, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->count, 1, __ATOMIC_RELEASE);
 	rwsem_release(s);
 }

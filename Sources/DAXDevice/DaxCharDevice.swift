@@ -20,6 +20,7 @@ public final class DaxCharDevice: DaxDevice {
     public let targetNode: Int?
     public let info: DaxDeviceInfo
     private let fd: Int32
+    public var mappingFileDescriptor: Int32 { fd }
 
     /// Opens `path` ("/dev/dax0.0" or "dax0.0") for read and write.
     ///

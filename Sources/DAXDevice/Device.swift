@@ -47,6 +47,11 @@ public protocol DaxDevice: AnyObject, Sendable {
     var ranges: [DevDaxRange] { get }
     /// NUMA node of the memory, if known.
     var targetNode: Int? { get }
+    /// The open file whose offsets are the device's bytes (the char device,
+    /// or the emulated device's memfd), for callers that place mappings
+    /// themselves (MAP_FIXED into a reserved window). Valid while the device
+    /// object lives; not to be closed.
+    var mappingFileDescriptor: Int32 { get }
     /// Maps [offset, offset+length) of the device. `length` nil maps to the end.
     func map(offset: UInt64, length: UInt64?, options: MapOptions) throws(DeviceError) -> DeviceMapping
 }

@@ -27,6 +27,7 @@ public final class EmulatedDevice: DaxDevice {
     public let ranges: [DevDaxRange]
     public let targetNode: Int?
     private let fd: Int32
+    public var mappingFileDescriptor: Int32 { fd }
 
     /// - Parameters:
     ///   - size: bytes; non-zero and a multiple of `align`.

@@ -67,6 +67,9 @@ public final class MM: @unchecked Sendable {
     /// The user address range get_unmapped_area searches (top down).
     public static let mmapBase: UInt64 = 0x7000_0000_0000
     public static let mmapFloor: UInt64 = 0x1000_0000
+    /// TASK_SIZE (x86-64, 4-level): the end of user space; MAP_FIXED may go
+    /// up to it (the host's own mappings live just below it).
+    public static let taskSize: UInt64 = 0x7FFF_FFFF_F000
 
     public init(kernel: Kernel) throws(MMError) {
         self.kernel = kernel
@@ -156,7 +159,7 @@ public final class MM: @unchecked Sendable {
         let addr: UInt64
         if let fixed = req.fixedAddress {
             guard fixed % UInt64(pageSize) == 0 else { throw .errno(EINVAL, "mmap: MAP_FIXED address \(hex(fixed)) not page aligned") }
-            guard fixed >= MM.mmapFloor, fixed + len <= MM.mmapBase else {
+            guard fixed >= MM.mmapFloor, fixed + len <= MM.taskSize else {
                 throw .errno(ENOMEM, "mmap: [\(hex(fixed)), +\(hex(len))) outside the user range")
             }
             addr = fixed

@@ -83,7 +83,7 @@ struct dax_rwsem {
 	int32_t count;
 	uint32_t seq;     /* futex word bumped on every release */
 	uint32_t waiters; /* sleepers: a release makes a futex call only if > 0 */
-	uint32_t _pad;
+	uint32_t owner;   /* thread id of the writer while held for write, else 0 */
 };
 
 bool dax_down_read_trylock(struct dax_rwsem *s);
@@ -93,6 +93,11 @@ bool dax_down_write_trylock(struct dax_rwsem *s);
 void dax_down_write(struct dax_rwsem *s);
 void dax_up_write(struct dax_rwsem *s);
 void dax_downgrade_write(struct dax_rwsem *s);
+/* The calling thread's id (gettid, cached per thread; async-signal-safe). */
+uint32_t dax_current_tid(void);
+/* The thread holding `s` for write, or 0 (a racy hint, exact for the
+ * calling thread: it tells a thread whether it holds the lock itself). */
+static inline uint32_t dax_rwsem_write_owner(struct dax_rwsem *s) { return __atomic_load_n(&s->owner, __ATOMIC_RELAXED); }
 
 /* ------------------------------------------------------------------ */
 /* The machine                                                         */
