@@ -116,6 +116,7 @@ let package = Package(
             dependencies: [
                 "DAXBase",
                 "DAXDevice",
+                "DAXRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

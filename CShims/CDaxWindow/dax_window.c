@@ -38,6 +38,7 @@ struct thread_state {
 	uint64_t last_addr;
 	uint32_t repeats;
 	void *altstack;
+	uint64_t faults;        /* window faults this thread took */
 };
 static __thread struct thread_state ts;
 
@@ -263,6 +264,7 @@ static void serve(struct dax_window *w, siginfo_t *info, void *uc)
 	int64_t t0 = now_ns();
 	uint64_t addr = (uint64_t)info->si_addr;
 	bool write = fault_error_code(uc) & 2;
+	ts.faults++;
 	struct dax_mm *mm = __atomic_load_n(&w->mm, __ATOMIC_ACQUIRE);
 	__atomic_add_fetch(&w->faults, 1, __ATOMIC_RELAXED);
 	if (write)
@@ -580,6 +582,11 @@ void dax_guarded_access(volatile uint64_t *p, bool write, uint64_t value, struct
 /* ------------------------------------------------------------------ */
 /* Helpers                                                             */
 /* ------------------------------------------------------------------ */
+
+uint64_t dax_window_thread_faults(void)
+{
+	return ts.faults;
+}
 
 int64_t dax_window_stat(const int64_t *p)
 {

@@ -172,6 +172,11 @@ void dax_window_say(const char *msg, uint64_t addr);
 
 /* ---- helpers for Swift ----------------------------------------------- */
 int64_t dax_window_stat(const int64_t *p);
+/* A per-page "written" byte shared by worker threads. */
+static inline void dax_win_mark(uint8_t *p) { __atomic_store_n(p, 1, __ATOMIC_RELEASE); }
+static inline bool dax_win_marked(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE) != 0; }
+/* Window faults the calling thread has taken (served or not). */
+uint64_t dax_window_thread_faults(void);
 int dax_window_memfd(const char *name, uint64_t size);
 
 #endif /* CDAXWINDOW_H */
