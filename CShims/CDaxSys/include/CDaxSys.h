@@ -61,6 +61,12 @@ CDAX_SYS_INLINE uint32_t dax_fs_xflag_dax(void) { return 0x00008000u; }
 /* memfd_create flags (glibc 2.36 has them, but older headers may not). */
 CDAX_SYS_INLINE unsigned int dax_mfd_cloexec(void) { return 0x0001u; }
 
+/* open(2) O_DIRECT (x86-64 value; glibc defines it only under _GNU_SOURCE). */
+CDAX_SYS_INLINE int dax_o_direct(void) { return 040000; }
+
+/* getrusage(2) RUSAGE_THREAD (Linux, _GNU_SOURCE only). */
+CDAX_SYS_INLINE int dax_rusage_thread(void) { return 1; }
+
 /* Out-of-line wrappers (shim.c). */
 int dax_memfd_create(const char *name, unsigned int flags);
 /* errno as an int, readable from Swift without going through Glibc's macro. */
@@ -72,6 +78,12 @@ int dax_stat(const char *path, struct stat *st);
 unsigned int dax_dev_major(dev_t dev);
 unsigned int dax_dev_minor(dev_t dev);
 int dax_sched_getcpu(void);
+/* One access the compiler cannot drop or merge, for fault probes: a read of
+ * the byte at p, and a write that leaves it unchanged (one locked add of 0,
+ * so the first touch is a write fault, not a read fault and then a write
+ * fault). Out of line on purpose. */
+uint8_t dax_touch_read(const void *p);
+void dax_touch_write(void *p);
 
 #endif /* __linux__ */
 #endif /* CDAXSYS_H */
