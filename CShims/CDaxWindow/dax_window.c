@@ -428,6 +428,9 @@ static bool file_offset(struct dax_host_mirror *m, uint64_t phys, uint64_t size,
 	return false;
 }
 
+static void mirror_apply(struct dax_host_mirror *m, int lv, uint64_t size, void *p, uint64_t addr,
+			 bool was, bool is, uint64_t old, uint64_t new);
+
 static void mirror_set_entry(void *ctx, struct dax_mm *mm, uint64_t addr, enum dax_pgtable_level level,
 			     uint64_t old, uint64_t new)
 {
@@ -438,6 +441,15 @@ static void mirror_set_entry(void *ctx, struct dax_mm *mm, uint64_t addr, enum d
 	void *p = (void *)addr;
 	bool was = old & E_PRESENT, is = new & E_PRESENT;
 	int saved = errno;
+	int64_t t0 = now_ns();
+	mirror_apply(m, lv, size, p, addr, was, is, old, new);
+	__atomic_add_fetch(&m->stats.nanos, now_ns() - t0, __ATOMIC_RELAXED);
+	errno = saved;
+}
+
+static void mirror_apply(struct dax_host_mirror *m, int lv, uint64_t size, void *p, uint64_t addr,
+			 bool was, bool is, uint64_t old, uint64_t new)
+{
 
 	if (is) {
 		int prot = PROT_READ | ((new & E_RW) ? PROT_WRITE : 0);
@@ -451,7 +463,6 @@ static void mirror_set_entry(void *ctx, struct dax_mm *mm, uint64_t addr, enum d
 				else
 					__atomic_add_fetch(&m->stats.protects[lv], 1, __ATOMIC_RELAXED);
 			}
-			errno = saved;
 			return;
 		}
 		void *q;
@@ -459,22 +470,19 @@ static void mirror_set_entry(void *ctx, struct dax_mm *mm, uint64_t addr, enum d
 			/* The shared zero page: read-only, never the device. */
 			if (m->zero_fd < 0 || size > m->zero_size) {
 				mirror_fail(m, EINVAL, lv, addr, new);
-				errno = saved;
-				return;
+					return;
 			}
 			q = mmap(p, size, PROT_READ, MAP_SHARED | MAP_FIXED, m->zero_fd, 0);
 			if (q == MAP_FAILED)
 				mirror_fail(m, errno, lv, addr, new);
 			else
 				__atomic_add_fetch(&m->stats.zero_maps[lv], 1, __ATOMIC_RELAXED);
-			errno = saved;
 			return;
 		}
 		uint64_t off;
 		if (!file_offset(m, pfn << 12, size, &off)) {
 			dax_window_report(DAX_WIN_REPORT_BAD_ENTRY, ERANGE, 0, lv, addr, new);
 			mirror_fail(m, ERANGE, lv, addr, new);
-			errno = saved;
 			return;
 		}
 		q = mmap(p, size, prot, MAP_SHARED | MAP_FIXED, m->fd, (off_t)off);
@@ -490,7 +498,6 @@ static void mirror_set_entry(void *ctx, struct dax_mm *mm, uint64_t addr, enum d
 		else
 			__atomic_add_fetch(&m->stats.unmaps[lv], 1, __ATOMIC_RELAXED);
 	}
-	errno = saved;
 }
 
 static void mirror_flush(void *ctx, struct dax_mm *mm, uint64_t start, uint64_t end, enum dax_pgtable_level level)

@@ -212,6 +212,9 @@ public final class Binding: @unchecked Sendable {
         /// Indexed by level: 0 PTE, 1 PMD, 2 PUD.
         public var maps: [Int64], zeroMaps: [Int64], protects: [Int64], unmaps: [Int64]
         public var flushes: Int64, errors: Int64
+        /// Time spent in the host's mmap/mprotect calls (part of the port's
+        /// fault time: the hook runs inside the insert).
+        public var nanos: Int64
     }
 
     public var mirrorStats: MirrorStats {
@@ -221,7 +224,8 @@ public final class Binding: @unchecked Sendable {
             }
             return MirrorStats(maps: lv(&s.pointee.maps), zeroMaps: lv(&s.pointee.zero_maps),
                                protects: lv(&s.pointee.protects), unmaps: lv(&s.pointee.unmaps),
-                               flushes: dax_window_stat(&s.pointee.flushes), errors: dax_window_stat(&s.pointee.errors))
+                               flushes: dax_window_stat(&s.pointee.flushes), errors: dax_window_stat(&s.pointee.errors),
+                               nanos: dax_window_stat(&s.pointee.nanos))
         }
     }
 

@@ -104,8 +104,11 @@ public struct ExerciseResult: Sendable, Codable {
     public var extentsUnmapped: [Int64] = [0, 0, 0]
     /// SIGSEGVs served by the port.
     public var windowFaults: Int64 = 0
-    /// Mean time inside the port's handle_mm_fault per window fault (ns).
+    /// Mean time inside the port's handle_mm_fault per window fault (ns),
+    /// without the host mapping calls its arch hook makes.
     public var portNanosPerFault: Double = 0
+    /// Mean time of the host mmap/mprotect calls per window fault (ns).
+    public var hostMapNanosPerFault: Double = 0
     /// Mean time inside the handler per window fault (ns).
     public var handlerNanosPerFault: Double = 0
     /// An access that faulted, end to end (SIGSEGV, port, host mapping, retry).
@@ -166,7 +169,7 @@ public final class Exerciser {
     public let binding: Binding
     public let options: ExerciseOptions
     public private(set) var window: Window?
-    public private(set) var result: ExerciseResult
+    public internal(set) var result: ExerciseResult
     /// The workers' shared state (the per-page "written" map), kept for the
     /// later phases.
     private var shared: WorkerShared?
@@ -226,6 +229,15 @@ public final class Exerciser {
         let shared = runAccesses(w)
         self.shared = shared
         result.seconds = Double(monotonicNanos() - t0) / 1e9
+        // Per-fault figures of the access phase (later phases map and unmap
+        // too).
+        let s0 = w.stats, hostNanos = binding.mirrorStats.nanos
+        result.windowFaults = s0.faults
+        if s0.faults > 0 {
+            result.hostMapNanosPerFault = Double(hostNanos) / Double(s0.faults)
+            result.portNanosPerFault = Swift.max(0, Double(s0.portNanos - hostNanos)) / Double(s0.faults)
+            result.handlerNanosPerFault = Double(s0.handlerNanos) / Double(s0.faults)
+        }
         collectAccesses(shared, w)
         phaseInvariants("after the faults")
         if !binding.isGone && result.failures.isEmpty {
@@ -235,8 +247,8 @@ public final class Exerciser {
             phaseInvariants("after the cross-checks")
             verifyData(w, shared)
         }
-        collectStats(w)
         w.closeWindow()
+        collectStats(w)
         phaseInvariants("after munmap")
         for r in w.takeReports() where !expectedReport(r) { result.reports.append(r.description) }
         if !binding.isGone && result.failures.isEmpty {
@@ -377,12 +389,6 @@ public final class Exerciser {
         result.zeroPageMaps = m.zeroMaps
         result.writeUpgrades = m.protects
         result.extentsUnmapped = m.unmaps
-        let s = w.stats
-        result.windowFaults = s.faults
-        if s.faults > 0 {
-            result.portNanosPerFault = Double(s.portNanos) / Double(s.faults)
-            result.handlerNanosPerFault = Double(s.handlerNanos) / Double(s.faults)
-        }
         if m.errors > 0 { result.failures.append("\(m.errors) host mapping call(s) failed") }
     }
 

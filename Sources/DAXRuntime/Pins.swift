@@ -118,11 +118,11 @@ extension Exerciser {
         let after = before.map { f, _ in FolioCounters(ref: f.refCount, pins: f.pincount) }
         var problems: [String] = []
         if got != want {
-            let i = zip(got, want).firstIndex { $0 != $1 } ?? 0
+            let i = got.indices.first { got[$0] != want[$0] } ?? 0
             problems.append("folio \(i): \(got[i]) while pinned, the kernel's rule gives \(want[i])")
         }
         if after != before.map(\.1) {
-            let i = zip(after, before.map(\.1)).firstIndex { $0 != $1 } ?? 0
+            let i = after.indices.first { after[$0] != before[$0].1 } ?? 0
             problems.append("folio \(i): \(after[i]) after unpin, \(before[i].1) before")
         }
         let large = before.filter { $0.0.isLarge }.count

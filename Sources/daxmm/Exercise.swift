@@ -99,7 +99,7 @@ struct Exercise: ParsableCommand {
         } else {
             printReport(r)
         }
-        fflush(stdout)
+        fflush(nil)
         if !r.ok { throw ExitCode(1) }
     }
 }
@@ -116,7 +116,7 @@ func printReport(_ r: ExerciseResult) {
     print("  accesses      \(r.ops) (\(r.reads) reads, \(r.writes) writes), \(r.threads) thread(s), \(r.pattern), seed \(r.seed), \(String(format: "%.2f", r.seconds)) s")
     print("  faults        \(r.windowFaults) served by the port; extents mapped: \(byLevel(r.extentsMapped)); zero page: \(byLevel(r.zeroPageMaps)); write upgrades: \(byLevel(r.writeUpgrades)); unmapped: \(byLevel(r.extentsUnmapped))")
     if r.windowFaults > 0 {
-        print("  per fault     port handle_mm_fault \(ns(r.portNanosPerFault)), handler \(ns(r.handlerNanosPerFault)); end to end (SIGSEGV -> port -> host mapping -> retry) p50 \(ns(r.faultingAccessNanos.p50)), p99 \(ns(r.faultingAccessNanos.p99)), max \(ns(r.faultingAccessNanos.max)) over \(r.faultingAccessNanos.count)")
+        print("  per fault     port handle_mm_fault \(ns(r.portNanosPerFault)) + host mmap \(ns(r.hostMapNanosPerFault)), handler \(ns(r.handlerNanosPerFault)); end to end (SIGSEGV -> port -> host mapping -> retry) p50 \(ns(r.faultingAccessNanos.p50)), p99 \(ns(r.faultingAccessNanos.p99)), max \(ns(r.faultingAccessNanos.max)) over \(r.faultingAccessNanos.count)")
         let share = r.faultingAccessNanos.p50 > 0 ? r.portNanosPerFault / r.faultingAccessNanos.p50 * 100 : 0
         print("                port's share of a window fault \(String(format: "%.1f", share))%; an access without a fault p50 \(ns(r.plainAccessNanos.p50))")
     }

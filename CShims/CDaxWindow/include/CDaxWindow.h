@@ -48,6 +48,7 @@ struct dax_mirror_stats {
 	int64_t unmaps[3];      /* extents returned to PROT_NONE */
 	int64_t flushes;
 	int64_t errors;
+	int64_t nanos;          /* time in host mmap/mprotect calls */
 };
 
 /*
