@@ -285,8 +285,11 @@ public final class Exerciser {
         let worker: @Sendable (Int) -> Void = { t in
             var out = ThreadOutcome()
             let share = total / nthreads + (t < total % nthreads ? 1 : 0)
-            out.faulting.reserveCapacity(Swift.min(share, pages))
-            out.plain.reserveCapacity(share)
+            // Timing samples: at most `cap` of each kind (preallocated, so the
+            // loop does not allocate).
+            let cap = 1 << 18
+            out.faulting.reserveCapacity(Swift.min(share, pages, cap))
+            out.plain.reserveCapacity(Swift.min(share, cap))
             var rng = SplitMix64(seed: seed ^ UInt64(t + 1) &* 0xD1B5_4A32_D192_ED03)
             let stride = extentPages + 1
             let startPage = pages * t / nthreads
@@ -308,7 +311,11 @@ public final class Exerciser {
                 let a0 = monotonicNanos()
                 let r = guardedAccess(base + off, write: write, value: value)
                 let ns = monotonicNanos() - a0
-                if dax_window_thread_faults() != f0 { out.faulting.append(ns) } else { out.plain.append(ns) }
+                if dax_window_thread_faults() != f0 {
+                    if out.faulting.count < cap { out.faulting.append(ns) }
+                } else if out.plain.count < cap {
+                    out.plain.append(ns)
+                }
                 guard r.ok else {
                     out.failure = r
                     out.failureOffset = off
