@@ -9,6 +9,9 @@
 # One line per check, "ok: ..." or "FAIL: ...", and a last line
 # "install: N passed, N failed". Exit status 0 when none failed.
 # scripts/test.sh runs it in its host phase and counts these figures.
+
+# The checks are functions that check() calls by name.
+# shellcheck disable=SC2317
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

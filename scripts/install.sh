@@ -25,7 +25,8 @@
 set -euo pipefail
 shopt -s inherit_errexit
 
-log() { printf '%s: %s\n' "${ACTION:-install}" "$*" >&2; }
+TAG=install.sh
+log() { printf '%s: %s\n' "$TAG" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 ACTION=${1:-install}
@@ -34,6 +35,7 @@ install | uninstall) ;;
 -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
 *) die "unknown action '$ACTION' (install or uninstall)" ;;
 esac
+TAG=$ACTION
 
 PREFIX=${PREFIX:-/usr/local}
 DESTDIR=${DESTDIR:-}
@@ -139,8 +141,10 @@ do_uninstall() {
         fi
     done
     # Only share/daxmm is ours; the shared directories stay.
-    [ -d "$VM_DIR" ] && as_dest rmdir "$VM_DIR" 2>/dev/null || :
-    [ -d "$DEST/share/daxmm" ] && as_dest rmdir "$DEST/share/daxmm" 2>/dev/null || :
+    local d
+    for d in "$VM_DIR" "$DEST/share/daxmm"; do
+        if [ -d "$d" ]; then as_dest rmdir "$d" 2>/dev/null || log "$d is not empty: left in place"; fi
+    done
     log "removed $removed file(s) from $DEST"
 }
 
