@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: host tests, then the real-device tests inside a QEMU
+# The whole test suite: host tests and a `make install` check
+# (scripts/install-check.sh), then the real-device tests inside a QEMU
 # guest on each guest kernel (Debian unstable's, which has the ZONE_DEVICE
 # refcount series, and Debian 12's 6.12, which predates it).
 #
@@ -63,6 +64,25 @@ count() {
     PHASES+=("$phase: $passed passed, $failed failed, $skipped skipped")
 }
 
+# count_checks PHASE LOG RC: adds the figures of a shell check whose last
+# line is "WORD: N passed, N failed". No such line, or a non-zero exit with
+# none failed, counts as a failure.
+count_checks() {
+    local phase=$1 log=$2 rc=$3 line passed=0 failed=1
+    line=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed$' "$log" | tail -n1 || true)
+    if [[ $line =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
+        passed=${BASH_REMATCH[1]} failed=${BASH_REMATCH[2]}
+    else
+        echo "test.sh: $phase: no summary line" >&2
+    fi
+    if [ "$rc" -ne 0 ] && [ "$failed" = 0 ]; then
+        echo "test.sh: $phase: the check exited with status $rc" >&2
+        failed=1
+    fi
+    TOTAL_PASS=$((TOTAL_PASS + passed)); TOTAL_FAIL=$((TOTAL_FAIL + failed))
+    PHASES+=("$phase: $passed passed, $failed failed, 0 skipped")
+}
+
 echo "== build"
 swift build --build-tests
 BIN=$(swift build --show-bin-path)
@@ -74,6 +94,15 @@ set +e
 rc=${PIPESTATUS[0]}
 set -e
 count host "$RESULTS/host.log" "$RESULTS/host.xml" 0 "$rc"
+
+# make install into a temporary DESTDIR (a release build, reused by later
+# runs), the installed files, the installed binary, make uninstall.
+echo "== install check"
+set +e
+scripts/install-check.sh "$RESULTS/install-make.log" 2>&1 | tee "$RESULTS/install.log"
+rc=${PIPESTATUS[0]}
+set -e
+count_checks install "$RESULTS/install.log" "$rc"
 
 if [ "$HOST_ONLY" = 0 ]; then
     # One boot per kernel serves the whole real-device batch. 1G alignment needs

@@ -38,7 +38,7 @@ struct Check: ParsableCommand {
         print("check: \(dev.name): mapped \(formatSize(r.bytes)) at \(hex(UInt64(mapping.address))) (phys \(phys), \(r.alignPages) x \(dev.align) pages)")
         let perFault = r.alignPages > 0 ? r.firstTouchNanos / UInt64(r.alignPages) : 0
         let mbps = { (ns: UInt64) in ns == 0 ? 0 : r.bytes * 1000 / ns }
-        print("check: first touch \(perFault) ns/page, write \(mbps(r.writeNanos)) MB/s, verify \(mbps(r.verifyNanos)) MB/s: OK")
+        print("check: first touch \(perFault) ns/page, write \(mbps(r.writeNanos)) MB/s, verify \(mbps(r.verifyNanos)) MB/s: OK\(BuildInfo.timingNote)")
     }
 }
 

@@ -25,7 +25,7 @@ struct VMRun: ParsableCommand {
 
     func run() throws {
         guard let script = VMRun.locate() else {
-            throw failure("cannot find scripts/vm/vmrun (set DAXMM_HOME to the daxmm source tree)")
+            throw failure("cannot find vmrun: not in PREFIX/share/daxmm/vm beside this executable nor in a source tree's scripts/vm (set DAXMM_HOME to the daxmm source tree)")
         }
         let args = arguments.map { $0 == "--help-vm" ? "--help" : $0 }
         var argv: [UnsafeMutablePointer<CChar>?] = ([script] + args).map { strdup($0) }
@@ -34,26 +34,28 @@ struct VMRun: ParsableCommand {
         throw failure("cannot run \(script): \(String(cString: strerror(errno)))")
     }
 
-    /// scripts/vm/vmrun in $DAXMM_HOME, above the executable (.build/<conf>/daxmm),
-    /// or in the current directory.
+    /// vmrun, looked for in this order: $DAXMM_HOME/scripts/vm (a source tree
+    /// named explicitly); PREFIX/share/daxmm/vm beside an installed executable
+    /// (PREFIX/bin/daxmm, as `make install` lays it out); scripts/vm in a
+    /// directory above the executable (a source tree's .build/<conf>/daxmm);
+    /// scripts/vm in the current directory.
     static func locate() -> String? {
-        var roots: [String] = []
-        if let home = getenv("DAXMM_HOME") { roots.append(String(cString: home)) }
+        var candidates: [String] = []
+        if let home = getenv("DAXMM_HOME") { candidates.append(String(cString: home) + "/scripts/vm/vmrun") }
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
         if n > 0 {
             var dir = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            var ancestors: [String] = []
             for _ in 0..<5 {
                 guard let slash = dir.lastIndex(of: "/") else { break }
                 dir = String(dir[..<slash])
-                roots.append(dir)
+                ancestors.append(dir)
             }
+            if ancestors.count > 1 { candidates.append(ancestors[1] + "/share/daxmm/vm/vmrun") }
+            candidates += ancestors.map { $0 + "/scripts/vm/vmrun" }
         }
-        if let cwd = getcwd(nil, 0) { roots.append(String(cString: cwd)); free(cwd) }
-        for root in roots {
-            let candidate = root + "/scripts/vm/vmrun"
-            if access(candidate, X_OK) == 0 { return candidate }
-        }
-        return nil
+        if let cwd = getcwd(nil, 0) { candidates.append(String(cString: cwd) + "/scripts/vm/vmrun"); free(cwd) }
+        return candidates.first { access($0, X_OK) == 0 }
     }
 }
