@@ -115,13 +115,18 @@ if [ "$HOST_ONLY" = 0 ]; then
         scripts/vm/vmrun --kernel "$k" --pmem nfit:4G "${NAMESPACES[@]}" \
             --env DAXMM_VM_EXPECT_ALIGNS=4K,2M,1G --env DAXMM_VM_EXPECT_FSDAX=1 \
             --timeout 1800 --console-log "$RESULTS/vm-$k.console" -- \
-            sh -c "uname -r >&2; '$TESTBIN' --testing-library swift-testing --filter 'Real' --xunit-output '$xml'" \
+            sh -c "uname -r >&2; '$TESTBIN' --testing-library swift-testing --filter 'Real' --xunit-output '$xml'; \
+                   echo \$? >'$RESULTS/vm-$k.rc'; \
+                   scripts/vm/exercise-suite.sh '$BIN/daxmm' '$RESULTS/exercise-$k.txt'; \
+                   exit \$(cat '$RESULTS/vm-$k.rc')" \
             2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         set -e
         if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
             echo "test.sh: guest run on kernel $k ended with status $rc (console: $RESULTS/vm-$k.console)" >&2
         fi
+        # daxmm exercise on the same guest's devices (scripts/vm/exercise-suite.sh).
+        count_checks "exercise-$k" "$RESULTS/exercise-$k.txt" 0
         count "vm-$k" "$log" "$xml" 1 "$rc"
     done
 fi

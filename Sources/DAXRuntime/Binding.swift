@@ -127,7 +127,7 @@ public final class Binding: @unchecked Sendable {
             guard device.ranges.count == 1 else {
                 throw .invalid("\(device.name): fs-dax mode needs a device of one physical range (it has \(device.ranges.count))")
             }
-            guard device.align.bytes == 4096 || device.kind == .emulated else {
+            guard device.align.bytes == 4096 else {
                 throw .invalid("\(device.name): fs-dax mode maps 4 KiB extents, so it needs a device of 4K alignment (this one has \(device.align)); create one with: ndctl create-namespace -m devdax -a 4K")
             }
             let r = device.ranges[0].range

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DAXBase
 import DAXDevice
+import DAXRuntime
 
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -44,13 +45,16 @@ struct Check: ParsableCommand {
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The main job: list the devices, then check the chosen (or default) device.")
+        abstract: "The main job: list the devices, then exercise the chosen (or default) device with the port.")
 
     @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
         try List.parse([]).run()
-        let dev = try deviceOptions.open()
-        try Check.check(dev, offset: 0, bytes: nil)
+        var args = ["--pins", "uring"]
+        if let d = deviceOptions.device { args += ["--device", d] }
+        if uringUnavailableReason() != nil { args = args.dropFirst(2).map { $0 } }
+        var ex = try Exercise.parse(args)
+        try ex.run()
     }
 }

@@ -9,8 +9,9 @@
 #
 #   exercise-suite.sh DAXMM RESULTS-FILE
 #
-# Writes "PASS name" / "FAIL name" lines to RESULTS-FILE and each run's output
-# to stdout. Needs root (pagemap pfns, ndctl).
+# Writes "PASS name" / "FAIL name" lines to RESULTS-FILE, then the line
+# "exercise: N passed, N failed"; each run's output goes to stdout. Needs root
+# (pagemap pfns, ndctl).
 set -u
 DAXMM=$1
 OUT=$2
@@ -114,4 +115,7 @@ for n in json.load(sys.stdin):
         result FAIL "devdax-reconfigure-under-window (exit $rc; expected 1 with the extent that failed)"
     fi
 fi
+p=$(grep -c '^PASS ' "$OUT")
+f=$(grep -c '^FAIL ' "$OUT")
+echo "exercise: $p passed, $f failed" | tee -a "$OUT"
 exit 0
