@@ -72,12 +72,16 @@ public struct CheckResult: Sendable, Codable, CustomStringConvertible {
 
 public struct Percentiles: Sendable, Codable {
     public var count: Int
+    public var mean: Double = 0
     public var p50: Double, p99: Double, max: Double
+    init(count: Int, p50: Double, p99: Double, max: Double) { self.count = count; self.p50 = p50; self.p99 = p99; self.max = max }
     static func of(_ xs: [UInt64]) -> Percentiles {
         guard !xs.isEmpty else { return Percentiles(count: 0, p50: 0, p99: 0, max: 0) }
         let s = xs.sorted()
         func at(_ q: Double) -> Double { Double(s[Swift.min(s.count - 1, Int(Double(s.count - 1) * q))]) }
-        return Percentiles(count: s.count, p50: at(0.5), p99: at(0.99), max: Double(s.last!))
+        var p = Percentiles(count: s.count, p50: at(0.5), p99: at(0.99), max: Double(s.last!))
+        p.mean = Double(s.reduce(0, &+)) / Double(s.count)
+        return p
     }
 }
 

@@ -186,7 +186,7 @@ extension Exerciser {
         guard let path = options.fsdaxFile else {
             return CheckResult(name, .skip, "no file on a -o dax mount given (--fsdax-file): the kernel's refusal was not checked")
         }
-        let fd = open(path, O_RDWR)
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
         guard fd >= 0 else { return CheckResult(name, .fail, "open \(path): \(errnoName(errno))") }
         defer { close(fd) }
         let len = 2 << 20

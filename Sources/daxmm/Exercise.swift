@@ -117,8 +117,8 @@ func printReport(_ r: ExerciseResult) {
     print("  faults        \(r.windowFaults) served by the port; extents mapped: \(byLevel(r.extentsMapped)); zero page: \(byLevel(r.zeroPageMaps)); write upgrades: \(byLevel(r.writeUpgrades)); unmapped: \(byLevel(r.extentsUnmapped))")
     if r.windowFaults > 0 {
         print("  per fault     port handle_mm_fault \(ns(r.portNanosPerFault)) + host mmap \(ns(r.hostMapNanosPerFault)), handler \(ns(r.handlerNanosPerFault)); end to end (SIGSEGV -> port -> host mapping -> retry) p50 \(ns(r.faultingAccessNanos.p50)), p99 \(ns(r.faultingAccessNanos.p99)), max \(ns(r.faultingAccessNanos.max)) over \(r.faultingAccessNanos.count)")
-        let share = r.faultingAccessNanos.p50 > 0 ? r.portNanosPerFault / r.faultingAccessNanos.p50 * 100 : 0
-        print("                port's share of a window fault \(String(format: "%.1f", share))%; an access without a fault p50 \(ns(r.plainAccessNanos.p50))")
+        let share = r.faultingAccessNanos.mean > 0 ? r.portNanosPerFault / r.faultingAccessNanos.mean * 100 : 0
+        print("                port's share of a window fault \(String(format: "%.1f", share))% (of the mean \(ns(r.faultingAccessNanos.mean))); an access without a fault p50 \(ns(r.plainAccessNanos.p50))")
     }
     print("  data          \(r.wordsVerified) written word(s) verified through a second mapping, \(r.mismatches) mismatch(es)")
     for c in r.checks { print("  \(c.status.rawValue.uppercased().padding(toLength: 5, withPad: " ", startingAt: 0)) \(c.name): \(c.detail)") }
