@@ -100,7 +100,7 @@ public final class DevDax: @unchecked Sendable {
         let shift = (align >> 12).trailingZeroBitCount
         let p = DevPagemap(kernel: kernel, type: .generic,
                            ranges: ranges.map(\.range), vmemmapShift: shift)
-        try p.memremapPages()
+        try p.bindPages()
         pgmap = p
         dax_store_u32(devDaxAlive(state), 1)
     }
