@@ -78,6 +78,47 @@ DAX_MM_INLINE void dax_spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMI
 
 DAX_MM_INLINE bool dax_spin_is_locked(const uint32_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
 
+/* An SRCU-like read side (dax_srcu): two reader counters; a reader counts
+ * itself on the side `idx` names when it enters, and the updater flips idx
+ * and waits for the old side to drain, so it waits only for readers that
+ * started before the flip. Entering and leaving are one fully ordered
+ * atomic add each (smp_mb() B and C of srcu_read_lock/unlock); nothing
+ * allocates, so a fault handler in a signal handler may use it. The updater
+ * must publish its change with a seq_cst store before the flip, and the
+ * reader read it with a seq_cst load inside the section. */
+struct dax_srcu {
+	uint32_t idx;
+	uint32_t _pad;
+	int64_t readers[2];
+};
+
+DAX_MM_INLINE uint32_t dax_srcu_read_lock(struct dax_srcu *s)
+{
+	uint32_t i = __atomic_load_n(&s->idx, __ATOMIC_RELAXED) & 1;
+	(void)__atomic_fetch_add(&s->readers[i], 1, __ATOMIC_SEQ_CST);
+	return i;
+}
+
+DAX_MM_INLINE void dax_srcu_read_unlock(struct dax_srcu *s, uint32_t i)
+{
+	(void)__atomic_fetch_sub(&s->readers[i], 1, __ATOMIC_SEQ_CST);
+}
+
+/* The updater's flip: new readers count on the other side; returns the side
+ * the earlier readers are on. */
+DAX_MM_INLINE uint32_t dax_srcu_flip(struct dax_srcu *s)
+{
+	return __atomic_fetch_add(&s->idx, 1, __ATOMIC_SEQ_CST) & 1;
+}
+
+DAX_MM_INLINE int64_t dax_srcu_readers(struct dax_srcu *s, uint32_t i)
+{
+	return __atomic_load_n(&s->readers[i], __ATOMIC_SEQ_CST);
+}
+
+DAX_MM_INLINE uint32_t dax_load_u32_seq_cst(const uint32_t *w) { return __atomic_load_n(w, __ATOMIC_SEQ_CST); }
+DAX_MM_INLINE void dax_store_u32_seq_cst(uint32_t *w, uint32_t v) { __atomic_store_n(w, v, __ATOMIC_SEQ_CST); }
+
 /* A reader/writer semaphore (mmap_lock): count > 0 readers, -1 a writer. */
 struct dax_rwsem {
 	int32_t count;
