@@ -348,7 +348,7 @@ public final class Kernel: @unchecked Sendable {
 @inline(__always)
 public func pfnValid(_ k: KernelRef, _ pfn: UInt64) -> Bool {
     guard pfn < k.pointee.max_pfn else { return false }
-    return k.pointee.section_present[Int(pfn) / pagesPerSection] != 0
+    return dax_section_state(k, pfn >> UInt64(sectionShift - pageShift)) != sectionAbsent
 }
 
 /// pfn_to_page. Precondition: pfnValid(k, pfn) (asserted in debug builds).
