@@ -8,10 +8,16 @@
 // record, so they run with no Swift object on the path. The record is the
 // char device file's private_data, tagged DAXFS_MAGIC by `DriverFile`; a VMA
 // of another driver's file is refused (check_vma -EINVAL, VM_FAULT_SIGBUS).
+// The handlers run inside the record's dax_srcu read side, so removal
+// (kill_dax) waits for every fault that may have seen the device alive.
 
 import CDaxMM
 import DAXBase
 import MMCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the fault handlers read (through the file's private_data).
 package struct DevDaxState: DriverState {
@@ -22,6 +28,9 @@ package struct DevDaxState: DriverState {
     package var ranges: UnsafeMutablePointer<DevDaxRange>
     /// The char device's address_space (folio->mapping of faulted folios).
     package var mapping: UInt64
+    /// dax_srcu: the fault handlers run inside its read side (dax_read_lock),
+    /// so kill_dax can wait for the ones that saw the device alive.
+    package var srcu = dax_srcu()
 
     /// DAXFS_MAGIC: device-dax inodes live on the dax pseudo file system.
     @inline(__always) package static var driverTag: DriverTag { DriverTag(0x6464_6178) }
@@ -35,6 +44,12 @@ package func devDaxAlive(_ st: UnsafeMutablePointer<DevDaxState>) -> UnsafeMutab
     (UnsafeMutableRawPointer(st) + MemoryLayout<DevDaxState>.offset(of: \.alive)!).assumingMemoryBound(to: UInt32.self)
 }
 
+/// The record's dax_srcu, addressed without an inout access (as `alive`).
+@inline(__always)
+package func devDaxSrcu(_ st: UnsafeMutablePointer<DevDaxState>) -> UnsafeMutablePointer<dax_srcu> {
+    (UnsafeMutableRawPointer(st) + MemoryLayout<DevDaxState>.offset(of: \.srcu)!).assumingMemoryBound(to: dax_srcu.self)
+}
+
 public final class DevDax: @unchecked Sendable {
     // @unchecked: `state` is read by the fault handlers under the kernel's
     // rules (alive is atomic; the ranges never change after probe).
@@ -44,6 +59,9 @@ public final class DevDax: @unchecked Sendable {
     /// The char device's file, its vm_operations and the tagged state record.
     let driver: DriverFile<DevDaxState>
     public private(set) var pgmap: DevPagemap?
+    /// The dax_srcu side a kill_dax that timed out still waits for (a second
+    /// remove() waits for it again instead of flipping back).
+    private var killWaitSide: UInt32?
 
     /// The state record the fault handlers read. Owned by `driver` (freed
     /// with this object); `ranges` inside it is freed in deinit.
@@ -100,7 +118,7 @@ public final class DevDax: @unchecked Sendable {
         let shift = (align >> 12).trailingZeroBitCount
         let p = DevPagemap(kernel: kernel, type: .generic,
                            ranges: ranges.map(\.range), vmemmapShift: shift)
-        try p.memremapPages()
+        try p.bindPages()
         pgmap = p
         dax_store_u32(devDaxAlive(state), 1)
     }
@@ -108,19 +126,42 @@ public final class DevDax: @unchecked Sendable {
     /// Device removal: dev_dax_probe's devm actions run in reverse, so
     /// kill_dev_dax comes before memunmap_pages. kill_dev_dax is kill_dax
     /// (dax_alive() false: check_vma fails, so faults SIGBUS and new mmaps
-    /// get -ENXIO) then unmap_mapping_range(inode->i_mapping, 0, 0, 1): every
-    /// user mapping of the device is zapped, rss drops and the folios go back
-    /// to their idle refcount before the pgmap is torn down.
+    /// get -ENXIO; then synchronize_srcu(&dax_srcu): every fault handler that
+    /// entered before, and so may have seen the device alive, has returned)
+    /// then unmap_mapping_range(inode->i_mapping, 0, 0, 1): every user
+    /// mapping of the device is zapped, rss drops and the folios go back to
+    /// their idle refcount before the pgmap is torn down. A fault racing
+    /// with remove() therefore either maps before the zap (and is zapped) or
+    /// sees the device dead.
     ///
-    /// kill_dax also waits (synchronize_srcu) for faults that read dax_alive()
-    /// before the kill; the port has no SRCU on the fault path, so a fault
-    /// racing with remove() may still map after the zap. Callers stop faulting
-    /// first.
+    /// The kernel waits for the readers forever; the port waits
+    /// `timeoutNanos` and throws ETIMEDOUT naming the device (it stays
+    /// dead; call again to keep waiting), and as long again in
+    /// memunmap_pages.
     public func remove(timeoutNanos: Int64 = 5_000_000_000) throws(MMError) {
-        dax_store_u32(devDaxAlive(state), 0)
+        try killDax(timeoutNanos: timeoutNanos)
         unmapMappingRange(file.ref, holebegin: 0, holelen: 0, evenCows: true)
         try pgmap?.memunmapPages(timeoutNanos: timeoutNanos)
         pgmap = nil
+    }
+
+    /// kill_dax: clear dax_alive, then synchronize_srcu(&dax_srcu), bounded.
+    private func killDax(timeoutNanos: Int64) throws(MMError) {
+        // seq_cst: ordered before the flip and the readers' count loads, as
+        // the fault side's alive load is after its count increment.
+        dax_store_u32_seq_cst(devDaxAlive(state), 0)
+        let srcu = devDaxSrcu(state)
+        let side = killWaitSide ?? dax_srcu_flip(srcu)
+        let deadline = monotonicNanos() &+ UInt64(max(timeoutNanos, 0))
+        while dax_srcu_readers(srcu, side) != 0 {
+            if monotonicNanos() >= deadline {
+                killWaitSide = side
+                throw .errno(ETIMEDOUT, "kill_dax: device-dax \(ranges.map { $0.range.description }.joined(separator: ", ")) "
+                             + "still has \(dax_srcu_readers(srcu, side)) fault(s) in flight that started while it was alive")
+            }
+            usleep(20)
+        }
+        killWaitSide = nil
     }
 
     /// dax_mmap: check_vma, then vm_ops and VM_HUGEPAGE; addresses aligned to
@@ -154,7 +195,8 @@ func devDaxState(_ vma: VMARef) -> UnsafeMutablePointer<DevDaxState>? {
 @inline(__always)
 public func checkVma(_ vma: VMARef) -> Int32 {
     guard let st = devDaxState(vma) else { return -EINVAL }
-    if dax_load_u32(devDaxAlive(st)) == 0 { return -ENXIO }
+    // dax_alive: seq_cst, after the fault's dax_read_lock (see killDax).
+    if dax_load_u32_seq_cst(devDaxAlive(st)) == 0 { return -ENXIO }
     if vma.pointee.vm_flags & DAX_VM_MAYSHARE == 0 { return -EINVAL }   // private mapping
     let mask = st.pointee.align - 1
     if (vma.pointee.vm_start | vma.pointee.vm_end) & mask != 0 { return -EINVAL }
@@ -225,10 +267,15 @@ func devDaxHugeLevelFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaul
                                         : vmfInsertFolioPud(vmf, folio, write: write)
 }
 
-/// dev_dax_huge_fault: dispatch by order.
+/// dev_dax_huge_fault: dispatch by order, inside dax_read_lock /
+/// dax_read_unlock (two fully ordered atomic adds on the device's dax_srcu
+/// counter: what the fault path pays for remove() waiting for it).
 @inline(__always)
 func devDaxHugeFaultImpl(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
     guard let st = devDaxState(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }
+    let srcu = devDaxSrcu(st)
+    let id = dax_srcu_read_lock(srcu)
+    defer { dax_srcu_read_unlock(srcu, id) }
     switch Int(order) {
     case 0: return devDaxPteFault(st, vmf)
     case pmdOrder: return devDaxHugeLevelFault(st, vmf, faultSize: UInt64(pmdSize))

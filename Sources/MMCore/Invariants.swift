@@ -139,13 +139,16 @@ public func invariants(mms: [MM], pgmaps: [DevPagemap], ledger: RefLedger? = nil
     // Walk every folio of every pgmap.
     for pgmap in pgmaps where pgmap.isLive {
         let base = Int64(pgmap.type.idleRefcount)
-        for r in pgmap.ranges {
-            var pfn = r.startPfn
+        for (ri, r) in pgmap.ranges.enumerated() {
+            // Folios in sections whose struct pages are still deferred were
+            // never looked up: idle, unmapped, unpinned. They are skipped,
+            // not initialised.
+            var pfn = pgmap.nextInitialisedFolio(range: ri, from: r.startPfn)
             while pfn < r.endPfn {
                 let head = pfnToPage(k, pfn)
                 let folio = head.folio
                 let nr = max(folio.nrPages, 1)
-                defer { pfn += UInt64(nr) }
+                defer { pfn = pgmap.nextInitialisedFolio(range: ri, from: pfn + UInt64(nr)) }
                 if folio.raw != head.raw {
                     out.append(InvariantViolation(rule: 7, dump: dumpPage(k, head, rule: "folio walk landed on a tail page", function: "invariants"),
                                                   detail: "pgmap \(pgmap.ref.pointee.id)"))

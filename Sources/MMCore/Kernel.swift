@@ -50,6 +50,25 @@ public let hpagePmdNr = 1 << pmdOrder
 public let hpagePudNr = 1 << pudOrder
 public let sectionShift = 27
 public let pagesPerSection = 1 << (sectionShift - pageShift)
+/// The largest physical address space a `Kernel` covers (MAX_PHYSMEM_BITS
+/// with 5-level paging on x86-64).
+public let maxPhysBits = 52
+
+/// A section's state byte (enum dax_section_state).
+@usableFromInline let sectionAbsent = UInt8(DAX_SECTION_ABSENT.rawValue)
+@usableFromInline let sectionPresent = UInt8(DAX_SECTION_PRESENT.rawValue)
+@usableFromInline let sectionPresentDeferred = UInt8(DAX_SECTION_PRESENT_DEFERRED.rawValue)
+
+/// What a sparse section holds.
+public enum SectionState: Sendable, Equatable {
+    /// No struct pages (pfn_valid is false).
+    case absent
+    /// Struct pages, initialised.
+    case present
+    /// Struct pages whose initialisation is deferred to the first
+    /// pfn_to_page of a pfn in the section.
+    case deferred
+}
 
 /// Owner of one `struct dax_kernel` and the memory it points at.
 public final class Kernel: @unchecked Sendable {
@@ -64,22 +83,34 @@ public final class Kernel: @unchecked Sendable {
     @usableFromInline package let ref: KernelRef
     /// Physical address bits the vmemmap covers.
     public let physBits: Int
+    /// Whether memremap_pages leaves struct pages uninitialised until first
+    /// use (DEFERRED_STRUCT_PAGE_INIT for ZONE_DEVICE).
+    public let deferStructPageInit: Bool
     private let vmemmapBytes: Int
+    private let sectionBytes: Int
     private let ptPoolBytes: Int
     /// pgmap_array and the iomem "System RAM" resources.
     let registry = Registry()
 
     /// - Parameters:
-    ///   - physBits: physical address space covered; the vmemmap reserves
-    ///     2^(physBits-12) x 64 bytes of address space, populated per section
-    ///     only when memremap_pages covers it.
+    ///   - physBits: physical address space covered (30 to 52); the vmemmap
+    ///     reserves 2^(physBits-12) x 64 bytes of address space (64 TiB at
+    ///     52 bits), and the section states one byte per 128 MiB, both
+    ///     resident only where used.
     ///   - pageTablePages: size of the preallocated page-table page pool
     ///     (address space only until used).
-    public init(physBits: Int = 44, pageTablePages: Int = 1 << 16) throws(MMError) {
-        precondition(physBits >= 30 && physBits <= 46, "physBits out of range")
+    ///   - deferStructPageInit: memremap_pages makes the vmemmap of a new
+    ///     range accessible but initialises its struct pages only when a
+    ///     pfn of their section is first looked up (pfn_to_page). Off:
+    ///     every struct page is initialised by memremap_pages.
+    public init(physBits: Int = 44, pageTablePages: Int = 1 << 16, deferStructPageInit: Bool = true) throws(MMError) {
+        precondition(physBits >= 30 && physBits <= maxPhysBits, "physBits out of range")
         self.physBits = physBits
+        self.deferStructPageInit = deferStructPageInit
         let maxPfn = UInt64(1) << UInt64(physBits - pageShift)
         vmemmapBytes = Int(maxPfn) * MemoryLayout<dax_page>.stride
+        let nrSections = Int(maxPfn) / pagesPerSection
+        sectionBytes = (nrSections + pageSize - 1) & ~(pageSize - 1)
         ptPoolBytes = pageTablePages * pageSize
 
         let k = KernelRef.allocate(capacity: 1)
@@ -91,18 +122,25 @@ public final class Kernel: @unchecked Sendable {
             k.deallocate()
             throw .errno(ENOMEM, "cannot reserve \(vmemmapBytes >> 20) MiB of address space for the vmemmap")
         }
+        // Zero-filled on first touch: 32 MiB of address space at 52 bits,
+        // one page resident per 512 GiB of physical space in use.
+        guard let sections = mmap(nil, sectionBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              sections != MAP_FAILED else {
+            munmap(vm, vmemmapBytes)
+            k.deallocate()
+            throw .errno(ENOMEM, "cannot reserve the section states")
+        }
         guard let pool = mmap(nil, ptPoolBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               pool != MAP_FAILED else {
             munmap(vm, vmemmapBytes)
+            munmap(sections, sectionBytes)
             k.deallocate()
             throw .errno(ENOMEM, "cannot reserve the page-table pool")
         }
-        let nrSections = Int(maxPfn) / pagesPerSection
         k.pointee.vmemmap = vm.assumingMemoryBound(to: dax_page.self)
         k.pointee.max_pfn = maxPfn
         k.pointee.nr_sections = UInt64(nrSections)
-        k.pointee.section_present = UnsafeMutablePointer<UInt8>.allocate(capacity: nrSections)
-        k.pointee.section_present.initialize(repeating: 0, count: nrSections)
+        k.pointee.section_present = sections.assumingMemoryBound(to: UInt8.self)
         k.pointee.pt_pool = pool.assumingMemoryBound(to: UInt8.self)
         k.pointee.pt_pool_pages = UInt64(pageTablePages)
         k.pointee.pt_locks = UnsafeMutablePointer<UInt32>.allocate(capacity: pageTablePages)
@@ -120,7 +158,7 @@ public final class Kernel: @unchecked Sendable {
     deinit {
         munmap(ref.pointee.vmemmap, vmemmapBytes)
         munmap(ref.pointee.pt_pool, ptPoolBytes)
-        ref.pointee.section_present.deallocate()
+        munmap(ref.pointee.section_present, sectionBytes)
         ref.pointee.pt_locks.deallocate()
         ref.deallocate()
     }
@@ -146,43 +184,147 @@ public final class Kernel: @unchecked Sendable {
     /// pfn_valid: the pfn has a populated struct page.
     public func pfnValid(_ pfn: UInt64) -> Bool { MMCore.pfnValid(ref, pfn) }
 
-    /// sparse_add_section: makes the records of every section in [startPfn,
-    /// endPfn) accessible. Idempotent; reference-counting sections is left to
-    /// the caller (memremap_pages refuses overlapping pgmaps).
-    func populateSections(startPfn: UInt64, endPfn: UInt64) throws(MMError) {
-        guard endPfn <= maxPfn, startPfn < endPfn else {
-            throw .errno(EINVAL, "pfn range [\(hex(startPfn)), \(hex(endPfn))) outside the vmemmap (max pfn \(hex(maxPfn)))")
-        }
-        dax_spin_lock(dax_kernel_section_lock(ref))
-        defer { dax_spin_unlock(dax_kernel_section_lock(ref)) }
-        let first = Int(startPfn) / pagesPerSection
-        let last = Int(endPfn - 1) / pagesPerSection
-        for s in first...last where ref.pointee.section_present[s] == 0 {
-            let addr = UnsafeMutableRawPointer(ref.pointee.vmemmap + s * pagesPerSection)
-            let len = pagesPerSection * MemoryLayout<dax_page>.stride
-            if mprotect(addr, len, PROT_READ | PROT_WRITE) != 0 {
-                throw .errno(ENOMEM, "cannot populate vmemmap section \(s)")
-            }
-            ref.pointee.section_present[s] = 1
+    /// The state of the section holding `pfn` (absent beyond max_pfn).
+    public func sectionState(pfn: UInt64) -> SectionState {
+        guard pfn < maxPfn else { return .absent }
+        switch dax_section_state(ref, pfn >> UInt64(sectionShift - pageShift)) {
+        case sectionPresent: return .present
+        case sectionPresentDeferred: return .deferred
+        default: return .absent
         }
     }
 
-    /// sparse_remove_section: drops the records (and their memory) of every
-    /// section entirely inside [startPfn, endPfn).
-    func depopulateSections(startPfn: UInt64, endPfn: UInt64) {
+    /// Sections whose struct pages are populated and initialised (section 0,
+    /// which holds the zero page, included).
+    public var initialisedSections: Int { Int(dax_atomic64_read(dax_kernel_nr_sections_present(ref))) }
+    /// Sections whose struct pages are populated but not yet initialised.
+    public var deferredSections: Int { Int(dax_atomic64_read(dax_kernel_nr_sections_deferred(ref))) }
+
+    /// sparse_add_section: makes the records of every section in [startPfn,
+    /// endPfn) accessible, each contiguous run of absent sections with one
+    /// mprotect, and marks them initialised. Idempotent.
+    func populateSections(startPfn: UInt64, endPfn: UInt64) throws(MMError) {
+        try checkPfnRange(startPfn, endPfn)
         dax_spin_lock(dax_kernel_section_lock(ref))
         defer { dax_spin_unlock(dax_kernel_section_lock(ref)) }
-        let first = (Int(startPfn) + pagesPerSection - 1) / pagesPerSection
-        let end = Int(endPfn) / pagesPerSection
-        guard first < end else { return }
-        // Section 0 holds the zero page and stays.
-        for s in max(first, 1)..<max(end, 1) where ref.pointee.section_present[s] != 0 {
-            let addr = UnsafeMutableRawPointer(ref.pointee.vmemmap + s * pagesPerSection)
-            let len = pagesPerSection * MemoryLayout<dax_page>.stride
+        try populateLocked(firstSection: startPfn >> sectionPfnShift, lastSection: (endPfn - 1) >> sectionPfnShift,
+                           state: sectionPresent)
+    }
+
+    /// sparse_add_section for a pgmap range, and whether its struct pages can
+    /// wait. Under section_lock: the range is deferred (a slot of the
+    /// deferred table describes it, returned) unless deferral is off, the
+    /// table is full, or one of its sections is already initialised (then
+    /// the caller initialises the range now, as memmap_init_zone_device does,
+    /// and -1 is returned). Absent sections become present, deferred or
+    /// initialised accordingly; a section already deferred for another range
+    /// stays so and initialises both ranges' parts when first used.
+    func addPgmapSections(startPfn: UInt64, endPfn: UInt64, pgmap: UnsafeMutablePointer<dax_pgmap>,
+                          vmemmapShift: Int, idleRefcount: Int32) throws(MMError) -> Int {
+        try checkPfnRange(startPfn, endPfn)
+        let k = ref
+        dax_spin_lock(dax_kernel_section_lock(k))
+        defer { dax_spin_unlock(dax_kernel_section_lock(k)) }
+        let first = startPfn >> sectionPfnShift, last = (endPfn - 1) >> sectionPfnShift
+        var slot = -1
+        if deferStructPageInit {
+            let table = dax_kernel_deferred(k)!
+            slot = (0..<Int(DAX_DEFERRED_RANGES)).first { table[$0].pgmap == nil } ?? -1
+            var s = first
+            while slot >= 0 && s <= last {
+                if dax_section_state(k, s) == sectionPresent { slot = -1 }
+                s += 1
+            }
+        }
+        try populateLocked(firstSection: first, lastSection: last,
+                           state: slot >= 0 ? sectionPresentDeferred : sectionPresent)
+        if slot >= 0 {
+            dax_kernel_deferred(k)[slot] = dax_deferred_range(start_pfn: startPfn, end_pfn: endPfn, pgmap: pgmap,
+                                                              vmemmap_shift: Int32(vmemmapShift),
+                                                              idle_refcount: idleRefcount)
+        }
+        return slot
+    }
+
+    /// Frees the deferred-table slots of `pgmap` (its struct pages will never
+    /// be initialised now) and returns the states of `sections` as they are
+    /// at that instant, in one critical section: a section still deferred
+    /// then never had the pgmap's part initialised.
+    func dropDeferredRanges(of pgmap: UnsafeMutablePointer<dax_pgmap>, statesOf sections: [UInt64]) -> [UInt8] {
+        let k = ref
+        dax_spin_lock(dax_kernel_section_lock(k))
+        defer { dax_spin_unlock(dax_kernel_section_lock(k)) }
+        let table = dax_kernel_deferred(k)!
+        for i in 0..<Int(DAX_DEFERRED_RANGES) where table[i].pgmap == pgmap { table[i] = dax_deferred_range() }
+        return sections.map { dax_section_state(k, $0) }
+    }
+
+    /// sparse_remove_section: drops the records (and their memory) of the
+    /// sections firstSection...lastSection, one madvise(MADV_DONTNEED) and
+    /// mprotect per contiguous run of present ones. Section 0 (the zero
+    /// page) stays.
+    func depopulateSections(firstSection: UInt64, lastSection: UInt64) {
+        let k = ref
+        dax_spin_lock(dax_kernel_section_lock(k))
+        defer { dax_spin_unlock(dax_kernel_section_lock(k)) }
+        var s = max(firstSection, 1)
+        var present: Int64 = 0, deferred: Int64 = 0
+        while s <= lastSection {
+            guard dax_section_state(k, s) != sectionAbsent else { s += 1; continue }
+            let runStart = s
+            while s <= lastSection, dax_section_state(k, s) != sectionAbsent {
+                if dax_section_state(k, s) == sectionPresent { present += 1 } else { deferred += 1 }
+                dax_section_set_state(k, s, sectionAbsent)
+                s += 1
+            }
+            let (addr, len) = sectionRun(runStart, s)
             madvise(addr, len, MADV_DONTNEED)
             mprotect(addr, len, PROT_NONE)
-            ref.pointee.section_present[s] = 0
         }
+        dax_atomic64_add(dax_kernel_nr_sections_present(k), -present)
+        dax_atomic64_add(dax_kernel_nr_sections_deferred(k), -deferred)
+    }
+
+    private var sectionPfnShift: UInt64 { UInt64(sectionShift - pageShift) }
+
+    private func checkPfnRange(_ startPfn: UInt64, _ endPfn: UInt64) throws(MMError) {
+        guard endPfn <= maxPfn, startPfn < endPfn else {
+            throw .errno(EINVAL, "pfn range [\(hex(startPfn)), \(hex(endPfn))) outside the vmemmap (max pfn \(hex(maxPfn)))")
+        }
+    }
+
+    /// The vmemmap bytes of sections [first, end).
+    private func sectionRun(_ first: UInt64, _ end: UInt64) -> (UnsafeMutableRawPointer, Int) {
+        (UnsafeMutableRawPointer(ref.pointee.vmemmap + Int(first) * pagesPerSection),
+         Int(end - first) * pagesPerSection * MemoryLayout<dax_page>.stride)
+    }
+
+    /// Makes each run of absent sections in first...last accessible and
+    /// gives it `state`. Caller holds section_lock. On a failed mprotect the
+    /// runs this call populated are taken back.
+    private func populateLocked(firstSection first: UInt64, lastSection last: UInt64, state: UInt8) throws(MMError) {
+        let k = ref
+        var s = first
+        var runs: [(UInt64, UInt64)] = []
+        while s <= last {
+            guard dax_section_state(k, s) == sectionAbsent else { s += 1; continue }
+            let runStart = s
+            while s <= last, dax_section_state(k, s) == sectionAbsent { s += 1 }
+            let (addr, len) = sectionRun(runStart, s)
+            if mprotect(addr, len, PROT_READ | PROT_WRITE) != 0 {
+                let e = errno
+                for (a, b) in runs {
+                    for t in a..<b { dax_section_set_state(k, t, sectionAbsent) }
+                    let (ra, rl) = sectionRun(a, b)
+                    mprotect(ra, rl, PROT_NONE)
+                }
+                throw .errno(ENOMEM, "cannot populate vmemmap sections \(runStart)..<\(s): \(errnoName(e))")
+            }
+            for t in runStart..<s { dax_section_set_state(k, t, state) }
+            runs.append((runStart, s))
+        }
+        let n = runs.reduce(Int64(0)) { $0 + Int64($1.1 - $1.0) }
+        dax_atomic64_add(state == sectionPresent ? dax_kernel_nr_sections_present(k) : dax_kernel_nr_sections_deferred(k), n)
     }
 
     // MARK: reports
@@ -201,18 +343,89 @@ public final class Kernel: @unchecked Sendable {
     }
 }
 
-/// pfn_valid on a raw kernel reference (safe to call from the hot path).
+/// pfn_valid on a raw kernel reference (safe to call from the hot path):
+/// the section has struct pages, initialised or deferred.
 @inline(__always)
 public func pfnValid(_ k: KernelRef, _ pfn: UInt64) -> Bool {
     guard pfn < k.pointee.max_pfn else { return false }
-    return k.pointee.section_present[Int(pfn) / pagesPerSection] != 0
+    return dax_section_state(k, pfn >> UInt64(sectionShift - pageShift)) != sectionAbsent
 }
 
 /// pfn_to_page. Precondition: pfnValid(k, pfn) (asserted in debug builds).
+///
+/// Cost over the plain vmemmap offset: one byte load (the section state,
+/// next to `vmemmap` in the kernel record) and a predicted-not-taken branch.
+/// Only the first lookup in a deferred section takes the branch and
+/// initialises the section's struct pages (`deferredInitSection`).
 @inline(__always)
 public func pfnToPage(_ k: KernelRef, _ pfn: UInt64) -> Page {
     assert(pfnValid(k, pfn), "pfn_to_page: the pfn's section has no struct pages")
+    let section = pfn >> UInt64(sectionShift - pageShift)
+    if _slowPath(dax_section_state(k, section) == sectionPresentDeferred) { deferredInitSection(k, section) }
     return Page(k.pointee.vmemmap + Int(pfn))
+}
+
+/// deferred_grow_zone, for the ZONE_DEVICE struct pages memremap_pages left
+/// uninitialised: initialises every deferred range's part of section
+/// `section`, widened to whole folios (a folio's head and tails are set up
+/// together, so an order-18 folio takes its 8 or 9 sections at once), then
+/// publishes the sections initialised (release store of their state; the
+/// hot path's load is an acquire). A second thread on the same section
+/// waits on section_lock and finds it initialised.
+///
+/// Runs on the fault and pin paths, possibly in a SIGSEGV handler: it
+/// allocates nothing, touches no Swift object and reads only the kernel
+/// record's deferred table (C records). section_lock is a spinlock whose
+/// holders never touch device memory, so a window fault cannot interrupt a
+/// holder on its own thread.
+@usableFromInline @inline(never)
+func deferredInitSection(_ k: KernelRef, _ section: UInt64) {
+    let lock = dax_kernel_section_lock(k)
+    dax_spin_lock(lock)
+    defer { dax_spin_unlock(lock) }
+    guard dax_section_state(k, section) == sectionPresentDeferred else { return }
+    let pps = UInt64(pagesPerSection)
+    let table = dax_kernel_deferred(k)!
+    let slots = Int(DAX_DEFERRED_RANGES)
+    // The whole folios of the deferred ranges that meet [lo, hi).
+    @inline(__always) func folios(_ d: UnsafeMutablePointer<dax_deferred_range>, _ lo: UInt64, _ hi: UInt64)
+        -> (UInt64, UInt64)? {
+        let start = d.pointee.start_pfn, end = d.pointee.end_pfn
+        guard d.pointee.pgmap != nil, start < hi, lo < end else { return nil }
+        let nr = UInt64(1) << UInt64(d.pointee.vmemmap_shift)
+        let a = max(start, lo), b = min(end, hi)
+        return (start + (a - start) / nr * nr, start + (b - start + nr - 1) / nr * nr)
+    }
+    // Widen [lo, hi) (whole sections) until no deferred folio crosses an end.
+    var lo = section * pps, hi = lo + pps
+    var widened = true
+    while widened {
+        widened = false
+        for i in 0..<slots {
+            guard let f = folios(table + i, lo, hi) else { continue }
+            let (a, b) = f
+            if a < lo { lo = a / pps * pps; widened = true }
+            if b > hi { hi = (b + pps - 1) / pps * pps; widened = true }
+        }
+    }
+    for i in 0..<slots {
+        guard let f = folios(table + i, lo, hi) else { continue }
+        let (a, b) = f
+        let d = table[i]
+        memmapInitZoneDevice(k, d.pgmap, startPfn: a, endPfn: b, vmemmapShift: Int(d.vmemmap_shift),
+                             idleRefcount: d.idle_refcount)
+    }
+    var n: Int64 = 0
+    var s = lo / pps
+    while s < hi / pps {
+        if dax_section_state(k, s) == sectionPresentDeferred {
+            dax_section_set_state(k, s, sectionPresent)
+            n += 1
+        }
+        s += 1
+    }
+    dax_atomic64_add(dax_kernel_nr_sections_deferred(k), -n)
+    dax_atomic64_add(dax_kernel_nr_sections_present(k), n)
 }
 
 /// page_to_pfn. Precondition: `page` is a record of this kernel's vmemmap in

@@ -54,6 +54,10 @@ public final class DevPagemap: @unchecked Sendable {
 
     enum State { case new, mapping, live, dying, unmapping, gone }
     private let state = Locked(State.new)
+    /// Per range: whether memremap_pages deferred its struct pages (a slot
+    /// of the kernel's deferred table describes it). Written while mapping,
+    /// read after (ordered by `state`'s lock).
+    private var rangeDeferred: [Bool] = []
     private static let ids = Atomic<UInt64>(1)
 
     public init(kernel: Kernel, type: MemoryType, ranges: [PhysicalRange], vmemmapShift: Int = 0,
@@ -109,14 +113,46 @@ public final class DevPagemap: @unchecked Sendable {
         return pfnToPage(kernel.ref, pfn)
     }
 
+    /// Whether `pfn` (in range `i`) still waits for its struct pages: the
+    /// range was deferred and its section has not been initialised. Such a
+    /// page is idle by definition (nothing has looked it up).
+    package func isDeferred(range i: Int, pfn: UInt64) -> Bool {
+        rangeDeferred.count > i && rangeDeferred[i] && kernel.sectionState(pfn: pfn) == .deferred
+    }
+
+    /// The first folio head at or after `pfn` (a folio head of range `i`)
+    /// whose struct pages are initialised, or the range's end: a walk over
+    /// the map's folios skips deferred sections with this (every folio that
+    /// meets a deferred section is uninitialised, whole).
+    package func nextInitialisedFolio(range i: Int, from pfn: UInt64) -> UInt64 {
+        let r = ranges[i]
+        let nr = UInt64(pagesPerFolio), pps = UInt64(pagesPerSection)
+        var p = pfn
+        while p < r.endPfn && isDeferred(range: i, pfn: p) {
+            let sectionEnd = (p / pps + 1) * pps
+            p = r.startPfn + (sectionEnd - r.startPfn + nr - 1) / nr * nr
+        }
+        return min(p, r.endPfn)
+    }
+
     // MARK: memremap_pages
 
     /// memremap_pages(pgmap, nid): validates, registers every range, populates
-    /// and initialises their struct pages, and takes the creation references.
-    /// Returns the first page of range 0 (the kernel returns its linear-map
-    /// address). On a failure in range i, ranges 0..<i are undone.
+    /// their struct pages (initialised now, or deferred to their first
+    /// lookup when the kernel defers them), and takes the creation
+    /// references. Returns the first page of range 0 (the kernel returns its
+    /// linear-map address), whose section this initialises. On a failure in
+    /// range i, ranges 0..<i are undone.
     @discardableResult
     public func memremapPages(nid: Int = 0) throws(MMError) -> Page {
+        try bindPages(nid: nid)
+        return firstPage()
+    }
+
+    /// memremap_pages as dev_dax_probe calls it: only the error is looked at,
+    /// so no struct page is touched (with deferred init, binding a range of
+    /// any size initialises none).
+    public func bindPages(nid: Int = 0) throws(MMError) {
         let current = state.withLock { s -> State in let c = s; if c == .new { s = .mapping }; return c }
         guard current == .new else { throw .errno(EINVAL, "pgmap \(ref.pointee.id) already mapped (\(current))") }
         var ok = false
@@ -141,6 +177,7 @@ public final class DevPagemap: @unchecked Sendable {
         dax_atomic64_set(dax_pgmap_ref(ref), 1)
         ref.pointee.dead = 0
         ref.pointee.done = 0
+        rangeDeferred = []
 
         for (i, r) in ranges.enumerated() {
             do {
@@ -153,7 +190,6 @@ public final class DevPagemap: @unchecked Sendable {
         }
         ok = true
         state.withLock { $0 = .live }
-        return firstPage()
     }
 
     /// pagemap_range: one range.
@@ -195,45 +231,16 @@ public final class DevPagemap: @unchecked Sendable {
         guard kernel.registry.insert(entry) else {
             throw .errno(EEXIST, "sparse_add_section: sub-sections of \(r) are already present")
         }
-        try kernel.populateSections(startPfn: r.startPfn, endPfn: r.endPfn)
-        memmapInitZoneDevice(k, r)
+        let slot = try kernel.addPgmapSections(startPfn: r.startPfn, endPfn: r.endPfn, pgmap: ref,
+                                               vmemmapShift: vmemmapShift, idleRefcount: type.idleRefcount)
+        rangeDeferred.append(slot >= 0)
+        if slot < 0 {
+            memmapInitZoneDevice(k, ref, startPfn: r.startPfn, endPfn: r.endPfn, vmemmapShift: vmemmapShift,
+                                 idleRefcount: type.idleRefcount)
+        }
         if type.refsPerFolioAtCreation {
             dax_pgmap_get_many(ref, Int64((r.size >> UInt64(pageShift)) >> UInt64(vmemmapShift)))
         }
-    }
-
-    /// memmap_init_zone_device: per page __init_zone_device_page, and the
-    /// compound layout when vmemmap_shift > 0.
-    private func memmapInitZoneDevice(_ k: KernelRef, _ r: PhysicalRange) {
-        let nr = 1 << vmemmapShift
-        var pfn = r.startPfn
-        while pfn < r.endPfn {
-            let head = pfnToPage(k, pfn)
-            initZoneDevicePage(head)
-            if nr > 1 {
-                head.set(DAX_PG_head)
-                for i in 1..<nr {
-                    let tail = head.advanced(by: i)
-                    initZoneDevicePage(tail)
-                    prepCompoundTail(head, tail)
-                    dax_atomic_set(dax_page_refcount(tail.raw), 0)
-                    if i == 1 { prepCompoundHead(head, order: vmemmapShift) }
-                }
-            }
-            pfn += UInt64(nr)
-        }
-    }
-
-    /// __init_zone_device_page
-    private func initZoneDevicePage(_ page: Page) {
-        let p = page.raw
-        p.initialize(to: dax_page())
-        p.pointee.refcount = 1           // init_page_count
-        p.pointee.mapcount = -1          // page_mapcount_reset
-        p.pointee.flags = (1 << UInt64(DAX_PG_reserved.rawValue)) | (1 << UInt64(DAX_PG_zone_device.rawValue))
-        p.pointee.pgmap = UInt64(UInt(bitPattern: ref))
-        // Zero-based types start free at 0; GENERIC stays at 1.
-        p.pointee.refcount = type.idleRefcount
     }
 
     // MARK: memunmap_pages
@@ -276,12 +283,12 @@ public final class DevPagemap: @unchecked Sendable {
         if lookups > 0 { s += "; \(lookups) get_dev_pagemap lookup(s) not put" }
         if !type.refsPerFolioAtCreation {
             var busy: [String] = []
-            for r in ranges {
-                var pfn = r.startPfn
+            for (i, r) in ranges.enumerated() {
+                var pfn = nextInitialisedFolio(range: i, from: r.startPfn)
                 while pfn < r.endPfn, busy.count < 8 {
                     let f = pfnToPage(kernel.ref, pfn).folio
                     if f.refCount > 0 { busy.append("pfn \(hex(pfn)) refcount \(f.refCount)") }
-                    pfn += UInt64(pagesPerFolio)
+                    pfn = nextInitialisedFolio(range: i, from: pfn + UInt64(pagesPerFolio))
                 }
             }
             if !busy.isEmpty { s += "; allocated folios: " + busy.joined(separator: ", ") }
@@ -289,28 +296,81 @@ public final class DevPagemap: @unchecked Sendable {
         return s
     }
 
+    /// Undoes ranges 0..<n: unregisters the map, drops its deferred ranges,
+    /// clears its initialised records in sections another pgmap still uses,
+    /// and depopulates every other section of the ranges (their memory goes
+    /// back with MADV_DONTNEED, so their records need no clearing). Records
+    /// never initialised are not touched.
     private func teardown(upTo n: Int) {
         kernel.registry.remove(owner: ObjectIdentifier(self))
-        for r in ranges.prefix(n) {
-            // Clear this range's records, then return whole sections no other
-            // pgmap uses.
-            if kernel.pfnValid(r.startPfn) {
-                let first = pfnToPage(kernel.ref, r.startPfn).raw
-                UnsafeMutableRawPointer(first).initializeMemory(as: UInt8.self, repeating: 0,
-                    count: Int(r.endPfn - r.startPfn) * MemoryLayout<dax_page>.stride)
+        let pps = UInt64(pagesPerSection)
+        let done = Array(ranges.prefix(n))
+        // Only a range's first and last section can hold another pgmap's
+        // pages (pgmaps do not overlap).
+        var edges: [UInt64] = []
+        for r in done { edges += [r.startPfn / pps, (r.endPfn - 1) / pps] }
+        let states = kernel.dropDeferredRanges(of: ref, statesOf: edges)
+        for (i, r) in done.enumerated() {
+            let first = r.startPfn / pps, last = (r.endPfn - 1) / pps
+            var keep: [UInt64: UInt8] = [:]
+            for (e, section) in [first, last].enumerated() {
+                let s0 = section * pps
+                guard kernel.registry.othersOverlap(startPfn: s0, endPfn: s0 + pps, except: ObjectIdentifier(self))
+                else { continue }
+                keep[section] = states[2 * i + e]
             }
-            let s0 = r.startPfn / UInt64(pagesPerSection) * UInt64(pagesPerSection)
-            let s1 = (r.endPfn + UInt64(pagesPerSection) - 1) / UInt64(pagesPerSection) * UInt64(pagesPerSection)
-            var sec = s0
-            while sec < s1 {
-                let next = sec + UInt64(pagesPerSection)
-                if !kernel.registry.othersOverlap(startPfn: sec, endPfn: next, except: ObjectIdentifier(self)) {
-                    kernel.depopulateSections(startPfn: sec, endPfn: min(next, kernel.maxPfn))
-                }
-                sec = next
+            for (section, st) in keep where st != sectionAbsent {
+                let deferred = i < rangeDeferred.count && rangeDeferred[i]
+                guard !deferred || st == sectionPresent else { continue }
+                let a = max(r.startPfn, section * pps), b = min(r.endPfn, (section + 1) * pps)
+                UnsafeMutableRawPointer(kernel.ref.pointee.vmemmap + Int(a))
+                    .initializeMemory(as: UInt8.self, repeating: 0, count: Int(b - a) * MemoryLayout<dax_page>.stride)
             }
+            let lo = keep[first] != nil ? first + 1 : first
+            let hi = keep[last] != nil ? last : last + 1
+            if lo < hi { kernel.depopulateSections(firstSection: lo, lastSection: hi - 1) }
         }
     }
+}
+
+/// memmap_init_zone_device over the whole folios [startPfn, endPfn) of one
+/// pgmap range: __init_zone_device_page on every page and, when the order is
+/// above 0, memmap_init_compound per folio. Reaches the records through the
+/// vmemmap directly, never pfn_to_page: the deferred-init slow path calls it
+/// holding section_lock, and it allocates nothing.
+func memmapInitZoneDevice(_ k: KernelRef, _ pgmap: UnsafeMutablePointer<dax_pgmap>, startPfn: UInt64, endPfn: UInt64,
+                          vmemmapShift: Int, idleRefcount: Int32) {
+    let nr = 1 << vmemmapShift
+    var pfn = startPfn
+    while pfn < endPfn {
+        let head = Page(k.pointee.vmemmap + Int(pfn))
+        initZoneDevicePage(head, pgmap, idleRefcount: idleRefcount)
+        if nr > 1 {
+            // memmap_init_compound
+            head.set(DAX_PG_head)
+            for i in 1..<nr {
+                let tail = head.advanced(by: i)
+                initZoneDevicePage(tail, pgmap, idleRefcount: idleRefcount)
+                prepCompoundTail(head, tail)
+                dax_atomic_set(dax_page_refcount(tail.raw), 0)
+                if i == 1 { prepCompoundHead(head, order: vmemmapShift) }
+            }
+        }
+        pfn += UInt64(nr)
+    }
+}
+
+/// __init_zone_device_page
+@inline(__always)
+private func initZoneDevicePage(_ page: Page, _ pgmap: UnsafeMutablePointer<dax_pgmap>, idleRefcount: Int32) {
+    let p = page.raw
+    p.initialize(to: dax_page())
+    p.pointee.refcount = 1           // init_page_count
+    p.pointee.mapcount = -1          // page_mapcount_reset
+    p.pointee.flags = (1 << UInt64(DAX_PG_reserved.rawValue)) | (1 << UInt64(DAX_PG_zone_device.rawValue))
+    p.pointee.pgmap = UInt64(UInt(bitPattern: pgmap))
+    // Zero-based types start free at 0; GENERIC stays at 1.
+    p.pointee.refcount = idleRefcount
 }
 
 @inline(__always)

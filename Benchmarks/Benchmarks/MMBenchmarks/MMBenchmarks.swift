@@ -1,7 +1,9 @@
 // The port's hot paths: faults through handle_mm_fault at PTE, PMD and PUD
 // level, and pin_user_pages_fast. Each sample runs 1000 operations
 // (scalingFactor .kilo), so figures are per operation; the malloc counter
-// covers only the measured part and must read 0.
+// covers only the measured part and must read 0. The memremap_pages +
+// memunmap_pages benchmarks run one bind and unbind per iteration (not a hot
+// path: they allocate).
 
 import Benchmark
 import CDaxMM
@@ -53,6 +55,16 @@ func pinOnePagePerCall(_ benchmark: Benchmark, order: Int, flags: GupFlags) {
             benchmark.stopMeasurement()
         }
         rig.kernel.withUnsafeRecord { unpinUserPages($0, pages, 1000) }
+    }
+}
+
+/// One memremap_pages + memunmap_pages of `bytes` at 256 GiB per iteration.
+func bindUnbind(_ benchmark: Benchmark, kernel: Kernel, bytes: UInt64) {
+    let range = PhysicalRange(start: 0x40_0000_0000, size: bytes)
+    for _ in benchmark.scaledIterations {
+        let pgmap = DevPagemap(kernel: kernel, type: .generic, ranges: [range], vmemmapShift: 9)
+        try! pgmap.bindPages()
+        try! pgmap.memunmapPages()
     }
 }
 
@@ -122,6 +134,43 @@ let benchmarks: @Sendable () -> Void = {
     // slow path (gup_fast_folio_allowed), as device-dax does in the kernel.
     Benchmark("pin_user_pages_fast 1 page per call, FOLL_WRITE|FOLL_LONGTERM (4K device, slow path)") { benchmark in
         pinOnePagePerCall(benchmark, order: 0, flags: [.write, .longterm])
+    }
+
+    // memremap_pages + memunmap_pages of a GENERIC pgmap (what binding and
+    // unbinding a device-dax instance costs the mm), vmemmap_shift 9, with
+    // struct pages deferred to their first pfn_to_page: binding 1 TiB must
+    // cost at most twice binding 1 GiB. One bind + unbind per iteration.
+    let bindConfig = Benchmark.Configuration(metrics: [.wallClock, .throughput, .mallocCountTotal],
+                                             scalingFactor: .one, maxDuration: .seconds(3), maxIterations: 200)
+    for (name, bytes) in [("1 GiB", UInt64(1) << 30), ("64 GiB", UInt64(64) << 30), ("1 TiB", UInt64(1) << 40)] {
+        Benchmark("memremap_pages + memunmap_pages, \(name), deferred struct pages", configuration: bindConfig) { benchmark in
+            bindUnbind(benchmark, kernel: try! Kernel(), bytes: bytes)
+        }
+    }
+    Benchmark("memremap_pages + memunmap_pages, 1 GiB, eager struct pages (reference)", configuration: bindConfig) { benchmark in
+        bindUnbind(benchmark, kernel: try! Kernel(deferStructPageInit: false), bytes: 1 << 30)
+    }
+
+    // What deferral adds to pfn_to_page on an initialised section (one byte
+    // load and a branch), against the bare vmemmap offset it was before.
+    Benchmark("memremap: pfn_to_page, initialised section") { benchmark in
+        let rig = Rig(order: 0, folios: 1024)
+        let first = rig.pgmap.ranges[0].startPfn
+        rig.kernel.withUnsafeRecord { k in
+            _ = pfnToPage(k, first)
+            benchmark.startMeasurement()
+            for i in benchmark.scaledIterations { blackHole(pfnToPage(k, first + UInt64(i))) }
+            benchmark.stopMeasurement()
+        }
+    }
+    Benchmark("memremap: vmemmap offset alone (pfn_to_page without the section check)") { benchmark in
+        let rig = Rig(order: 0, folios: 1024)
+        let first = rig.pgmap.ranges[0].startPfn
+        rig.kernel.withUnsafeRecord { k in
+            benchmark.startMeasurement()
+            for i in benchmark.scaledIterations { blackHole(Page(k.pointee.vmemmap + Int(first) + i)) }
+            benchmark.stopMeasurement()
+        }
     }
 
     Benchmark("unpin_user_page (4K device)") { benchmark in

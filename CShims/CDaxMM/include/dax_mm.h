@@ -78,6 +78,47 @@ DAX_MM_INLINE void dax_spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMI
 
 DAX_MM_INLINE bool dax_spin_is_locked(const uint32_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
 
+/* An SRCU-like read side (dax_srcu): two reader counters; a reader counts
+ * itself on the side `idx` names when it enters, and the updater flips idx
+ * and waits for the old side to drain, so it waits only for readers that
+ * started before the flip. Entering and leaving are one fully ordered
+ * atomic add each (smp_mb() B and C of srcu_read_lock/unlock); nothing
+ * allocates, so a fault handler in a signal handler may use it. The updater
+ * must publish its change with a seq_cst store before the flip, and the
+ * reader read it with a seq_cst load inside the section. */
+struct dax_srcu {
+	uint32_t idx;
+	uint32_t _pad;
+	int64_t readers[2];
+};
+
+DAX_MM_INLINE uint32_t dax_srcu_read_lock(struct dax_srcu *s)
+{
+	uint32_t i = __atomic_load_n(&s->idx, __ATOMIC_RELAXED) & 1;
+	(void)__atomic_fetch_add(&s->readers[i], 1, __ATOMIC_SEQ_CST);
+	return i;
+}
+
+DAX_MM_INLINE void dax_srcu_read_unlock(struct dax_srcu *s, uint32_t i)
+{
+	(void)__atomic_fetch_sub(&s->readers[i], 1, __ATOMIC_SEQ_CST);
+}
+
+/* The updater's flip: new readers count on the other side; returns the side
+ * the earlier readers are on. */
+DAX_MM_INLINE uint32_t dax_srcu_flip(struct dax_srcu *s)
+{
+	return __atomic_fetch_add(&s->idx, 1, __ATOMIC_SEQ_CST) & 1;
+}
+
+DAX_MM_INLINE int64_t dax_srcu_readers(struct dax_srcu *s, uint32_t i)
+{
+	return __atomic_load_n(&s->readers[i], __ATOMIC_SEQ_CST);
+}
+
+DAX_MM_INLINE uint32_t dax_load_u32_seq_cst(const uint32_t *w) { return __atomic_load_n(w, __ATOMIC_SEQ_CST); }
+DAX_MM_INLINE void dax_store_u32_seq_cst(uint32_t *w, uint32_t v) { __atomic_store_n(w, v, __ATOMIC_SEQ_CST); }
+
 /* A reader/writer semaphore (mmap_lock): count > 0 readers, -1 a writer. */
 struct dax_rwsem {
 	int32_t count;
@@ -106,6 +147,30 @@ static inline uint32_t dax_rwsem_write_owner(struct dax_rwsem *s) { return __ato
 /* sparse-vmemmap sections: 128 MiB (SECTION_SIZE_BITS 27 on x86-64). */
 #define DAX_SECTION_SHIFT 27
 #define DAX_PAGES_PER_SECTION (1ull << (DAX_SECTION_SHIFT - 12))
+
+/* The state byte of a section (section_present[nr]). PRESENT_DEFERRED: the
+ * vmemmap is accessible but the struct pages of the deferred ranges in it
+ * (struct dax_deferred_range) are not initialised yet; the first
+ * pfn_to_page of a pfn in the section initialises them (deferred_grow_zone,
+ * on demand). */
+enum dax_section_state {
+	DAX_SECTION_ABSENT = 0,
+	DAX_SECTION_PRESENT = 1,          /* present, struct pages initialised */
+	DAX_SECTION_PRESENT_DEFERRED = 2, /* present, initialisation deferred */
+};
+
+/* A pgmap range whose struct pages memremap_pages left uninitialised: what
+ * the pfn_to_page slow path needs to run memmap_init_zone_device on a part
+ * of it, as plain data (it may run from a signal handler). A slot is free
+ * while pgmap is NULL. Written and read under section_lock. */
+struct dax_deferred_range {
+	uint64_t start_pfn;
+	uint64_t end_pfn;              /* exclusive */
+	struct dax_pgmap *pgmap;       /* page->pgmap of every page */
+	int32_t vmemmap_shift;         /* folio order */
+	int32_t idle_refcount;         /* 1 for GENERIC, 0 otherwise */
+};
+#define DAX_DEFERRED_RANGES 64
 
 /* Node counters the port keeps (enum node_stat_item subset). */
 enum dax_node_stat {
@@ -150,10 +215,18 @@ enum dax_kernel_mode {
 struct dax_kernel {
 	struct dax_page *vmemmap;      /* record of pfn 0 (reserved, mostly unmapped) */
 	uint64_t max_pfn;              /* pfns [0, max_pfn) have a record slot */
-	uint8_t *section_present;      /* one byte per section: 1 = populated */
+	uint8_t *section_present;      /* one byte per section: enum dax_section_state */
 	uint64_t nr_sections;
+	/* Guards section population, the deferred table and every section's
+	 * ABSENT/PRESENT/PRESENT_DEFERRED transitions. Taken by the pfn_to_page
+	 * slow path, possibly inside a SIGSEGV handler; no holder ever touches
+	 * device memory, so a window fault can never interrupt a holder on its
+	 * own thread. */
 	uint32_t section_lock;
 	uint32_t mode;                 /* dax_kernel_mode bits */
+	int64_t nr_sections_present;   /* sections in PRESENT state */
+	int64_t nr_sections_deferred;  /* sections in PRESENT_DEFERRED state */
+	struct dax_deferred_range deferred[DAX_DEFERRED_RANGES];
 	int64_t stats[DAX_NR_STATS];
 	/* wake_up_var hash table (bit_wait_table): futex words, and how many
 	 * sleep on each (a wake makes a system call only when some do). */
@@ -429,6 +502,19 @@ DAX_MM_INLINE int32_t *dax_page_entire_mapcount(struct dax_page *p) { return &p-
 DAX_MM_INLINE int32_t *dax_page_pincount(struct dax_page *p) { return &p->pincount; }
 DAX_MM_INLINE int32_t *dax_page_nr_pages_mapped(struct dax_page *p) { return &p->nr_pages_mapped; }
 DAX_MM_INLINE uint32_t *dax_kernel_section_lock(struct dax_kernel *p) { return &p->section_lock; }
+DAX_MM_INLINE struct dax_deferred_range *dax_kernel_deferred(struct dax_kernel *p) { return &p->deferred[0]; }
+DAX_MM_INLINE int64_t *dax_kernel_nr_sections_present(struct dax_kernel *p) { return &p->nr_sections_present; }
+DAX_MM_INLINE int64_t *dax_kernel_nr_sections_deferred(struct dax_kernel *p) { return &p->nr_sections_deferred; }
+/* A section's state: an acquire load (a plain byte load on x86-64), paired
+ * with the release store that publishes an initialised section. */
+DAX_MM_INLINE uint8_t dax_section_state(const struct dax_kernel *p, uint64_t nr)
+{
+	return __atomic_load_n(&p->section_present[nr], __ATOMIC_ACQUIRE);
+}
+DAX_MM_INLINE void dax_section_set_state(struct dax_kernel *p, uint64_t nr, uint8_t state)
+{
+	__atomic_store_n(&p->section_present[nr], state, __ATOMIC_RELEASE);
+}
 DAX_MM_INLINE int64_t *dax_kernel_pt_in_use(struct dax_kernel *p) { return &p->pt_in_use; }
 DAX_MM_INLINE uint64_t *dax_kernel_pt_free(struct dax_kernel *p) { return &p->pt_free; }
 DAX_MM_INLINE int64_t *dax_kernel_stats(struct dax_kernel *p) { return &p->stats[0]; }
