@@ -186,7 +186,7 @@ public final class Binding: @unchecked Sendable {
     }
 
     /// The widest physical address space the port's vmemmap covers.
-    public static var maxPhysBits: Int { 46 }
+    public static var maxPhysBits: Int { 52 }
 
     // MARK: windows
 

@@ -176,11 +176,11 @@ struct VMAOpsTests {
         rig.check()
     }
 
-    @Test("MAP_FIXED outside the user address range is -ENOMEM")
+    @Test("MAP_FIXED past TASK_SIZE or below mmap_min_addr is -ENOMEM")
     func mapFixedOutsideRange() throws {
         let rig = try FaultRig(order: 0, bytes: 2 << 20)
-        var req = MMapRequest(length: 4096)
-        req.fixedAddress = MM.mmapBase
+        var req = MMapRequest(length: 8192)
+        req.fixedAddress = MM.taskSize - 4096
         #expect(VMAKit.errno { try rig.mm.mmap(req) } == ENOMEM)
         req.fixedAddress = MM.mmapFloor - 4096
         #expect(VMAKit.errno { try rig.mm.mmap(req) } == ENOMEM)
