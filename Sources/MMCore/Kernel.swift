@@ -95,7 +95,8 @@ public final class Kernel: @unchecked Sendable {
     /// - Parameters:
     ///   - physBits: physical address space covered (30 to 52); the vmemmap
     ///     reserves 2^(physBits-12) x 64 bytes of address space (64 TiB at
-    ///     52 bits), and the section states one byte per 128 MiB, both
+    ///     52 bits: half the user address space, so one such kernel per
+    ///     process), and the section states one byte per 128 MiB, both
     ///     resident only where used.
     ///   - pageTablePages: size of the preallocated page-table page pool
     ///     (address space only until used).

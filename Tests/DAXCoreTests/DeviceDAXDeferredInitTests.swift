@@ -141,7 +141,9 @@ struct DeviceDAXDeferredInitTests {
 
     /// A 1 TiB device ending at 2^52 (the emulated device's highest base;
     /// MAX_PHYSMEM_BITS with 5-level paging), 1 GiB aligned: bound and
-    /// faulted at its last PUD.
+    /// faulted at its last PUD. The only 52-bit kernel of the test run: its
+    /// vmemmap reserves 64 TiB of the 128 TiB user address space, so two
+    /// could not exist at once.
     @Test("a 1 TiB device at the top of a 52-bit physical space binds, faults its last PUD and goes")
     func topOf52Bits() throws {
         let rss0 = try #require(residentBytes())

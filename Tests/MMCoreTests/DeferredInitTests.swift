@@ -233,18 +233,4 @@ struct DeferredInitTests {
         #expect(k.initialisedSections == s0)
         #expect(k.residentVmemmapPages(startPfn: pfnOf(base), endPfn: pfnOf(base + GiB)) == 0)
     }
-
-    /// Kernel(physBits:) up to 52 (MAX_PHYSMEM_BITS with 5-level paging): the
-    /// section states and the vmemmap are address space until used.
-    @Test("a 52-bit kernel costs under 32 MiB resident; pfn_valid ends at max_pfn")
-    func fiftyTwoBits() throws {
-        let rss0 = try #require(residentBytes())
-        let k = try Kernel(physBits: maxPhysBits)
-        let rss1 = try #require(residentBytes())
-        #expect(rss1 - rss0 < 32 << 20)
-        #expect(k.maxPfn == UInt64(1) << 40)
-        #expect(!k.pfnValid(k.maxPfn) && !k.pfnValid(k.maxPfn - 1))
-        #expect(k.sectionState(pfn: k.maxPfn) == .absent)
-        #expect(k.initialisedSections == 1, "section 0 (the zero page) only")
-    }
 }
