@@ -354,10 +354,12 @@ public func pfnValid(_ k: KernelRef, _ pfn: UInt64) -> Bool {
 
 /// pfn_to_page. Precondition: pfnValid(k, pfn) (asserted in debug builds).
 ///
-/// Cost over the plain vmemmap offset: one byte load (the section state,
-/// next to `vmemmap` in the kernel record) and a predicted-not-taken branch.
-/// Only the first lookup in a deferred section takes the branch and
-/// initialises the section's struct pages (`deferredInitSection`).
+/// Cost over the plain vmemmap offset: the section state's byte load (an
+/// acquire, a plain `mov` on x86-64; its array's base sits next to
+/// `vmemmap` in the kernel record's first cache line) and a
+/// predicted-not-taken branch, about 1 ns (BENCHMARKS.md). Only the first
+/// lookup in a deferred section takes the branch and initialises the
+/// section's struct pages (`deferredInitSection`).
 @inline(__always)
 public func pfnToPage(_ k: KernelRef, _ pfn: UInt64) -> Page {
     assert(pfnValid(k, pfn), "pfn_to_page: the pfn's section has no struct pages")

@@ -67,6 +67,11 @@ private struct Worker {
     func join() { group.wait() }
 }
 
+/// Whether the thread sanitizer's runtime is in the process: it shadows
+/// only part of the address space, and a 64 TiB vmemmap reservation (a
+/// 52-bit kernel) lands outside it.
+private let underThreadSanitizer = dlsym(nil, "__tsan_init") != nil
+
 /// A counter two test threads share.
 private final class Counter: Sendable {
     let value = Atomic<Int>(0)
@@ -144,7 +149,8 @@ struct DeviceDAXDeferredInitTests {
     /// faulted at its last PUD. The only 52-bit kernel of the test run: its
     /// vmemmap reserves 64 TiB of the 128 TiB user address space, so two
     /// could not exist at once.
-    @Test("a 1 TiB device at the top of a 52-bit physical space binds, faults its last PUD and goes")
+    @Test("a 1 TiB device at the top of a 52-bit physical space binds, faults its last PUD and goes",
+          .disabled(if: underThreadSanitizer, "the thread sanitizer cannot shadow a 64 TiB vmemmap"))
     func topOf52Bits() throws {
         let rss0 = try #require(residentBytes())
         let k = try Kernel(physBits: maxPhysBits)
@@ -174,11 +180,13 @@ struct DeviceDAXDeferredInitTests {
         #expect(k.residentVmemmapPages(startPfn: range.startPfn, endPfn: range.endPfn) == 0)
     }
 
-    /// Two threads fault the same 64 pages of one deferred section at once
-    /// (two MMs): one initialises the section, the other waits for it; no
-    /// page is initialised twice (a second init would reset the refcount
-    /// and mapcount the first fault took).
-    @Test("two threads faulting the same deferred section: initialised once, every folio mapped twice")
+    /// Two threads (two MMs) fault pages of one deferred section at once,
+    /// 64 each, interleaved: one initialises the section, the other waits
+    /// for it; no page is initialised twice (a second init would reset the
+    /// refcount and mapcount the other thread's faults took). Distinct pages:
+    /// two faults of one page race on dax_set_mapping's plain store, as in
+    /// the kernel, which is not what this checks.
+    @Test("two threads faulting the same deferred section: initialised once, every fault's counters kept")
     func concurrentFirstFault() throws {
         let k = try Kernel()
         let range = PhysicalRange(start: 0x40_0000_0000, size: GiB)
@@ -194,14 +202,14 @@ struct DeviceDAXDeferredInitTests {
                 return Worker {
                     ready.value.add(1, ordering: .sequentiallyConsistent)
                     while ready.value.load(ordering: .sequentiallyConsistent) < 2 {}
-                    for i in 0..<64 { _ = callFault(mm, addr + UInt64(i) * 4096, order: 0, write: true) }
+                    for i in 0..<64 { _ = callFault(mm, addr + UInt64(2 * i + t) * 4096, order: 0, write: true) }
                 }
             }
             threads.forEach { $0.join() }
             #expect(k.initialisedSections == s0 + 1)
-            for i in 0..<64 {
+            for i in 0..<128 {
                 let f = pfnToPage(k.ref, range.startPfn + UInt64(i)).folio
-                #expect(f.refCount == 3 && f.mapcount == 2)
+                #expect(f.refCount == 2 && f.mapcount == 1)
             }
             #expect(mms.allSatisfy { $0.rssFilePages == 64 })
             expectInvariants(k, mms: mms, pgmaps: [dev.pgmap!])
