@@ -96,10 +96,9 @@ public final class Binding: @unchecked Sendable {
     public init(device: any DaxDevice, mode: BindMode, fileSize: UInt64? = nil) throws(RuntimeError) {
         self.device = device
         self.mode = mode
-        guard let first = device.ranges.first, let lastEnd = device.ranges.map({ $0.range.start + $0.range.size }).max() else {
+        guard let lastEnd = device.ranges.map({ $0.range.start + $0.range.size }).max() else {
             throw .invalid("\(device.name): the device has no physical ranges")
         }
-        _ = first
         // The vmemmap must cover the device's highest physical address.
         let bitsNeeded = 64 - (lastEnd - 1).leadingZeroBitCount
         let physBits = max(44, bitsNeeded)

@@ -416,7 +416,6 @@ public final class Exerciser {
     /// Every word written through the window, read through an independent
     /// MAP_SHARED mapping of the device.
     private func verifyData(_ w: Window, _ shared: WorkerShared) {
-        let align = binding.align
         var verified = 0, bad = 0
         var firstBad: String? = nil
         let seed = options.seed
@@ -431,7 +430,6 @@ public final class Exerciser {
             return
         }
         defer { m.unmap() }
-        _ = align
         m.withUnsafeMutableBytes { buf in
             for page in 0..<shared.pages where dax_win_marked(shared.written + page) {
                 let off = wordOffset(seed: seed, page: UInt64(page))
