@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "DAXCore", targets: ["DAXCore"]),
         .library(name: "DAXDevice", targets: ["DAXDevice"]),
         .library(name: "DAXRuntime", targets: ["DAXRuntime"]),
+        .library(name: "DAXChecks", targets: ["DAXChecks"]),
         .executable(name: "daxmm", targets: ["daxmm"]),
     ],
     dependencies: [
@@ -111,12 +112,22 @@ let package = Package(
             dependencies: ["DAXBase", "MMCore", "DAXCore", "DAXDevice", "CDaxMM", "CDaxWindow", "CDaxSys"],
             swiftSettings: hotPathSwiftSettings
         ),
+        // The named checks `daxmm test` runs (suites mm, dax, fsdax, diff, vm):
+        // each a value with its gates and a body, run one per child process by
+        // the runner (timeouts, meson-style lines, TAP, a log), and by the
+        // DAXChecksTests target in process.
+        .target(
+            name: "DAXChecks",
+            dependencies: ["DAXBase", "MMCore", "MMTestSupport", "DAXCore", "DAXDevice", "DAXRuntime",
+                           "CDaxMM", "CDaxWindow", "CDaxSys"]
+        ),
         .executableTarget(
             name: "daxmm",
             dependencies: [
                 "DAXBase",
                 "DAXDevice",
                 "DAXRuntime",
+                "DAXChecks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -132,6 +143,10 @@ let package = Package(
         .testTarget(
             name: "DAXRuntimeTests",
             dependencies: ["DAXBase", "DAXRuntime", "DAXDevice", "DAXCore", "MMCore", "MMTestChecks", "CDaxMM", "CDaxWindow"]
+        ),
+        .testTarget(
+            name: "DAXChecksTests",
+            dependencies: ["DAXBase", "DAXChecks", "DAXDevice"]
         ),
         .testTarget(
             name: "MMCoreTests",

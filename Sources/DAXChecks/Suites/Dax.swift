@@ -1,0 +1,3 @@
+enum DaxSuite {
+    static let tests: [CheckTest] = []
+}

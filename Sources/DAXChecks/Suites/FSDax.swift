@@ -1,0 +1,3 @@
+enum FSDaxSuite {
+    static let tests: [CheckTest] = []
+}

@@ -1,0 +1,3 @@
+enum MMSuite {
+    static let tests: [CheckTest] = []
+}
