@@ -84,6 +84,16 @@ public func prepareThreadForWindows() throws(RuntimeError) {
     if rc != 0 { throw .host(call: "sigaltstack", errno: -rc, detail: "the window fault stack") }
 }
 
+/// Installs the SIGSEGV/SIGBUS handlers (once per process; a Binding does
+/// it too) so that `guardedAccess` and `guardedFill` catch the signals of
+/// any mapping, a plain kernel mapping of a device included, and gives the
+/// calling thread its signal stack.
+public func installFaultGuards() throws(RuntimeError) {
+    let rc = dax_window_install(windowPortFault)
+    if rc != 0 { throw .host(call: "sigaction", errno: -rc, detail: "installing the fault handler") }
+    try prepareThreadForWindows()
+}
+
 /// The outcome of one guarded access.
 public struct AccessResult: Sendable, Equatable, CustomStringConvertible {
     /// 0, SIGSEGV or SIGBUS.
