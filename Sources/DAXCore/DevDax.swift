@@ -164,17 +164,25 @@ public final class DevDax: @unchecked Sendable {
         killWaitSide = nil
     }
 
-    /// dax_mmap: check_vma, then vm_ops and VM_HUGEPAGE; addresses aligned to
-    /// the device alignment (dax_get_unmapped_area).
+    /// dax_mmap: check_vma, then vm_ops and VM_HUGEPAGE; the address from
+    /// dax_get_unmapped_area: when at least one aligned piece of the file
+    /// range fits, it has the file offset's colour modulo the alignment (so
+    /// a pgoff off the alignment gives a misaligned vm_start, which
+    /// check_vma refuses); otherwise it is only page aligned.
     public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
                             fixedAddress: UInt64? = nil) -> MMapRequest {
-        driver.mmapRequest(owner: self, length: length, pgoff: pgoff, prot: prot, shared: shared, alignment: align,
-                           fixedAddress: fixedAddress, mmapHook: { vma in
+        let off = pgoff << 12, offEnd = off &+ length
+        let offAlign = (off + align - 1) & ~(align - 1)
+        let coloured = offEnd > offAlign && offEnd - offAlign >= align
+        var req = driver.mmapRequest(owner: self, length: length, pgoff: pgoff, prot: prot, shared: shared,
+                                     alignment: coloured ? align : 4096, fixedAddress: fixedAddress, mmapHook: { vma in
             let rc = checkVma(vma)
             if rc != 0 { return rc }
             vma.pointee.vm_flags |= DAX_VM_HUGEPAGE
             return 0
         })
+        if coloured { req.alignmentOffset = off & (align - 1) }
+        return req
     }
 
     /// dax_pgoff_to_phys

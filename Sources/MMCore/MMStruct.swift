@@ -34,6 +34,10 @@ public struct MMapRequest: @unchecked Sendable {
     /// The address chosen is a multiple of this (a DAX driver's
     /// get_unmapped_area aligns to the device alignment).
     public var alignment: UInt64 = UInt64(pageSize)
+    /// ...plus this offset below `alignment`: the colour a driver's
+    /// get_unmapped_area gives the address (dax_get_unmapped_area: the file
+    /// offset modulo the device alignment).
+    public var alignmentOffset: UInt64 = 0
     public var file: MappedFile? = nil
     public var pgoff: UInt64 = 0
     public var ops: VMOperations? = nil
@@ -164,7 +168,7 @@ public final class MM: @unchecked Sendable {
             }
             addr = fixed
         } else {
-            guard let a = getUnmappedArea(len, alignment: req.alignment) else {
+            guard let a = getUnmappedArea(len, alignment: req.alignment, offset: req.alignmentOffset) else {
                 throw .errno(ENOMEM, "mmap: no free range of \(hex(len)) aligned to \(hex(req.alignment))")
             }
             addr = a
@@ -199,16 +203,19 @@ public final class MM: @unchecked Sendable {
         return addr
     }
 
-    /// get_unmapped_area, top down, honouring `alignment`.
-    func getUnmappedArea(_ len: UInt64, alignment: UInt64) -> UInt64? {
+    /// get_unmapped_area, top down: the highest free start that is `offset`
+    /// above a multiple of `alignment`.
+    func getUnmappedArea(_ len: UInt64, alignment: UInt64, offset: UInt64 = 0) -> UInt64? {
         var ceiling = MM.mmapBase
         let vmas = vmaList()
         var i = vmas.count - 1
+        let colour = offset & (alignment - 1)
         while true {
             let floor = i >= 0 ? vmas[i].pointee.vm_end : MM.mmapFloor
             if ceiling >= len {
-                let start = (ceiling - len) & ~(alignment - 1)
-                if start >= floor && start >= MM.mmapFloor { return start }
+                let top = ceiling - len
+                let start = top &- ((top &- colour) & (alignment - 1))
+                if start <= top && start >= floor && start >= MM.mmapFloor { return start }
             }
             if i < 0 { return nil }
             ceiling = vmas[i].pointee.vm_start
