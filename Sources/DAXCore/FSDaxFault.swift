@@ -238,11 +238,13 @@ public func daxIomapPmdFault(_ vmf: VMFaultRef) -> UInt32 {
     let pmdAddr = vmf.pointee.address & ~UInt64(pmdSize - 1)
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
     // Colour: the file offset and the address must agree within a PMD.
-    let pgoffOfAddr = linearPageIndex(vma, pmdAddr)
     if (linearPageIndex(vma, vmf.pointee.address) & UInt64(hpagePmdNr - 1))
         != ((vmf.pointee.address >> UInt64(pageShift)) & UInt64(hpagePmdNr - 1)) { return DAX_VM_FAULT_FALLBACK }
     if write && vma.pointee.vm_flags & DAX_VM_SHARED == 0 { return DAX_VM_FAULT_FALLBACK }
     if pmdAddr < vma.pointee.vm_start || pmdAddr + UInt64(pmdSize) > vma.pointee.vm_end { return DAX_VM_FAULT_FALLBACK }
+    // Only now is the PMD's start inside the VMA (a VMA may begin inside a
+    // PMD, after a partial munmap), so its file offset can be computed.
+    let pgoffOfAddr = linearPageIndex(vma, pmdAddr)
     if vmf.pointee.pgoff >= inode.pointee.sizePages { return DAX_VM_FAULT_SIGBUS }
     if pgoffOfAddr + UInt64(hpagePmdNr) > inode.pointee.sizePages { return DAX_VM_FAULT_FALLBACK }
     let (entry, slotOpt, code) = grabMappingEntry(m, pgoffOfAddr, order: pmdOrder)
