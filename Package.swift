@@ -146,7 +146,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DAXChecksTests",
-            dependencies: ["DAXBase", "DAXChecks", "DAXDevice"]
+            dependencies: ["DAXBase", "DAXChecks", "DAXDevice", "MMCore", "CDaxMM"]
         ),
         .testTarget(
             name: "MMCoreTests",
