@@ -194,5 +194,44 @@ struct DAXKernelParityTests {
         #expect(rig.mm.handleFault(addr, write: true) == DAX_VM_FAULT_NOPAGE)
         rig.check()
     }
+
+    // MARK: dax_get_unmapped_area
+
+    @Test("dax_get_unmapped_area gives the address the file offset's colour modulo the alignment, so a pgoff off a 2M device's alignment gets a misaligned vm_start and check_vma refuses the mmap (-EINVAL); an aligned pgoff maps aligned")
+    func unmappedAreaColour() throws {
+        let rig = try DevDaxRig(align: 2 << 20, ranges: [PhysicalRange(start: 0x1_0000_0000, size: 8 << 20)])
+        #expect(throws: MMError.errno(EINVAL, "mmap refused by the file's mmap handler")) {
+            try rig.mm.mmap(rig.dev.mmapRequest(length: 4 << 20, pgoff: 1))
+        }
+        #expect(rig.mm.vmaList().isEmpty)
+        // The address itself, without dax_mmap's check_vma.
+        var req = rig.dev.mmapRequest(length: 4 << 20, pgoff: 3)
+        req.mmapHook = nil
+        let coloured = try rig.mm.mmap(req)
+        #expect(coloured % (2 << 20) == 3 * 4096, "vm_start \(hex(coloured)) has the offset's colour")
+        try rig.mm.munmap(coloured, 4 << 20)
+        let aligned = try rig.mm.mmap(rig.dev.mmapRequest(length: 2 << 20, pgoff: 512))
+        #expect(aligned % (2 << 20) == 0)
+        #expect(rig.mm.handleFault(aligned, write: true) == DAX_VM_FAULT_NOPAGE)
+        #expect(pfnToPage(rig.kernel.ref, (0x1_0000_0000 >> 12) + 512).folio.refCount == 2)
+        rig.check()
+    }
+
+    // MARK: dax_iomap_pmd_fault in a VMA that begins inside a PMD
+
+    @Test("dax_iomap_pmd_fault in a VMA that begins inside a PMD (after munmap of its first 16K) falls back instead of computing the file offset of an address below vm_start; the PTE fault maps the page")
+    func pmdFaultBelowVmStart() throws {
+        let rig = try FSRig()
+        let f = try rig.fs.create(name: "cut", maxSize: 4 << 20)
+        try f.allocate(pgoff: 0, pages: 1024)
+        let addr = try rig.mm.mmap(f.mmapRequest(length: 4 << 20))
+        try rig.mm.munmap(addr, 4 * 4096)
+        #expect(callFault(rig.mm, addr + 5 * 4096, order: pmdOrder, write: false) == DAX_VM_FAULT_FALLBACK)
+        #expect(rig.mm.handleFault(addr + 5 * 4096, write: true) & DAX_VM_FAULT_ERROR == 0)
+        let pte = try #require(walk(rig.mm.ref, addr + 5 * 4096).pte)
+        #expect(entryPresent(pte.pointee))
+        #expect(rig.mm.rssFilePages == 1)
+        rig.check()
+    }
 }
 
