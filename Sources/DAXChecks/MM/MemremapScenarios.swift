@@ -89,7 +89,7 @@ func memremapLifecycleScenario(_ t: TestContext, rules: KernelRules = .kernel) t
 /// 1 TiB emulated device (a sparse memfd), 2M aligned, bound through
 /// DAXRuntime in device-dax mode (dev_dax_probe -> memremap_pages):
 ///  - the bind initialises no section of the device (8192 deferred) and
-///    makes under 32 MiB resident (eager init would write 16 GiB of
+///    no page of its vmemmap is resident (eager init would write 16 GiB of
 ///    struct pages);
 ///  - a CPU write through a window at 512 GiB is served by the port's
 ///    handle_mm_fault: one PMD, and exactly one more section initialised
@@ -109,7 +109,10 @@ func memremapDeferredTerabyteScenario(_ t: TestContext, rules: KernelRules = .ke
     let s0 = k.initialisedSections
     t.expectEqual(k.deferredSections, Int(tib >> 27), "sections deferred by the bind (1 TiB / 128 MiB)")
     t.expect(s0 <= 1, "no section of the device initialised by the bind (\(s0) initialised: the zero page's)")
-    t.expect(rss1 - rss0 < 32 << 20, "binding 1 TiB made \((rss1 - rss0) >> 20) MiB resident")
+    // The process's resident set (other threads of an in-process run may
+    // allocate meanwhile: a loose bound); the vmemmap's own pages (mincore)
+    // are the exact measure.
+    t.expect(rss1 - rss0 < 64 << 20, "binding 1 TiB made \((rss1 - rss0) >> 20) MiB resident")
     let range = dev.ranges[0].range
     t.expectEqual(k.residentVmemmapPages(startPfn: range.startPfn, endPfn: range.endPfn), 0, "resident vmemmap pages of the device")
 

@@ -56,7 +56,7 @@ enum MMSuite {
             try memremapLifecycleScenario(t)
         },
         CheckTest("mm-memremap-deferred-1tib", suite: .mm, anchor: "new", timeout: 120,
-                  "deferred memmap_init_zone_device: a 1 TiB emulated device bound in device-dax mode (dev_dax_probe) initialises no struct page (8192 deferred sections, < 32 MiB resident); a CPU write through a window at 512 GiB maps one PMD and initialises one section; kill_dev_dax gives every section back") { t in
+                  "deferred memmap_init_zone_device: a 1 TiB emulated device bound in device-dax mode (dev_dax_probe) initialises no struct page (8192 deferred sections, no vmemmap page resident); a CPU write through a window at 512 GiB maps one PMD and initialises one section; kill_dev_dax gives every section back") { t in
             try memremapDeferredTerabyteScenario(t)
         },
         CheckTest("mm-mprotect-levels", suite: .mm, anchor: "new", timeout: 120,
