@@ -256,8 +256,12 @@ enum DevdaxKit {
         return nil
     }
 
-    /// A counter of /proc/vmstat ("nr_foll_pin_acquired").
+    /// A counter of /proc/vmstat ("nr_foll_pin_acquired"), after folding
+    /// the per-CPU deltas into the totals (/proc/sys/vm/stat_refresh, root):
+    /// without that a change of a few pages stays invisible for up to a
+    /// second.
     static func vmstat(_ key: String) -> UInt64? {
+        _ = writeText("/proc/sys/vm/stat_refresh", "1\n")
         guard let text = try? String(contentsOfFile: "/proc/vmstat", encoding: .utf8) else { return nil }
         for line in text.split(separator: "\n") {
             let f = line.split(separator: " ")

@@ -119,6 +119,7 @@ enum DirectIOChecks {
                 t.expect(exited, "case 2: the child died of signal \(status & 0x7f)")
                 t.expectEqual(exited ? (status >> 8) & 0xff : -1, 0,
                               "case 2: the child's exit status (0: it read \"fork data\" through the inherited mapping)")
+                t.log("case 2: fork with the mapping pre-faulted: the child \(exited ? "exited \((status >> 8) & 0xff)" : "died")")
             case 3:
                 // Read the first word (the fault maps it read-only), then
                 // write it back (the write fault upgrades the same entry).
@@ -128,6 +129,7 @@ enum DirectIOChecks {
                 let again = guardedAccess(a, write: false)
                 t.expect(r.ok && w.ok && again.ok, "case 3: read \(r), write \(w), read \(again)")
                 t.expectEqual(hex(again.value), hex(r.value), "case 3: the word after the read-only to read-write upgrade")
+                t.log("case 3: read \(hex(r.value)), wrote it back, read \(hex(again.value))")
             default:
                 // O_DIRECT read into an unfaulted address: GUP faults it in
                 // for write.

@@ -50,7 +50,7 @@ enum FioCheck {
     }
 
     static func run(_ t: TestContext, _ align: DaxAlign) throws {
-        let help = try t.command(["fio", "--enghelp"])
+        let help = try Command.run(["fio", "--enghelp"], timeout: 60)
         try t.require(help.stdout.contains("dev-dax"), "this fio has no dev-dax engine (`fio --enghelp`)")
         let dev = try DevdaxKit.device(t, align)
         let a = max(dev.align, 4096)

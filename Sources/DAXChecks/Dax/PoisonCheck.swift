@@ -44,14 +44,21 @@ enum PoisonCheck {
         let phys = DevdaxKit.physical(dev, offset: devOffset)
         t.log("\(dev.path) align \(formatSize(UInt64(align))): poisoning device offset \(hex(devOffset))"
               + " (physical \(phys.map(hex) ?? "?")) at \(hex(targetAddr))")
-        let w = guardedAccess(targetAddr, write: true, value: 0x706f_6973_6f6e)
+        let marker: UInt64 = 0x706f_6973_6f6e
+        let w = guardedAccess(targetAddr, write: true, value: marker)
         try t.require(w.ok, "writing the page before poisoning it: \(w)")
+        let runBefore = try freshRun(t, fd: fd, offset: offset, length: len, pageOffset: pageOffset, align: align,
+                                     "before MADV_HWPOISON, a fresh mapping")
+        if let pfn = runBefore?.pfn, let phys {
+            t.expectEqual(hex(pfn), hex(phys >> 12), "pagemap pfn of the page to poison (its physical address from the device's ranges)")
+        }
 
         let soft = madvise(target, 4096, madvSoftOffline)
         let softErr = errno
         t.log("madvise(MADV_SOFT_OFFLINE) = \(soft)\(soft != 0 ? " \(errnoName(softErr))" : "")")
         t.expect(soft != 0, "MADV_SOFT_OFFLINE succeeded on device-dax memory (ndctl: should always fail for dax)")
 
+        let corruptedBefore = hardwareCorruptedKiB()
         let kernelLog = KernelLog()
         let ((rc, err), caught) = SyscallSIGBUS.catching { () -> (Int32, Int32) in
             let rc = madvise(target, 4096, madvHWPoison)
@@ -60,11 +67,17 @@ enum PoisonCheck {
         t.log("madvise(MADV_HWPOISON) = \(rc)\(rc != 0 ? " \(errnoName(err))" : ""); \(caught)")
         t.expectEqual(caught.count, 1, "SIGBUS signals delivered by MADV_HWPOISON")
         t.expectEqual(caught.code, busMceerrAR, "si_code of the SIGBUS (BUS_MCEERR_AR = 4)")
-        t.expectEqual(hex(UInt64(caught.address)), hex(targetAddr), "si_addr of the SIGBUS (the poisoned page)")
+        // si_addr and si_addr_lsb name the poisoned unit: the page, or the
+        // whole huge page it is mapped by (a folio's head, post-series).
+        let unit = caught.addressLSB >= 12 && caught.addressLSB < 64 ? UInt64(1) << UInt64(caught.addressLSB) : 4096
+        let start = UInt64(caught.address)
+        t.expect(start <= targetAddr && targetAddr < start + unit,
+                 "si_addr \(hex(start)) with si_addr_lsb \(caught.addressLSB) does not cover the poisoned page \(hex(targetAddr))")
         if let log = kernelLog {
             for m in log.newMessages() { t.log("kernel: \(m)") }
         }
 
+        t.log("HardwareCorrupted: \(corruptedBefore.map(String.init) ?? "?") KiB before, \(hardwareCorruptedKiB().map(String.init) ?? "?") KiB after")
         // What the poison leaves behind: the page through the old mapping,
         // then through a fresh one.
         let old = guardedAccess(targetAddr, write: false)
@@ -72,14 +85,51 @@ enum PoisonCheck {
         if let pfn = phys.map({ $0 >> 12 }) {
             unpoison(t, pfn: pfn)
         }
-        switch DevdaxKit.mmap(length: len, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: fd, offset: offset) {
-        case .success(let q):
-            defer { munmap(q, len) }
-            let fresh = guardedAccess(UInt64(UInt(bitPattern: q + pageOffset)), write: false)
-            t.log("through a fresh mapping: \(fresh) value \(hex(fresh.value))")
-        case .failure(let e):
-            t.log("fresh mapping: \(e)")
+        // What later tests see: a fresh mapping faults the page in as
+        // before (device-dax's fault path does not look at PG_hwpoison), with
+        // its data, at the same fault size.
+        let runAfter = try freshRun(t, fd: fd, offset: offset, length: len, pageOffset: pageOffset, align: align,
+                                    "after MADV_HWPOISON, a fresh mapping", expect: marker)
+        if let a = runBefore, let b = runAfter {
+            t.expectEqual(b.pages, a.pages, "pages mapped by one fault at the poisoned page, after vs before")
+            t.expectEqual(b.pfn.map(hex), a.pfn.map(hex), "pfn of the poisoned page, after vs before")
         }
+    }
+
+    /// Maps [offset, offset+length) afresh, reads the word at `pageOffset`
+    /// (one fault; checked against `expect` when given), and returns the
+    /// pages that fault made present around it and the page's pfn
+    /// (pagemap); nil for a 1G device, whose PUD mapping a pagemap walk
+    /// would split.
+    static func freshRun(_ t: TestContext, fd: Int32, offset: UInt64, length: Int, pageOffset: Int, align: Int,
+                         _ when: String, expect: UInt64? = nil) throws -> (pages: Int, pfn: UInt64?)? {
+        let q: UnsafeMutableRawPointer
+        switch DevdaxKit.mmap(length: length, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: fd, offset: offset) {
+        case .success(let p): q = p
+        case .failure(let e): throw CheckAbort(message: "\(when): \(e)")
+        }
+        defer { munmap(q, length) }
+        let r = guardedAccess(UInt64(UInt(bitPattern: q + pageOffset)), write: false)
+        t.log("\(when): reading the page: \(r) value \(hex(r.value))")
+        if let expect {
+            t.expect(r.ok && r.value == expect, "\(when): reading the page: \(r), value \(hex(r.value)) (written \(hex(expect)))")
+        } else {
+            try t.require(r.ok, "\(when): reading the page: \(r)")
+        }
+        guard align == 2 << 20,
+              let run = try? Pagemap.presentRun(around: UInt(bitPattern: q + pageOffset)),
+              let e = try? Pagemap.entry(at: UInt(bitPattern: q + pageOffset)) else { return nil }
+        t.log("\(when): \(run.pages) present pages around the page, its pfn \(e.pfn.map(hex) ?? "hidden")")
+        return (run.pages, e.pfn)
+    }
+
+    /// HardwareCorrupted of /proc/meminfo (num_poisoned_pages), in KiB.
+    static func hardwareCorruptedKiB() -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("HardwareCorrupted:") {
+            return line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
+        }
+        return nil
     }
 
     /// debugfs hwpoison/unpoison-pfn (module hwpoison_inject, unloaded
