@@ -21,12 +21,14 @@ shopt -s inherit_errexit
 #       building the project's C shims and probes
 #   e2fsprogs, xfsprogs  fsdax file systems in the guest
 #   jq              JSON from ndctl/daxctl in the scripts
+#   fio             its dev-dax engine, for the dax suite's fio tests
 PACKAGES=(
     qemu-system-x86 busybox-static cpio xz-utils zstd kmod binutils
     debian-archive-keyring
     ndctl daxctl libdaxctl-dev libndctl-dev liburing-dev libnuma-dev uuid-dev
     gcc libc6-dev
     e2fsprogs xfsprogs jq
+    fio
 )
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

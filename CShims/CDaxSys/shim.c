@@ -18,6 +18,11 @@ int dax_memfd_create(const char *name, unsigned int flags)
 	return (int)syscall(SYS_memfd_create, name, flags);
 }
 
+void *dax_mremap_fixed(void *old_address, size_t old_size, size_t new_size, void *new_address)
+{
+	return mremap(old_address, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, new_address);
+}
+
 int dax_errno(void)
 {
 	return errno;

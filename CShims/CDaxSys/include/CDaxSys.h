@@ -69,6 +69,10 @@ CDAX_SYS_INLINE int dax_rusage_thread(void) { return 1; }
 
 /* Out-of-line wrappers (shim.c). */
 int dax_memfd_create(const char *name, unsigned int flags);
+/* mremap(2) with MREMAP_MAYMOVE|MREMAP_FIXED to new_address (mremap is
+ * variadic, which Swift cannot call). Returns the new address or MAP_FAILED
+ * with errno set. */
+void *dax_mremap_fixed(void *old_address, size_t old_size, size_t new_size, void *new_address);
 /* errno as an int, readable from Swift without going through Glibc's macro. */
 int dax_errno(void);
 /* stat(2), major/minor and sched_getcpu, which Swift's Glibc import hides or
