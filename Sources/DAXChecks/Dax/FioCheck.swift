@@ -44,7 +44,7 @@ enum FioCheck {
     /// doing `ioBytes` with crc32c verification.
     static func arguments(path: String, size: UInt64) -> [String] {
         ["fio", "--output-format=json", "--ioengine=dev-dax", "--direct=0", "--filename=\(path)",
-         "--verify=crc32c", "--bs=2m", "--size=\(size)", "--io_size=\(ioBytes)",
+         "--verify=crc32c", "--verify_state_save=0", "--bs=2m", "--size=\(size)", "--io_size=\(ioBytes)",
          "--name=write", "--rw=write",
          "--name=read", "--stonewall", "--rw=read"]
     }
