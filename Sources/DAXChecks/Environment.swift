@@ -80,6 +80,19 @@ public struct CheckEnvironment: Sendable {
         return Set(text.split(separator: "\n").compactMap { $0.split(separator: "\t").last.map(String.init) })
     }
 
+    /// The kernel has file system `fs`: registered already (/proc/filesystems),
+    /// or a module that mount would load (a file system built as a module,
+    /// as ext4 and xfs are in Debian's kernels, is listed only once loaded).
+    public func kernelHasFilesystem(_ fs: String) -> Bool {
+        if kernelFilesystems().contains(fs) { return true }
+        let dir = "/lib/modules/\(runningRelease)"
+        if let dep = try? String(contentsOfFile: "\(dir)/modules.dep", encoding: .utf8),
+           dep.contains("/fs/\(fs)/\(fs).ko") { return true }
+        if let builtin = try? String(contentsOfFile: "\(dir)/modules.builtin", encoding: .utf8),
+           builtin.contains("/fs/\(fs)/\(fs).ko") { return true }
+        return false
+    }
+
     /// Why `gate` is not met here, or nil when it is.
     public func unmet(_ gate: Gate) -> String? {
         switch gate {
@@ -94,7 +107,7 @@ public struct CheckEnvironment: Sendable {
         case .ioUring:
             return IoUringBuffers.available().map { "io_uring unavailable: \($0)" }
         case .daxFilesystem(let fs):
-            if !kernelFilesystems().contains(fs) { return "the kernel has no \(fs) (/proc/filesystems)" }
+            if !kernelHasFilesystem(fs) { return "the kernel has no \(fs) (not in /proc/filesystems, no module)" }
             if which("mkfs.\(fs)") == nil { return "mkfs.\(fs) not found" }
             return pmemBlockDevices().isEmpty ? "no fsdax namespace to make \(fs) on" : nil
         case .minKernel(let a, let b):

@@ -105,10 +105,15 @@ struct RunnerTests {
 
     /// A timeout kills only that test: the next one still runs.
     @Test func timeoutKillsOnlyThatTest() throws {
-        let (rc, out, _) = try runDaxmmTest(["--timeout", "0.5", "selftest-hang", "selftest-pass"])
+        // selftest-hang declares a 1 s limit; the other keeps the default.
+        let (rc, out, _) = try runDaxmmTest(["selftest-hang", "selftest-pass"])
         #expect(rc == 1)
-        #expect(out.contains("TIMEOUT") && out.contains("killed after 0.50s"))
+        #expect(out.contains("TIMEOUT") && out.contains("killed after 1.00s"))
         #expect(out.hasSuffix("1 passed, 1 failed, 0 skipped\n"))
+        // --timeout overrides a test's own limit.
+        let (rc2, out2, _) = try runDaxmmTest(["--timeout", "2", "selftest-hang"])
+        #expect(rc2 == 1)
+        #expect(out2.contains("killed after 2.00s"))
     }
 
     /// Inside the project's VM an undeclared skip is a failure; a declared
