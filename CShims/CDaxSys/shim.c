@@ -12,6 +12,7 @@ _Static_assert(MAP_SHARED_VALIDATE == 0x03, "MAP_SHARED_VALIDATE value");
 _Static_assert(MAP_SYNC == 0x80000, "MAP_SYNC value");
 _Static_assert(O_DIRECT == 040000, "O_DIRECT value");
 _Static_assert(RUSAGE_THREAD == 1, "RUSAGE_THREAD value");
+_Static_assert(MREMAP_MAYMOVE == 1 && MREMAP_FIXED == 2, "MREMAP_* values");
 
 int dax_memfd_create(const char *name, unsigned int flags)
 {
@@ -32,6 +33,11 @@ int dax_stat(const char *path, struct stat *st) { return stat(path, st); }
 unsigned int dax_dev_major(dev_t dev) { return major(dev); }
 unsigned int dax_dev_minor(dev_t dev) { return minor(dev); }
 int dax_sched_getcpu(void) { return sched_getcpu(); }
+
+void *dax_mremap(void *old_address, size_t old_size, size_t new_size, int flags, void *new_address)
+{
+	return mremap(old_address, old_size, new_size, flags, new_address);
+}
 
 uint8_t dax_touch_read(const void *p) { return *(const volatile uint8_t *)p; }
 void dax_touch_write(void *p)

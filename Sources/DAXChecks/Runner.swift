@@ -8,7 +8,7 @@ import Glibc
 /// Every test `daxmm test` knows, in suite order.
 public enum CheckRegistry {
     public static func all(includeSelftest: Bool = false) -> [CheckTest] {
-        MMSuite.tests + DaxSuite.tests + FSDaxSuite.tests + DiffSuite.tests + VMSuite.tests
+        MMSuite.tests + DaxSuite.tests + DaxMigratedSuite.tests + FSDaxSuite.tests + DiffSuite.tests + VMSuite.tests
             + (includeSelftest ? SelftestSuite.tests : [])
     }
 

@@ -165,24 +165,39 @@ public final class DevDax: @unchecked Sendable {
     }
 
     /// dax_mmap: check_vma, then vm_ops and VM_HUGEPAGE; the address from
-    /// dax_get_unmapped_area: when at least one aligned piece of the file
-    /// range fits, it has the file offset's colour modulo the alignment (so
-    /// a pgoff off the alignment gives a misaligned vm_start, which
-    /// check_vma refuses); otherwise it is only page aligned.
+    /// dax_get_unmapped_area; dax_fops supports MAP_SYNC (FOP_MMAP_SYNC).
+    /// `mapFlags`: the MAP_* flags as given to mmap(2), which do_mmap checks
+    /// (nil: MAP_SHARED or MAP_PRIVATE as `shared` says).
     public func mmapRequest(length: UInt64, pgoff: UInt64 = 0, prot: Prot = [.read, .write], shared: Bool = true,
-                            fixedAddress: UInt64? = nil) -> MMapRequest {
-        let off = pgoff << 12, offEnd = off &+ length
-        let offAlign = (off + align - 1) & ~(align - 1)
-        let coloured = offEnd > offAlign && offEnd - offAlign >= align
+                            fixedAddress: UInt64? = nil, mapFlags: UInt32? = nil) -> MMapRequest {
+        let placement = unmappedAreaPlacement(length: length, pgoff: pgoff)
         var req = driver.mmapRequest(owner: self, length: length, pgoff: pgoff, prot: prot, shared: shared,
-                                     alignment: coloured ? align : 4096, fixedAddress: fixedAddress, mmapHook: { vma in
+                                     alignment: placement.alignment, fixedAddress: fixedAddress, mmapHook: { vma in
             let rc = checkVma(vma)
             if rc != 0 { return rc }
             vma.pointee.vm_flags |= DAX_VM_HUGEPAGE
             return 0
         })
-        if coloured { req.alignmentOffset = off & (align - 1) }
+        req.alignmentOffset = placement.offset
+        req.mapFlags = mapFlags
+        req.supportedMapFlags = MapFlag.sync
         return req
+    }
+
+    /// dax_get_unmapped_area: when the file range holds at least one whole
+    /// aligned extent, the start is congruent to the file offset modulo the
+    /// alignment (so an aligned offset gets an aligned address and a
+    /// misaligned one a misaligned address, which check_vma refuses);
+    /// otherwise any page-aligned free range.
+    func unmappedAreaPlacement(length: UInt64, pgoff: UInt64) -> (alignment: UInt64, offset: UInt64) {
+        let page = UInt64(pageSize)
+        let len = (length &+ page &- 1) & ~(page - 1)
+        let off = pgoff << UInt64(pageShift)
+        let offEnd = off &+ len
+        let offAlign = (off &+ align &- 1) & ~(align - 1)
+        if offEnd <= offAlign || offEnd - offAlign < align { return (page, 0) }
+        if off &+ len &+ align < off { return (page, 0) }
+        return (align, off & (align - 1))
     }
 
     /// dax_pgoff_to_phys

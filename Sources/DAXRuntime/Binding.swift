@@ -191,9 +191,13 @@ public final class Binding: @unchecked Sendable {
 
     /// Opens a window of `length` bytes over [offset, offset + length) of the
     /// device (devdax) or the file (fsdax).
-    public func openWindow(length: UInt64, offset: UInt64 = 0) throws(RuntimeError) -> Window {
+    ///
+    /// - Parameter pastTheEnd: allow the window to reach past the end of the
+    ///   device (or file), as mmap allows: the port's faults there return
+    ///   VM_FAULT_SIGBUS (dax_pgoff_to_phys finds no range), as the kernel's do.
+    public func openWindow(length: UInt64, offset: UInt64 = 0, pastTheEnd: Bool = false) throws(RuntimeError) -> Window {
         if lock.withLock({ $0.gone }) { throw .deviceGone("\(device.name): the device is gone") }
-        let w = try Window(binding: self, length: length, offset: offset)
+        let w = try Window(binding: self, length: length, offset: offset, pastTheEnd: pastTheEnd)
         lock.withLock { $0.windows[ObjectIdentifier(w)] = w }
         return w
     }

@@ -405,11 +405,8 @@ public final class Exerciser {
     }
 
     func phaseInvariants(_ phase: String) {
-        for v in binding.checkInvariants(ledger: pinLedger) { result.invariantViolations.append("\(phase): \(v)") }
+        for v in binding.checkInvariants() { result.invariantViolations.append("\(phase): \(v)") }
     }
-
-    /// References held outside the page tables while pins are up (pfn: refs).
-    var pinLedger: RefLedger? = nil
 
     // MARK: data
 

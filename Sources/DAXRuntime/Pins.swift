@@ -20,9 +20,116 @@ import Glibc
 /// Why io_uring buffer registration cannot be used here, or nil.
 public func uringUnavailableReason() -> String? { IoUringBuffers.available() }
 
-struct FolioCounters: Equatable, CustomStringConvertible {
-    var ref: Int32, pins: Int32
-    var description: String { "refcount \(ref), pincount \(pins)" }
+/// A folio's reference count and pin count.
+public struct FolioCounters: Equatable, Sendable, CustomStringConvertible {
+    public var ref: Int32, pins: Int32
+    public init(ref: Int32, pins: Int32) { self.ref = ref; self.pins = pins }
+    public var description: String { "refcount \(ref), pincount \(pins)" }
+}
+
+/// The port's pin of a window range, held while the kernel pins the same
+/// range, against the counters try_grab_folio predicts.
+public struct PortPin: Sendable {
+    /// Pages pinned.
+    public var pages: Int
+    /// The distinct folios behind them, and how many of those are large.
+    public var folios: Int
+    public var largeFolios: Int
+    /// Each folio's counters: before the pin, as try_grab_folio(FOLL_PIN)
+    /// predicts them while pinned, as they were while pinned, after unpin.
+    public var before: [FolioCounters]
+    public var predicted: [FolioCounters]
+    public var held: [FolioCounters]
+    public var after: [FolioCounters]
+    /// The port's invariant violations while the pins were held (the pins'
+    /// references in the ledger).
+    public var invariantsWhileHeld: [String]
+
+    /// What breaks the rule: counters while pinned other than predicted,
+    /// counters after unpin other than before. Empty when both hold.
+    public var problems: [String] {
+        var out: [String] = []
+        if held != predicted {
+            let i = held.indices.first { held[$0] != predicted[$0] } ?? 0
+            out.append("folio \(i): \(held[i]) while pinned, the kernel's rule gives \(predicted[i])")
+        }
+        if after != before {
+            let i = after.indices.first { after[$0] != before[$0] } ?? 0
+            out.append("folio \(i): \(after[i]) after unpin, \(before[i]) before")
+        }
+        return out
+    }
+}
+
+/// The distinct folios behind `pages`, in order of first appearance.
+private func distinctFolios(_ pages: [Page]) -> [Folio] {
+    var seen = Set<UInt>()
+    var out: [Folio] = []
+    for p in pages where seen.insert(UInt(bitPattern: p.folio.raw)).inserted { out.append(p.folio) }
+    return out
+}
+
+private func counters(_ folios: [Folio]) -> [FolioCounters] {
+    folios.map { FolioCounters(ref: $0.refCount, pins: $0.pincount) }
+}
+
+/// The counters try_grab_folio(FOLL_PIN) predicts once `pages` are pinned:
+/// a large folio gains one reference and one pin per page, a small one
+/// GUP_PIN_COUNTING_BIAS references per pin.
+private func predictedCounters(_ folios: [Folio], _ before: [FolioCounters], _ pages: [Page]) -> [FolioCounters] {
+    var perFolio: [UInt: Int32] = [:]
+    for p in pages { perFolio[UInt(bitPattern: p.folio.raw), default: 0] += 1 }
+    return zip(folios, before).map { f, c in
+        let k = perFolio[UInt(bitPattern: f.raw)] ?? 0
+        return f.isLarge ? FolioCounters(ref: c.ref + k, pins: c.pins + k)
+                         : FolioCounters(ref: c.ref + k * Int32(DAX_GUP_PIN_COUNTING_BIAS), pins: c.pins)
+    }
+}
+
+extension Window {
+    /// pin_user_pages of [offset, offset + length) of the window in the
+    /// port with `flags`; `during` runs while the pins are held (the
+    /// kernel's own pin of the same range), then unpin_user_pages (dirtying
+    /// for FOLL_WRITE). The range must be faulted in: the port's GUP does
+    /// not raise the window's SIGSEGV. Returns the port's pin (or its
+    /// refusal) and what `during` returned, which runs either way.
+    public func pinInPort<R>(offset: UInt64, length: UInt64, flags: GupFlags,
+                             during: () -> R) -> (port: Result<PortPin, MMError>, during: R) {
+        let n = Int(length / UInt64(pageSize))
+        let k = mm.kernel
+        // The folios and their counters before, from the port's
+        // translations (no reference taken).
+        var pagesBefore: [Page] = []
+        for i in 0..<n {
+            guard let t = translation(offset + UInt64(i * pageSize)),
+                  let pg = k.withUnsafeRecord({ r in pfnValid(r, t.pfn) ? pfnToPage(r, t.pfn) : nil }) else { continue }
+            pagesBefore.append(pg)
+        }
+        let folios = distinctFolios(pagesBefore)
+        let before = counters(folios)
+        let pages: [Page]
+        do {
+            pages = try mm.pinPages(address(offset), count: n, flags: flags)
+        } catch {
+            return (.failure(error), during())
+        }
+        let predicted = predictedCounters(folios, before, pages)
+        let held = counters(folios)
+        var ledger: RefLedger = [:]
+        k.withUnsafeRecord { r in
+            for p in pages {
+                let f = p.folio
+                ledger[pageToPfn(r, f.head), default: 0] += f.isLarge ? 1 : Int64(DAX_GUP_PIN_COUNTING_BIAS)
+            }
+        }
+        let broken = binding?.checkInvariants(ledger: ledger) ?? []
+        let kernelSide = during()
+        mm.unpin(pages, dirty: flags.contains(.write))
+        let pin = PortPin(pages: pages.count, folios: folios.count, largeFolios: folios.filter(\.isLarge).count,
+                          before: before, predicted: predicted, held: held, after: counters(folios),
+                          invariantsWhileHeld: broken)
+        return (.success(pin), kernelSide)
+    }
 }
 
 extension Exerciser {
@@ -62,86 +169,22 @@ extension Exerciser {
         return nil
     }
 
-    /// The distinct folios behind [start, start+len) and their counters.
-    private func folioCounters(_ pages: [Page]) -> [(Folio, FolioCounters)] {
-        var seen = Set<UInt>()
-        var out: [(Folio, FolioCounters)] = []
-        for p in pages {
-            let f = p.folio
-            if seen.insert(UInt(bitPattern: f.raw)).inserted {
-                out.append((f, FolioCounters(ref: f.refCount, pins: f.pincount)))
-            }
-        }
-        return out
-    }
-
-    /// The counters try_grab_folio(FOLL_PIN) predicts after `pages` are
-    /// pinned, from the counters before.
-    private func predicted(_ before: [(Folio, FolioCounters)], _ pages: [Page]) -> [FolioCounters] {
-        var perFolio: [UInt: Int32] = [:]
-        for p in pages { perFolio[UInt(bitPattern: p.folio.raw), default: 0] += 1 }
-        return before.map { f, c in
-            let k = perFolio[UInt(bitPattern: f.raw)] ?? 0
-            return f.isLarge ? FolioCounters(ref: c.ref + k, pins: c.pins + k)
-                             : FolioCounters(ref: c.ref + k * Int32(DAX_GUP_PIN_COUNTING_BIAS), pins: c.pins)
-        }
-    }
-
     /// The port's pin of the range with `flags`, checked against the
     /// kernel's rules while `during` runs; unpinned after.
     private func portPin(_ name: String, _ w: Window, _ off: UInt64, _ len: UInt64, _ flags: GupFlags,
                          during: () -> CheckResult?) -> (port: CheckResult, kernel: CheckResult?) {
-        let n = Int(len / UInt64(pageSize))
-        // The folios and their counters before, through a FOLL_GET-free walk:
-        // the port's translations give the pfns.
-        var pagesBefore: [Page] = []
-        for i in 0..<n {
-            guard let t = w.translation(off + UInt64(i * pageSize)), let pg = binding.kernel.withUnsafeRecord({ k in
-                pfnValid(k, t.pfn) ? pfnToPage(k, t.pfn) : nil }) else { continue }
-            pagesBefore.append(pg)
+        let (port, kernelSide) = w.pinInPort(offset: off, length: len, flags: flags, during: during)
+        switch port {
+        case .failure(let error):
+            return (CheckResult(name, .fail, "the port refused: \(error)"), kernelSide)
+        case .success(let pin):
+            for v in pin.invariantsWhileHeld { result.invariantViolations.append("with \(name) pins held: \(v)") }
+            let problems = pin.problems
+            let detail = problems.isEmpty
+                ? "\(pin.pages) page(s) in \(pin.folios) folio(s) (\(pin.largeFolios) large): counters as try_grab_folio predicts, restored by unpin"
+                : problems.joined(separator: "; ")
+            return (CheckResult(name, problems.isEmpty ? .pass : .fail, detail), kernelSide)
         }
-        let before = folioCounters(pagesBefore)
-        let pages: [Page]
-        do {
-            pages = try w.mm.pinPages(w.address(off), count: n, flags: flags)
-        } catch {
-            let k = during()
-            return (CheckResult(name, .fail, "the port refused: \(error)"), k)
-        }
-        pinLedger = ledger(for: pages)
-        let want = predicted(before, pages)
-        let got = before.map { f, _ in FolioCounters(ref: f.refCount, pins: f.pincount) }
-        phaseInvariants("with \(name) pins held")
-        let kernelSide = during()
-        w.mm.unpin(pages, dirty: flags.contains(.write))
-        pinLedger = nil
-        let after = before.map { f, _ in FolioCounters(ref: f.refCount, pins: f.pincount) }
-        var problems: [String] = []
-        if got != want {
-            let i = got.indices.first { got[$0] != want[$0] } ?? 0
-            problems.append("folio \(i): \(got[i]) while pinned, the kernel's rule gives \(want[i])")
-        }
-        if after != before.map(\.1) {
-            let i = after.indices.first { after[$0] != before[$0].1 } ?? 0
-            problems.append("folio \(i): \(after[i]) after unpin, \(before[i].1) before")
-        }
-        let large = before.filter { $0.0.isLarge }.count
-        let detail = problems.isEmpty
-            ? "\(pages.count) page(s) in \(before.count) folio(s) (\(large) large): counters as try_grab_folio predicts, restored by unpin"
-            : problems.joined(separator: "; ")
-        return (CheckResult(name, problems.isEmpty ? .pass : .fail, detail), kernelSide)
-    }
-
-    private func ledger(for pages: [Page]) -> RefLedger {
-        var l: RefLedger = [:]
-        binding.kernel.withUnsafeRecord { k in
-            for p in pages {
-                let f = p.folio
-                let pfn = pageToPfn(k, f.head)
-                l[pfn, default: 0] += f.isLarge ? 1 : Int64(DAX_GUP_PIN_COUNTING_BIAS)
-            }
-        }
-        return l
     }
 
     // MARK: io_uring (FOLL_LONGTERM)

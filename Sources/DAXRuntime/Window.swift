@@ -38,7 +38,7 @@ public final class Window: @unchecked Sendable {
     private let reservation: (address: UnsafeMutableRawPointer, length: Int)
     private let lock = Locked(false)
 
-    init(binding b: Binding, length: UInt64, offset: UInt64) throws(RuntimeError) {
+    init(binding b: Binding, length: UInt64, offset: UInt64, pastTheEnd: Bool = false) throws(RuntimeError) {
         let align = b.align
         let what = b.mode == .devdax ? "device" : "file"
         guard length > 0 else { throw .invalid("\(b.device.name): window size 0") }
@@ -48,7 +48,7 @@ public final class Window: @unchecked Sendable {
         guard offset % align == 0 else {
             throw .invalid("\(b.device.name): window offset \(hex(offset)) is not aligned to the device alignment \(formatSize(align))")
         }
-        guard offset <= b.mappableSize, length <= b.mappableSize - offset else {
+        guard offset <= b.mappableSize, pastTheEnd || length <= b.mappableSize - offset else {
             throw .invalid("\(b.device.name): a window of \(formatSize(length)) at offset \(hex(offset)) does not fit the \(what) (\(formatSize(b.mappableSize)))")
         }
         self.binding = b

@@ -24,6 +24,23 @@ public struct Prot: OptionSet, Sendable {
     public static let none: Prot = []
 }
 
+/// mmap(2)'s MAP_* flags as x86-64 spells them (include/uapi/asm-generic/
+/// mman-common.h, include/uapi/linux/mman.h), and LEGACY_MAP_MASK
+/// (include/linux/mman.h): the flags every file accepts.
+public enum MapFlag {
+    public static let shared: UInt32 = 0x01
+    public static let `private`: UInt32 = 0x02
+    public static let sharedValidate: UInt32 = 0x03
+    /// MAP_TYPE: the bits that say shared, shared-validate or private.
+    public static let type: UInt32 = 0x0f
+    public static let sync: UInt32 = 0x8_0000
+    /// MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE |
+    /// MAP_EXECUTABLE | MAP_UNINITIALIZED | MAP_GROWSDOWN | MAP_LOCKED |
+    /// MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB |
+    /// MAP_32BIT | MAP_HUGE_2MB | MAP_HUGE_1GB
+    public static let legacyMask: UInt32 = 0x7C07_F973
+}
+
 /// What to map.
 public struct MMapRequest: @unchecked Sendable {
     public var length: UInt64
@@ -34,10 +51,17 @@ public struct MMapRequest: @unchecked Sendable {
     /// The address chosen is a multiple of this (a DAX driver's
     /// get_unmapped_area aligns to the device alignment).
     public var alignment: UInt64 = UInt64(pageSize)
-    /// ...plus this offset below `alignment`: the colour a driver's
-    /// get_unmapped_area gives the address (dax_get_unmapped_area: the file
-    /// offset modulo the device alignment).
+    /// ... plus this (less than `alignment`): dax_get_unmapped_area places
+    /// the start congruent to the file offset modulo the alignment.
     public var alignmentOffset: UInt64 = 0
+    /// The MAP_* flags as given to mmap(2), checked as do_mmap checks them
+    /// (the MAP_TYPE switch; MAP_SHARED_VALIDATE refuses a flag outside
+    /// LEGACY_MAP_MASK and `supportedMapFlags` with -EOPNOTSUPP, MAP_SHARED
+    /// drops it). Nil: MAP_SHARED or MAP_PRIVATE as `shared` says.
+    public var mapFlags: UInt32? = nil
+    /// The file's flags beyond LEGACY_MAP_MASK (f_op's FOP_MMAP_SYNC:
+    /// MAP_SYNC).
+    public var supportedMapFlags: UInt32 = 0
     public var file: MappedFile? = nil
     public var pgoff: UInt64 = 0
     public var ops: VMOperations? = nil
@@ -158,7 +182,7 @@ public final class MM: @unchecked Sendable {
         if req.prot.contains(.read) { flags |= DAX_VM_READ }
         if req.prot.contains(.write) { flags |= DAX_VM_WRITE }
         if req.prot.contains(.exec) { flags |= DAX_VM_EXEC }
-        if req.shared { flags |= DAX_VM_SHARED | DAX_VM_MAYSHARE }
+        var shared = req.shared
 
         let addr: UInt64
         if let fixed = req.fixedAddress {
@@ -173,6 +197,26 @@ public final class MM: @unchecked Sendable {
             }
             addr = a
         }
+        if let given = req.mapFlags {
+            // calc_vm_flag_bits reads the flags as given.
+            if given & MapFlag.sync != 0 { flags |= DAX_VM_SYNC }
+            switch given & MapFlag.type {
+            case MapFlag.shared, MapFlag.sharedValidate:
+                // MAP_SHARED silently drops what is not a legacy flag;
+                // MAP_SHARED_VALIDATE refuses what the file does not support.
+                let checked = given & MapFlag.type == MapFlag.shared ? given & MapFlag.legacyMask : given
+                let unknown = checked & ~(MapFlag.legacyMask | req.supportedMapFlags)
+                if unknown != 0 {
+                    throw .errno(EOPNOTSUPP, "mmap: MAP_SHARED_VALIDATE with flags \(hex(UInt64(unknown))) the file does not support")
+                }
+                shared = true
+            case MapFlag.private:
+                shared = false
+            default:
+                throw .errno(EINVAL, "mmap: MAP_TYPE \(hex(UInt64(given & MapFlag.type))) is not MAP_SHARED, MAP_SHARED_VALIDATE or MAP_PRIVATE")
+            }
+        }
+        if shared { flags |= DAX_VM_SHARED | DAX_VM_MAYSHARE }
 
         let vma = VMARef.allocate(capacity: 1)
         vma.initialize(to: dax_vma())
@@ -203,19 +247,26 @@ public final class MM: @unchecked Sendable {
         return addr
     }
 
-    /// get_unmapped_area, top down: the highest free start that is `offset`
-    /// above a multiple of `alignment`.
+    /// sys_mmap (arch/x86/kernel/sys_x86_64.c): the byte offset of a
+    /// mapping must be page aligned (-EINVAL); the page offset do_mmap takes.
+    public static func mmapPageOffset(_ offset: UInt64) throws(MMError) -> UInt64 {
+        guard offset % UInt64(pageSize) == 0 else {
+            throw .errno(EINVAL, "mmap: offset \(hex(offset)) is not page aligned")
+        }
+        return offset >> UInt64(pageShift)
+    }
+
+    /// get_unmapped_area, top down, the start `offset` past a multiple of
+    /// `alignment`.
     func getUnmappedArea(_ len: UInt64, alignment: UInt64, offset: UInt64 = 0) -> UInt64? {
         var ceiling = MM.mmapBase
         let vmas = vmaList()
         var i = vmas.count - 1
-        let colour = offset & (alignment - 1)
         while true {
             let floor = i >= 0 ? vmas[i].pointee.vm_end : MM.mmapFloor
-            if ceiling >= len {
-                let top = ceiling - len
-                let start = top &- ((top &- colour) & (alignment - 1))
-                if start <= top && start >= floor && start >= MM.mmapFloor { return start }
+            if ceiling >= len + offset {
+                let start = ((ceiling - len - offset) & ~(alignment - 1)) + offset
+                if start >= floor && start >= MM.mmapFloor { return start }
             }
             if i < 0 { return nil }
             ceiling = vmas[i].pointee.vm_start

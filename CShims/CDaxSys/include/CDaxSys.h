@@ -82,6 +82,12 @@ int dax_stat(const char *path, struct stat *st);
 unsigned int dax_dev_major(dev_t dev);
 unsigned int dax_dev_minor(dev_t dev);
 int dax_sched_getcpu(void);
+/* mremap(2) (glibc declares it variadic, under _GNU_SOURCE only): the new
+ * address, or MAP_FAILED with errno set. `new_address` is read only with
+ * MREMAP_FIXED. */
+void *dax_mremap(void *old_address, size_t old_size, size_t new_size, int flags, void *new_address);
+CDAX_SYS_INLINE int dax_mremap_flag_maymove(void) { return 1; }
+CDAX_SYS_INLINE int dax_mremap_flag_fixed(void) { return 2; }
 /* One access the compiler cannot drop or merge, for fault probes: a read of
  * the byte at p, and a write that leaves it unchanged (one locked add of 0,
  * so the first touch is a write fault, not a read fault and then a write

@@ -1,3 +1,49 @@
+/// The port and the real kernel on the same scenario over the same real
+/// device-dax device: every observable (errno, signal, entry size, pfn, data,
+/// mapcount, pin result and counters) compared; a disagreement prints both
+/// sides. Each test checks the port's invariants over its bindings after the
+/// body. The code is in Sources/DAXChecks/Diff.
 enum DiffSuite {
-    static let tests: [CheckTest] = []
+    static let tests: [CheckTest] = [
+        CheckTest("diff-fault-size-4k", suite: .diff, gates: [.root, .devdaxAlign(.pte)], anchor: "new",
+                  "one touch of a 4K device: the port inserts a PTE, the kernel's own mapping shows 1 present page, same pfn") { t in
+            try DiffFaultSize.run(t, .pte)
+        },
+        CheckTest("diff-fault-size-2m", suite: .diff, gates: [.root, .devdaxAlign(.pmd)], anchor: "new",
+                  "one touch of a 2M device: the port inserts a PMD, pagemap shows 512 present pages from the extent start with the port's consecutive pfns") { t in
+            try DiffFaultSize.run(t, .pmd)
+        },
+        CheckTest("diff-fault-size-1g", suite: .diff, gates: [.root, .devdaxAlign(.pud)], anchor: "new",
+                  "one touch of a 1G device: the port inserts a PUD, the kernel takes no further fault across the 1 GiB extent, the port's pfn is the device's resource") { t in
+            try DiffFaultSize.run(t, .pud)
+        },
+        CheckTest("diff-mapcount", suite: .diff, gates: [.root, .devdaxAlign(.pmd)], anchor: "new",
+                  "a page mapped 1 -> 2 -> 1 times: the port's folio mapcount against pagemap's exclusive bit (6.12: 0 throughout, EXPECTEDFAIL)") { t in
+            try DiffMapcount.run(t)
+        },
+        CheckTest("diff-longterm-pin-devdax", suite: .diff, gates: [.root, .devdax, .ioUring], anchor: "selftest: gup_longterm",
+                  "io_uring registration (FOLL_LONGTERM) of device-dax succeeds; the port's pin_user_pages(FOLL_LONGTERM) of the same range succeeds with try_grab_folio's counters") { t in
+            try DiffPins.longterm(t)
+        },
+        CheckTest("diff-map-errors", suite: .diff, gates: [.root, .devdax], anchor: "ndctl: device-dax (MAP_PRIVATE)",
+                  "MAP_PRIVATE, misaligned offset and length, past the end, MAP_SYNC, unknown MAP_SHARED_VALIDATE flags: the same mmap errno, and SIGBUS past the end on both sides") { t in
+            try DiffMapErrors.run(t)
+        },
+        CheckTest("diff-mremap-split", suite: .diff, gates: [.root, .devdaxAlign(.pmd)], anchor: "new",
+                  "mremap splitting a huge device-dax mapping inside an extent (dev_dax_may_split): refused alike, the mapping intact; an aligned shrink allowed alike") { t in
+            try DiffMremap.run(t)
+        },
+        CheckTest("diff-data", suite: .diff, gates: [.root, .devdax], anchor: "ndctl: device-dax (verify_data)",
+                  "words written through the port's window read back through the kernel's mapping and the reverse, in the first, second and last extent of every device") { t in
+            try DiffData.run(t)
+        },
+        CheckTest("diff-kill-dax", suite: .diff, gates: [.root, .devdax, .program("ndctl")], anchor: "ndctl: device-dax (fault after reset)", timeout: 240,
+                  "namespace reconfigured under a live port window and a live kernel mapping: SIGBUS in the kernel, kill_dev_dax and SIGBUS in the port") { t in
+            try DiffKillDax.run(t)
+        },
+        CheckTest("diff-odirect-pins", suite: .diff, gates: [.root, .devdax, .pmemBlockDevice], anchor: "ndctl: device-dax (test_dax_directio)",
+                  "O_DIRECT read into and write from a device-dax window: the kernel's transfer succeeds, the port's FOLL_PIN counters are try_grab_folio's") { t in
+            try DiffPins.odirect(t)
+        },
+    ]
 }
