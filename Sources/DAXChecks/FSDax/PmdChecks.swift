@@ -181,10 +181,21 @@ enum FSDaxPmd {
                 t.expectEqual(hex(p0), hex(want), "pfn of the PMD at \(hex(chunk)) (pmem data start + FIEMAP's device offset)")
             }
         }
-        if let s = try? SmapsEntry.containing(address: UInt(m.base)) {
-            // show_smap counts no PMD of a ZONE_DEVICE folio in FilePmdMapped
-            // (smaps_pmd_entry), so for fs-dax it reads 0: logged only.
+        let s = try t.must("smaps of \(hex(m.base))") { try SmapsEntry.containing(address: UInt(m.base)) }
+        if let s {
+            // smaps_pmd_entry counts no ZONE_DEVICE folio in FilePmdMapped,
+            // so that reads 0 for fs-dax on every kernel (logged). Rss is
+            // where the kernels differ: from the ZONE_DEVICE refcount series
+            // (6.15) the PMD maps a folio (vmf_insert_folio_pmd) that
+            // vm_normal_page_pmd returns and smaps counts; before it the PMD
+            // is pmd_devmap, for which vm_normal_page_pmd returns NULL, so
+            // the two PMDs add nothing to Rss.
             t.log("smaps: Rss \(s.rss >> 10) kB, FilePmdMapped \(s.filePmdMapped.map { "\($0 >> 10) kB" } ?? "absent"), KernelPageSize \(s.kernelPageSize >> 10) kB, VmFlags \(s.vmFlags.joined(separator: " "))")
+            let series = t.environment.kernel.hasZoneDeviceRefcountSeries
+            t.expectEqual(s.rss, series ? PmdFile.span : 0,
+                          "smaps Rss of the two PMDs (\(series ? "counted from 6.15: normal folio PMDs" : "not counted before 6.15: devmap PMDs"))")
+        } else {
+            t.expect(false, "no smaps record for the mapping at \(hex(m.base))")
         }
     }
 
