@@ -60,14 +60,15 @@ enum VMRunChecks {
             let vm = try VMRunProbe(t)
             let dir = try vm.workdir()
             let marker = dir + "/command-ran"
-            // 256M fits the 512M DIMM; 1G more does not.
-            let r = try vm.boot(["--pmem", "nfit:512M", "--namespace", "devdax:2M:256M", "--namespace", "devdax:2M:1G",
+            // 256M fits the 512M DIMM; 1G more does not. (Aimed at the DIMM,
+            // so that nothing but the room in its region can refuse it.)
+            let r = try vm.boot(["--pmem", "nfit:512M", "--namespace", "devdax:2M:256M", "--namespace", "devdax:2M:1G@nmem0",
                                  "--workdir", dir],
                                 command: ["sh", "-c", "touch command-ran; echo command-ran"])
             t.expectEqual(r.status, setupFailed, "vmrun's exit status")
             t.expect(access(marker, F_OK) != 0, "the command ran: \(marker) exists")
             t.expect(!r.stdout.contains("command-ran"), "the command ran: its output came back")
-            t.expect(r.stderr.contains("devdax:2M:1G") && r.stderr.contains("no region has room"),
+            t.expect(r.stderr.contains("devdax:2M:1G@nmem0") && r.stderr.contains("256M free"),
                      "the guest names the spec it could not make and why")
             t.expect(r.stderr.contains("the command was not run"), "vmrun says the command was not run")
         },
