@@ -44,9 +44,12 @@ rm -rf "$RESULTS"; mkdir -p "$RESULTS"
 TOTAL_PASS=0 TOTAL_FAIL=0 TOTAL_SKIP=0
 PHASES=()
 
+PHASE_T0=$SECONDS
+start_phase() { echo "== $*"; PHASE_T0=$SECONDS; }
+
 add_phase() { # PHASE PASSED FAILED SKIPPED
     TOTAL_PASS=$((TOTAL_PASS + $2)); TOTAL_FAIL=$((TOTAL_FAIL + $3)); TOTAL_SKIP=$((TOTAL_SKIP + $4))
-    PHASES+=("$1: $2 passed, $3 failed, $4 skipped")
+    PHASES+=("$1: $2 passed, $3 failed, $4 skipped ($((SECONDS - PHASE_T0)) s)")
 }
 
 # count_swift_testing PHASE LOG XML RC: the Swift Testing run's figures from
@@ -139,7 +142,7 @@ BIN=$(swift build --show-bin-path)
 TESTBIN=$BIN/daxmmPackageTests.xctest
 DAXMM=$BIN/daxmm
 
-echo "== host unit tests"
+start_phase "host unit tests"
 set +e
 "$TESTBIN" --testing-library swift-testing --xunit-output "$RESULTS/host.xml" 2>&1 | tee "$RESULTS/host.log"
 rc=${PIPESTATUS[0]}
@@ -148,7 +151,7 @@ count_swift_testing host "$RESULTS/host.log" "$RESULTS/host.xml" "$rc"
 
 # make install into a temporary DESTDIR (a release build, reused by later
 # runs), the installed files, the installed binary, make uninstall.
-echo "== install check"
+start_phase "install check"
 set +e
 scripts/install-check.sh "$RESULTS/install-make.log" 2>&1 | tee "$RESULTS/install.log"
 rc=${PIPESTATUS[0]}
@@ -157,7 +160,7 @@ count_checks install "$RESULTS/install.log" "$rc"
 
 # The port alone, and the VM harness as a user meets it (bad input refused
 # before booting; a namespace that cannot be made; a good run).
-echo "== host daxmm test --suite mm,vm"
+start_phase "host daxmm test --suite mm,vm"
 run_logged "$RESULTS/daxmm-host" "$DAXMM" test --suite mm,vm --log "$RESULTS/daxmm-host.log"
 count_daxmm daxmm-host "$RESULTS/daxmm-host.out" "$RC" 0
 
@@ -173,7 +176,7 @@ if [ "$HOST_ONLY" = 0 ]; then
         6.12) suites=dax,diff ;;
         *) suites=dax,fsdax,diff,vm ;;
         esac
-        echo "== guest daxmm test --suite $suites, kernel $k"
+        start_phase "guest daxmm test --suite $suites, kernel $k"
         run_logged "$RESULTS/vm-$k" scripts/vm/vmrun --kernel "$k" "${LAYOUT[@]}" \
             --timeout 1800 --console-log "$RESULTS/vm-$k.console" -- \
             "$DAXMM" test --suite "$suites" --log "$RESULTS/vm-$k.log"
@@ -182,7 +185,7 @@ if [ "$HOST_ONLY" = 0 ]; then
 
     # Two DIMMs on two NUMA nodes: discovery reports each device's node.
     k=${KERNELS%% *}
-    echo "== guest daxmm test devdax-discovery-*, two NUMA nodes, kernel $k"
+    start_phase "guest daxmm test devdax-discovery-*, two NUMA nodes, kernel $k"
     run_logged "$RESULTS/vm-numa" scripts/vm/vmrun --kernel "$k" --numa-nodes 2 \
         --pmem nfit:2G,node=0 --pmem nfit:2G,node=1 \
         --namespace devdax:2M:1G@nmem0 --namespace devdax:2M:1G@nmem1 \
