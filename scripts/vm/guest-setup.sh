@@ -2,7 +2,8 @@
 # guest-setup.sh: create persistent-memory namespaces inside the test VM.
 #
 #   guest-setup.sh SPEC...     (re)create namespaces, then list them
-#   guest-setup.sh --list      list the namespaces
+#   guest-setup.sh --list      list the namespaces (and the dynamic dax
+#                              regions of vmrun --hmem)
 #
 # SPEC is MODE:ALIGN:SIZE[@TARGET], as vmrun's --namespace: MODE devdax,
 # fsdax, raw or sector; ALIGN and SIZE may be empty (ndctl's defaults; SIZE
@@ -11,11 +12,15 @@
 #
 # vmrun's guest init runs it before the command; it also works by hand in the
 # guest (as root). Messages and the summary go to stderr. Exit status 1 when a
-# namespace cannot be created, with ndctl's message.
+# namespace cannot be created, with the reason (or ndctl's message).
 #
 # What it does:
 #   * loads the nvdimm/dax modules if they are not loaded yet;
-#   * when any SPEC is given, initialises the namespace labels of every DIMM
+#   * checks every SPEC first, against the regions as they will be once the
+#     labels are initialised (the target exists, the kernel offers ALIGN for
+#     MODE, SIZE is what ndctl accepts, the specs fit): a SPEC that cannot be
+#     created stops it here, before any namespace is changed;
+#   * then initialises the namespace labels of every DIMM
 #     that has a label area (this destroys their namespaces): a fresh label
 #     area reads as "no labels", and the kernel then treats the region as
 #     label-less, which cannot be split into several namespaces;
@@ -113,7 +118,6 @@ run_ndctl() { # context args...
     printf '%s\n' "$out"
 }
 
-declare -A RECONFIGURED=()
 # What create-namespace printed, as region objects for summary_of.
 CREATED=()
 
@@ -128,16 +132,68 @@ record_created() {
     CREATED+=("{\"dev\":\"$1\",\"target_node\":$node,\"namespaces\":[$2]}")
 }
 
-create_namespace() { # spec
-    local spec=$1 mode align size target region bytes r seed
+# 1073741824 -> 1G, 268435456 -> 256M
+human() {
+    local b=$1
+    if [ "$b" -eq 0 ]; then echo 0
+    elif [ "$b" -ge $((1 << 30)) ] && [ $((b % (1 << 30))) -eq 0 ]; then echo "$((b >> 30))G"
+    elif [ "$b" -ge $((1 << 20)) ] && [ $((b % (1 << 20))) -eq 0 ]; then echo "$((b >> 20))M"
+    elif [ $((b % 1024)) -eq 0 ]; then echo "$((b >> 10))K"
+    else echo "$b"; fi
+}
+
+# The alignments the kernel offers for MODE on REGION (the seed device's
+# supported_alignments, which ndctl checks -a against), or nothing when this
+# kernel does not say.
+supported_alignments() { # mode region
+    local seed_attr seed
+    case $1 in
+    devdax) seed_attr=dax_seed ;;
+    fsdax) seed_attr=pfn_seed ;;
+    *) return 0 ;;
+    esac
+    seed=$(cat "$SYS/$2/$seed_attr" 2>/dev/null) || return 0
+    [ -n "$seed" ] && cat "$SYS/$seed/supported_alignments" 2>/dev/null || :
+}
+
+# The plan, one entry per SPEC: made in full before anything is changed, so
+# that a spec that cannot be satisfied (syntax, an alignment the kernel does
+# not offer, a size ndctl refuses, no room) stops the setup while the
+# existing namespaces are still untouched.
+P_SPEC=() P_MODE=() P_ALIGN=() P_SIZE=() P_REGION=()
+declare -A FREE=()        # labelled region -> bytes left after the planned namespaces
+declare -A RECONFIGURED=() # label-less region -> the spec that takes it
+
+# Region size: what a labelled region has free once init_labels has run.
+region_size() { cat "$SYS/$1/size"; }
+
+# Whether the region will hold labelled namespaces once init_labels has run:
+# all its DIMMs have a label area. (Before that, a fresh label area reads as
+# "no labels" and the region as label-less.)
+will_be_labelled() { # region
+    local m dimm n=0
+    for m in "$SYS/$1"/mapping[0-9]*; do
+        [ -r "$m" ] || continue
+        dimm=$(cut -d, -f1 "$m")
+        dimm_has_labels "$dimm" || return 1
+        n=$((n + 1))
+    done
+    [ "$n" -gt 0 ]
+}
+
+plan_namespace() { # spec
+    local spec=$1 mode align size target region bytes=0 abytes=0 r room ralign supported
     [[ $spec =~ ^(devdax|fsdax|raw|sector):([0-9]+[KMGTkmgt]?)?:([0-9]+[KMGTkmgt]?)?(@((region|nmem)[0-9]+))?$ ]] ||
         die "bad namespace spec '$spec' (MODE:ALIGN:SIZE[@regionN|@nmemN])"
     mode=${BASH_REMATCH[1]}
     align=${BASH_REMATCH[2]}
     size=${BASH_REMATCH[3]}
     target=${BASH_REMATCH[5]}
-    bytes=0
     [ -n "$size" ] && bytes=$(parse_size "$size")
+    [ -n "$align" ] && abytes=$(parse_size "$align")
+    if [ -n "$align" ] && [[ $mode == raw || $mode == sector ]]; then
+        die "$spec: $mode namespaces take no ALIGN (ndctl: $mode mode does not support setting an alignment)"
+    fi
 
     case $target in
     region*)
@@ -150,9 +206,9 @@ create_namespace() { # spec
     '')
         region=
         for r in $(list_devices region); do
-            if region_is_labelled "$r"; then
-                [ "$(region_free "$r")" -ge "$bytes" ] && [ "$(region_free "$r")" -gt 0 ] &&
-                    { region=$r; break; }
+            if will_be_labelled "$r"; then
+                room=${FREE[$r]:-$(region_size "$r")}
+                [ "$room" -ge "$bytes" ] && [ "$room" -gt 0 ] && { region=$r; break; }
             elif [ -z "$size" ] && [ -z "${RECONFIGURED[$r]:-}" ]; then
                 region=$r
                 break
@@ -160,37 +216,80 @@ create_namespace() { # spec
         done
         if [ -z "$region" ]; then
             for r in $(list_devices region); do
-                region_is_labelled "$r" && continue
+                will_be_labelled "$r" && continue
                 [ -n "$size" ] && die "$spec: no labelled region has room for it, and a label-less" \
                     "region ($r) holds one namespace spanning it: leave SIZE empty ($mode:$align:)"
             done
-            die "$spec: no region has room for it; regions:
-$(ndctl list -R -u 2>&1)"
+            local rooms=
+            for r in $(list_devices region); do
+                will_be_labelled "$r" || continue
+                rooms+=" $r: $(human "${FREE[$r]:-$(region_size "$r")}") of $(human "$(region_size "$r")");"
+            done
+            die "$spec: no region has room for $(human "$bytes") (free after the specs before it:${rooms%;})"
         fi
         ;;
     esac
 
-    local -a args=(-m "$mode")
-    [ -n "$align" ] && args+=(-a "$align")
-    if [[ ${align^^} == 1G && -n $size && $bytes -lt $((2 << 30)) ]]; then
-        log "note: a 1G-aligned devdax namespace needs SIZE >= 2G (about 1G is usable)"
+    if [ -n "$align" ]; then
+        supported=$(supported_alignments "$mode" "$region")
+        if [ -n "$supported" ] && ! [[ " $supported " == *" $abytes "* ]]; then
+            local names= a
+            for a in $supported; do names+=" $(human "$a")"; done
+            die "$spec: the kernel offers no $mode alignment $align on $region (supported:$names)"
+        fi
     fi
-    if region_is_labelled "$region"; then
-        [ -n "$size" ] && args+=(-s "$size")
-        record_created "$region" "$(run_ndctl "$spec on $region" create-namespace -r "$region" "${args[@]}")"
+
+    if will_be_labelled "$region"; then
+        room=${FREE[$region]:-$(region_size "$region")}
+        [ -z "$size" ] && bytes=$room
+        ralign=$(cat "$SYS/$region/align" 2>/dev/null) || ralign=$((16 << 20))
+        [ "$bytes" -gt 0 ] || die "$spec: $region has no room left after the specs before it"
+        [ "$bytes" -le "$room" ] ||
+            die "$spec: $region has $(human "$room") free (of $(human "$(region_size "$region")")) after the specs before it, not $(human "$bytes")"
+        [ $((bytes % ralign)) -eq 0 ] ||
+            die "$spec: SIZE must be a multiple of $region's alignment, $(human "$ralign")"
+        if [ "$mode" != raw ] && [ "$bytes" -lt $((16 << 20)) ]; then
+            die "$spec: a $mode namespace must be at least 16M"
+        fi
+        FREE[$region]=$((room - bytes))
     else
         [ -z "$size" ] || die "$spec: $region has no labels: it holds one namespace spanning" \
             "the whole region, so leave SIZE empty ($mode:$align:)"
         [ -z "${RECONFIGURED[$region]:-}" ] ||
-            die "$spec: label-less $region was already configured by an earlier spec"
+            die "$spec: label-less $region is already taken by ${RECONFIGURED[$region]}"
+        RECONFIGURED[$region]=$spec
+        bytes=$(region_size "$region")
+    fi
+    if [ "$abytes" -gt 0 ] && [ $((bytes % abytes)) -ne 0 ]; then
+        die "$spec: SIZE $(human "$bytes") is not a multiple of ALIGN $align"
+    fi
+    # The info block and the struct pages come first and the data starts at
+    # the next ALIGN boundary: 1G alignment costs a whole 1G.
+    if [ "$abytes" -eq $((1 << 30)) ] && [ "$bytes" -lt $((2 << 30)) ]; then
+        die "$spec: a 1G-aligned $mode namespace needs SIZE >= 2G (its first 1G holds the metadata)"
+    fi
+    P_SPEC+=("$spec") P_MODE+=("$mode") P_ALIGN+=("$align") P_SIZE+=("$size") P_REGION+=("$region")
+}
+
+create_namespace() { # plan index
+    local i=$1 spec region out seed r
+    spec=${P_SPEC[i]} region=${P_REGION[i]}
+    local -a args=(-m "${P_MODE[i]}")
+    [ -n "${P_ALIGN[i]}" ] && args+=(-a "${P_ALIGN[i]}")
+    # (The output is assigned first: a failure inside $(...) used as an
+    # argument would not stop the script.)
+    if region_is_labelled "$region"; then
+        [ -n "${P_SIZE[i]}" ] && args+=(-s "${P_SIZE[i]}")
+        out=$(run_ndctl "$spec on $region" create-namespace -r "$region" "${args[@]}")
+    else
         seed=
         for r in "$SYS/$region"/namespace*.0; do
             [ -e "$r" ] && seed=${r##*/}
         done
         [ -n "$seed" ] || die "$spec: label-less $region has no namespace to reconfigure"
-        record_created "$region" "$(run_ndctl "$spec on $region" create-namespace -f -e "$seed" "${args[@]}")"
-        RECONFIGURED[$region]=1
+        out=$(run_ndctl "$spec on $region" create-namespace -f -e "$seed" "${args[@]}")
     fi
+    record_created "$region" "$out"
 }
 
 # One line per namespace, e.g.
@@ -225,12 +324,32 @@ summary_of() {
     ' <<<"$json" | sort -V | sed 's/^/guest-setup: /' >&2
 }
 
+# One line per dynamic dax region (soft-reserved memory, vmrun --hmem), e.g.
+#   hmem.0: dax region 1, 256M, 192M available, align=2M, devices dax1.0 64M
+dynamic_regions() {
+    local d name devs dev size
+    for d in /sys/bus/platform/devices/hmem.*/dax_region; do
+        [ -d "$d" ] || continue
+        name=${d%/dax_region}
+        name=${name##*/}
+        devs=
+        for dev in "${d%/dax_region}"/dax*.*; do
+            [ -e "$dev/size" ] || continue
+            size=$(cat "$dev/size")
+            devs+=" ${dev##*/} $(human "$size"),"
+        done
+        log "$name: dax region $(cat "$d/id"), $(human "$(cat "$d/size")"), $(human "$(cat "$d/available_size")") available," \
+            "align=$(human "$(cat "$d/align")")${devs:+, devices${devs%,}}"
+    done
+}
+
 main() {
     case ${1:-} in
     -h | --help) usage; return 0 ;;
     --list)
         load_modules
         ndctl list -N -R -v 2>/dev/null | summary_of
+        dynamic_regions
         return 0 ;;
     '') usage >&2; return 2 ;;
     esac
@@ -241,10 +360,13 @@ main() {
     # ndctl does first, without the cost of a process under TCG).
     cat "$SYS"/ndbus*/wait_probe >/dev/null 2>&1 || :
     [ -n "$(list_devices region)" ] || die "no pmem regions: did the VM get any --pmem?"
-    init_labels
-    local spec
+    local spec i
     for spec in "$@"; do
-        create_namespace "$spec"
+        plan_namespace "$spec"
+    done
+    init_labels
+    for i in "${!P_SPEC[@]}"; do
+        create_namespace "$i"
     done
     # The namespaces just created; no extra ndctl run (each costs a few
     # tenths of a second under TCG).

@@ -14,6 +14,9 @@
 #                             and the nvdimm/dax stack, decompressed because
 #                             busybox insmod cannot read .ko.xz/.ko.zst
 #   etc/daxmm-modules         those modules in load order (dependencies first)
+#   etc/daxmm-modules-hmem    dax_hmem, loaded by init only for vmrun --hmem
+#                             (with region_idle=1); its dependencies are in
+#                             etc/daxmm-modules
 #   sbin/daxmm-modprobe       the kernel's modprobe helper (see below)
 #
 # It holds no /init: vmrun appends a second small archive with the current
@@ -32,6 +35,9 @@ WANTED_MODULES=(virtio_pci virtio_console 9pnet_virtio 9p overlay)
 # 9p under TCG, took 1.2-2 s. Those the kernel lacks are skipped (nd_e820
 # exists only with CONFIG_X86_PMEM_LEGACY, kmem with DEV_DAX_KMEM...).
 OPTIONAL_MODULES=(libnvdimm nfit nd_e820 nd_pmem nd_btt dax_pmem device_dax kmem)
+# Loaded on request (vmrun --hmem), with a module parameter; skipped when the
+# kernel lacks them (CONFIG_DEV_DAX_HMEM).
+HMEM_MODULES=(dax_hmem)
 
 log() { printf 'mkinitramfs.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -97,7 +103,7 @@ check_busybox() {
 }
 
 build() {
-    local out=$1 tmp name path
+    local out=$1 tmp name path dep
     tmp=$(mktemp -d "$CACHE/initramfs/.tmp.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
     mkdir -p "$tmp"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,host,lower,upper,lib/modules}
@@ -117,6 +123,20 @@ build() {
     for name in "${OPTIONAL_MODULES[@]}"; do
         path=$(module_path "$name")
         [ -n "$path" ] && add_module_path "$path"
+    done
+    local -a hmem=()
+    for name in "${HMEM_MODULES[@]}"; do
+        path=$(module_path "$name")
+        [ -n "$path" ] || continue
+        for dep in $(module_deps "$path"); do add_module_path "$dep"; done
+        hmem+=("$path")
+    done
+    : >"$tmp/etc/daxmm-modules-hmem"
+    for path in "${hmem[@]}"; do
+        name=${path##*/}
+        name=${name%%.ko*}.ko
+        decompress_module "$path" "$tmp/lib/modules/$name"
+        echo "$name" >>"$tmp/etc/daxmm-modules-hmem"
     done
     : >"$tmp/etc/daxmm-modules"
     for path in "${ORDER[@]}"; do
