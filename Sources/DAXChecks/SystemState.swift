@@ -16,6 +16,13 @@ public struct SystemState: Equatable, Sendable, CustomStringConvertible {
         public var mode: String
         public var size: UInt64
         public var align: UInt64?
+
+        public init(dev: String, mode: String, size: UInt64, align: UInt64?) {
+            self.dev = dev
+            self.mode = mode
+            self.size = size
+            self.align = align
+        }
     }
 
     /// Where tests mount file systems: everything under it is unmounted
@@ -32,25 +39,44 @@ public struct SystemState: Equatable, Sendable, CustomStringConvertible {
         return (ns + systemRam.map { "\($0) system-ram" } + mounts.map { "mounted \($0)" }).joined(separator: "; ")
     }
 
-    /// The current state; namespaces only when root can ask ndctl.
-    public static func capture() -> SystemState {
+    /// The current state, read from sysfs (a file read per attribute: the
+    /// runner takes it after every test, and ndctl/daxctl cost seconds per
+    /// call under emulation). A namespace's mode is its claim: a dax device
+    /// is devdax, a pfn device fsdax, a btt sector, none raw; its alignment
+    /// is the claiming device's.
+    public static func capture(sysfs: String = "/sys") -> SystemState {
         var namespaces: [Namespace] = []
-        var ram: [String] = []
-        if geteuid() == 0, let r = try? Command.run(["ndctl", "list", "-N"], timeout: 60), r.succeeded {
-            for o in jsonObjects(r.stdout) {
-                guard let dev = o["dev"] as? String else { continue }
-                let size = (o["size"] as? NSNumber)?.uint64Value ?? 0
-                namespaces.append(Namespace(dev: dev, mode: o["mode"] as? String ?? "?", size: size,
-                                            align: (o["align"] as? NSNumber)?.uint64Value))
-            }
+        let nd = "\(sysfs)/bus/nd/devices"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: nd)) ?? []
+        for dev in names where dev.hasPrefix("namespace") {
+            guard let size = readNumber("\(nd)/\(dev)/size"), size > 0 else { continue }
+            let holder = readLine("\(nd)/\(dev)/holder") ?? ""
+            let mode: String
+            if holder.hasPrefix("dax") { mode = "devdax" }
+            else if holder.hasPrefix("pfn") { mode = "fsdax" }
+            else if holder.hasPrefix("btt") { mode = "sector" }
+            else { mode = "raw" }
+            let align = holder.isEmpty ? nil : readNumber("\(nd)/\(holder)/align")
+            namespaces.append(Namespace(dev: dev, mode: mode, size: size, align: align))
         }
-        if geteuid() == 0, let r = try? Command.run(["daxctl", "list", "-D"], timeout: 60), r.succeeded {
-            for o in jsonObjects(r.stdout) where (o["mode"] as? String) == "system-ram" {
-                if let c = o["chardev"] as? String { ram.append(c) }
-            }
+        var ram: [String] = []
+        let dax = "\(sysfs)/bus/dax/devices"
+        for dev in (try? FileManager.default.contentsOfDirectory(atPath: dax)) ?? [] {
+            if let driver = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(dax)/\(dev)/driver"),
+               driver.hasSuffix("/kmem") { ram.append(dev) }
         }
         return SystemState(namespaces: namespaces.sorted { $0.dev < $1.dev }, systemRam: ram.sorted(),
                            mounts: mountsUnderRoot())
+    }
+
+    static func readLine(_ path: String) -> String? {
+        guard let t = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        return t.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func readNumber(_ path: String) -> UInt64? {
+        guard let t = readLine(path) else { return nil }
+        return t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
     }
 
     /// Mount points under `mountRoot`, deepest first.

@@ -148,3 +148,42 @@ struct RunnerTests {
         }
     }
 }
+
+/// The state the runner restores between tests, read from a sysfs tree laid
+/// out as the nd and dax buses lay it out.
+@Suite("daxmm test: the system state")
+struct SystemStateTests {
+    @Test func modesAlignsAndKmemFromSysfs() throws {
+        let root = "/tmp/daxmm-sysfs-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let nd = "\(root)/bus/nd/devices", dax = "\(root)/bus/dax/devices"
+        func put(_ path: String, _ text: String) throws {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                    withIntermediateDirectories: true)
+            try (text + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        try put("\(nd)/namespace0.0/size", "536870912")
+        try put("\(nd)/namespace0.0/holder", "dax0.1")
+        try put("\(nd)/dax0.1/align", "2097152")
+        try put("\(nd)/namespace0.1/size", "268435456")
+        try put("\(nd)/namespace0.1/holder", "pfn0.1")
+        try put("\(nd)/pfn0.1/align", "0x200000")
+        try put("\(nd)/namespace0.2/size", "16777216")
+        try put("\(nd)/namespace0.2/holder", "")
+        try put("\(nd)/namespace0.3/size", "0")  // an idle seed: not part of the state
+        try FileManager.default.createDirectory(atPath: "\(dax)/dax0.0", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(dax)/dax1.0", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(dax)/dax0.0/driver", withDestinationPath: "../../../../bus/dax/drivers/kmem")
+        try FileManager.default.createSymbolicLink(atPath: "\(dax)/dax1.0/driver", withDestinationPath: "../../../../bus/dax/drivers/device_dax")
+        let s = SystemState.capture(sysfs: root)
+        #expect(s.namespaces == [
+            .init(dev: "namespace0.0", mode: "devdax", size: 536870912, align: 2097152),
+            .init(dev: "namespace0.1", mode: "fsdax", size: 268435456, align: 2097152),
+            .init(dev: "namespace0.2", mode: "raw", size: 16777216, align: nil),
+        ])
+        #expect(s.systemRam == ["dax0.0"])
+        // A changed mode is a difference the runner puts back.
+        try put("\(nd)/namespace0.0/holder", "")
+        #expect(SystemState.capture(sysfs: root) != s)
+    }
+}
