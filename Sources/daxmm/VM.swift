@@ -1,4 +1,5 @@
 import ArgumentParser
+import DAXChecks
 
 #if canImport(Glibc)
 import Glibc
@@ -34,28 +35,8 @@ struct VMRun: ParsableCommand {
         throw failure("cannot run \(script): \(String(cString: strerror(errno)))")
     }
 
-    /// vmrun, looked for in this order: $DAXMM_HOME/scripts/vm (a source tree
-    /// named explicitly); PREFIX/share/daxmm/vm beside an installed executable
-    /// (PREFIX/bin/daxmm, as `make install` lays it out); scripts/vm in a
-    /// directory above the executable (a source tree's .build/<conf>/daxmm);
-    /// scripts/vm in the current directory.
-    static func locate() -> String? {
-        var candidates: [String] = []
-        if let home = getenv("DAXMM_HOME") { candidates.append(String(cString: home) + "/scripts/vm/vmrun") }
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        if n > 0 {
-            var dir = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            var ancestors: [String] = []
-            for _ in 0..<5 {
-                guard let slash = dir.lastIndex(of: "/") else { break }
-                dir = String(dir[..<slash])
-                ancestors.append(dir)
-            }
-            if ancestors.count > 1 { candidates.append(ancestors[1] + "/share/daxmm/vm/vmrun") }
-            candidates += ancestors.map { $0 + "/scripts/vm/vmrun" }
-        }
-        if let cwd = getcwd(nil, 0) { candidates.append(String(cString: cwd) + "/scripts/vm/vmrun"); free(cwd) }
-        return candidates.first { access($0, X_OK) == 0 }
-    }
+    /// vmrun: DAXMM_HOME's tree, PREFIX/share/daxmm/vm beside an installed
+    /// executable, a source tree above the executable, or the current
+    /// directory's (ProjectFiles.vmrun).
+    static func locate() -> String? { ProjectFiles.vmrun() }
 }
