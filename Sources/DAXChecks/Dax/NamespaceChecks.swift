@@ -53,10 +53,20 @@ enum NamespaceChecks {
         t.expect(devs[0].devname != devs[1].devname, "both namespaces got \(devs[0].devname)")
         t.expect(devs.allSatisfy { $0.align == 4096 && $0.size > 0 }, "devices: \(devs.map { "\($0.devname) align \($0.align) size \($0.size)" })")
         var maps: [(UnsafeMutableRawPointer, Int, UInt64)] = []
+        // Unmapped by hand before the destroy; the cleanup unmaps only what
+        // is still mapped (a second munmap could hit a later mapping that
+        // reused the address).
+        let live = LiveMappings()
+        t.atCleanup("munmap the multi-dax mappings") { live.unmapAll() }
         for d in devs {
             let fd = try DevdaxKit.open(t, d.path, O_RDWR)
             let len = Int(d.size / 4096 * 4096)
-            let p = try DevdaxKit.map(t, d.path, length: len, flags: MAP_SHARED, fd: fd)
+            let p: UnsafeMutableRawPointer
+            switch DevdaxKit.mmap(length: len, prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED, fd: fd) {
+            case .success(let q): p = q
+            case .failure(let e): throw CheckAbort(message: "\(d.path): \(e)")
+            }
+            live.ranges.append((p, len))
             let salt = UInt64.random(in: 1...UInt64.max)
             let w = guardedAccess(UInt64(UInt(bitPattern: p)), write: true, value: salt)
             try t.require(w.ok, "\(d.path): first write: \(w)")
@@ -67,7 +77,7 @@ enum NamespaceChecks {
             let bad = DevdaxKit.checkPattern(p, bytes: len, offset: 0, salt: salt)
             t.expect(bad == nil, "\(d.path): offset \(hex(bad?.0 ?? 0)) reads \(hex(bad?.1 ?? 0)) after both devices were written")
         }
-        for (p, len, _) in maps { munmap(p, len) }
+        live.unmapAll()
         for ns in made {
             try t.mustRun(["ndctl", "destroy-namespace", "-f", ns.dev])
         }
@@ -129,5 +139,15 @@ enum NamespaceChecks {
             if f.count > 3, f[1] == mountPoint { return f[3].split(separator: ",").map(String.init) }
         }
         return nil
+    }
+}
+
+/// Mappings a test unmaps itself, once: `unmapAll` forgets what it unmapped.
+final class LiveMappings: @unchecked Sendable {
+    // @unchecked: the test's thread only.
+    var ranges: [(UnsafeMutableRawPointer, Int)] = []
+    func unmapAll() {
+        for (p, len) in ranges { munmap(p, len) }
+        ranges.removeAll()
     }
 }

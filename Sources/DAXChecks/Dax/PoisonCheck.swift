@@ -34,6 +34,23 @@ enum PoisonCheck {
         // The last 2*align of the device: the poisoned page is in its last
         // align-sized page, away from what other tests use.
         let offset = UInt64(Int(dev.size) / align * align - len)
+        // memory_failure leaves PG_hwpoison on the device page, and
+        // unpoison_memory refuses ZONE_DEVICE pages (not online): only a new
+        // memmap clears it. Reconfiguring the namespace in place (same mode
+        // and alignment) re-initialises it, as the fs-dax poison check does.
+        // Registered before the device is opened: it runs after every unmap
+        // and close.
+        let poisoned = Flag()
+        if let ns = try? Ndctl.namespace(ofChardev: dev.devname, t) {
+            t.atCleanup("re-initialise \(ns.dev) after MADV_HWPOISON") {
+                guard poisoned.set else { return }
+                let argv = ["ndctl", "create-namespace", "-f", "-e", ns.dev, "-m", ns.mode] + (ns.align.map { ["-a", String($0)] } ?? [])
+                let r = try t.command(argv, timeout: 120)
+                if !r.succeeded { throw CommandError(result: r) }
+            }
+        } else {
+            t.log("no namespace found for \(dev.devname) (ndctl list -N): the poisoned page stays PG_hwpoison until reboot")
+        }
         let fd = try DevdaxKit.open(t, dev.path, O_RDWR)
         let flags = dax_map_shared_validate() | dax_map_sync() | MAP_POPULATE
         let p = try DevdaxKit.map(t, "\(dev.path) MAP_SYNC", length: len, flags: flags, fd: fd, offset: offset)
@@ -60,6 +77,7 @@ enum PoisonCheck {
 
         let corruptedBefore = hardwareCorruptedKiB()
         let kernelLog = KernelLog()
+        poisoned.set = true
         let ((rc, err), caught) = SyscallSIGBUS.catching { () -> (Int32, Int32) in
             let rc = madvise(target, 4096, madvHWPoison)
             return (rc, errno)

@@ -200,7 +200,9 @@ enum MigratedDevice {
     static func disabled(_ t: TestContext) throws {
         let victim = try MigratedDiscovery.devices(t).last!
         t.atCleanup("enabling \(victim.devname)") {
-            if access(victim.path, F_OK) != 0 { _ = try? Command.run(["daxctl", "enable-device", victim.devname], timeout: 60) }
+            guard access(victim.path, F_OK) != 0 else { return }
+            let r = try Command.run(["daxctl", "enable-device", victim.devname], timeout: 60)
+            if !r.succeeded { throw CommandError(result: r) }
         }
         try t.mustRun(["daxctl", "disable-device", victim.devname])
         do {

@@ -118,8 +118,12 @@ enum MigratedExercise {
         let blk = try pmemBlockDevice(t)
         let mp = try t.mountPoint("ext4")
         try t.mustRun(["mkfs.ext4", "-q", "-F", "-b", "4096", blk])
+        t.atCleanup("unmounting \(mp)") {
+            guard NamespaceChecks.mountOptions(mp) != nil else { return }
+            let r = try Command.run(["umount", mp], timeout: 60)
+            if !r.succeeded { throw CommandError(result: r) }
+        }
         try t.mustRun(["mount", "-o", "dax", blk, mp])
-        t.atCleanup("unmounting \(mp)") { _ = try? Command.run(["umount", mp], timeout: 60) }
         var o = options(window: 8 << 20, pattern: .random, threads: 1, ops: 2000, pins: .uring, mode: .fsdax)
         o.fsdaxFile = mp + "/longterm"
         try run(t, .pte, o, mustPass: ["pin-longterm-fsdax-port", "pin-longterm-fsdax-kernel", "data-independent-mapping"])
@@ -178,8 +182,12 @@ enum MigratedExercise {
                 out.withLock { $0.0 = r }
                 return
             }
-            // Let the workers fault for a while, then pull the device.
+            // Let the workers fault for a while, then pull the device: at
+            // least 3 s, and not before the window has served faults (a
+            // loaded guest may take longer to open it).
+            let deadline = monotonicNanos() &+ 30_000_000_000
             usleep(3_000_000)
+            while (runner.value.window?.stats.faults ?? 0) < 16 && monotonicNanos() < deadline { usleep(50_000) }
             do { try t.reconfigureToRaw(restore) } catch { out.withLock { $0.1 = "\(error)" } }
         }
         let (result, ndctlError) = out.withLock { $0 }

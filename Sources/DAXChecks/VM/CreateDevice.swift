@@ -61,12 +61,25 @@ private struct MultiRange {
         let seedName = seed.devname
         if seed.size > 0 {
             if seed.mode != "devdax" { try t.skip("\(seedName) holds the region in \(seed.mode) mode") }
+            // Registered before the disable: a shrink that fails after it
+            // must not leave the device disabled. Puts back what differs.
+            t.atCleanup("give \(seedName) back its \(formatSize(seed.size))") {
+                let now = try? DaxDiscovery.device(named: seedName)
+                if now?.size != seed.size {
+                    if now?.enabled == true {
+                        let d = try Command.run(["daxctl", "disable-device", seedName], timeout: 120)
+                        if !d.succeeded { throw CommandError(result: d) }
+                    }
+                    let r = try Command.run(["daxctl", "reconfigure-device", "-s", String(seed.size), seedName], timeout: 120)
+                    if !r.succeeded { throw CommandError(result: r) }
+                }
+                if seed.enabled, (try? DaxDiscovery.device(named: seedName))?.enabled != true {
+                    let e = try Command.run(["daxctl", "enable-device", seedName], timeout: 120)
+                    if !e.succeeded { throw CommandError(result: e) }
+                }
+            }
             if seed.enabled { try daxctl(["disable-device", seedName]) }
             try daxctl(["reconfigure-device", "-s", "0", seedName])
-            t.atCleanup("give \(seedName) back its \(formatSize(seed.size))") {
-                _ = try Command.run(["daxctl", "reconfigure-device", "-s", String(seed.size), seedName], timeout: 120)
-                if seed.enabled { _ = try Command.run(["daxctl", "enable-device", seedName], timeout: 120) }
-            }
             t.expectEqual(try available(id), region.availableSize + seed.size, "available_size once \(seedName) is shrunk to 0")
         } else {
             t.log("\(seedName) is already of size 0 (an idle region)")
