@@ -105,6 +105,14 @@ final class DaxMount {
         self.options = options
         let line = Self.mountLine(path) ?? "(not in /proc/self/mounts)"
         t.log("mounted: \(line)")
+        // A mount asked for dax must show it (a kernel or device without
+        // DAX support would mount without it and every check after would
+        // run on the page cache).
+        if options.split(separator: ",").contains(where: { $0 == "dax" || $0 == "dax=always" }) {
+            let opts = line.split(separator: " ").dropFirst(3).first.map(String.init) ?? ""
+            try t.require(opts.split(separator: ",").contains { $0 == "dax" || $0 == "dax=always" },
+                          "\(path) mounted without dax: \(line)")
+        }
     }
 
     /// umount; nothing when not mounted.
