@@ -110,6 +110,17 @@ enum DiffPins {
         let n = Int(pinBytes)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 4096)
         defer { buf.deallocate() }
+        // Saved first and written back last, whatever happens in between.
+        let saved = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 4096)
+        let got = try t.must("saving \(blk)'s last 2 MiB") {
+            try dio.read(into: UnsafeMutableRawBufferPointer(start: saved, count: n), at: blkOff)
+        }
+        try t.require(got == n, "short O_DIRECT read of \(blk)'s last 2 MiB: \(got)")
+        t.atCleanup("writing back \(blk)'s last 2 MiB") {
+            defer { saved.deallocate() }
+            let put = try dio.write(UnsafeRawBufferPointer(start: saved, count: n), at: blkOff)
+            if put != n { throw CheckAbort(message: "short write-back to \(blk): \(put)") }
+        }
         for align in aligns {
             let dev = try t.openDevDax(align)
             let b = try t.bindPort(dev)
