@@ -259,7 +259,10 @@ extension Exerciser {
     // MARK: O_DIRECT (FOLL_PIN)
 
     private func pinDirect(_ w: Window, _ off: UInt64, _ len: UInt64) {
-        let target = options.directIOPath ?? "\(options.scratchDirectory)/daxmm-odirect-\(getpid())"
+        // One file per run: runs in the same process (threads of a test
+        // runner) must not truncate each other's file.
+        let target = options.directIOPath
+            ?? "\(options.scratchDirectory)/daxmm-odirect-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         let scratch = options.directIOPath == nil
         let n = Int(len)
         // What the read brings in: the run's value in each page's word.
