@@ -38,6 +38,14 @@ enum DiffFaultSize {
 
         // The kernel: its own mapping of the same range, one read.
         let km = try t.kernelMapping(dev, offset: 0, length: length)
+        // Warm up the code and data the measurement itself touches (a text
+        // page of the guarded access, read from the shared tree on first
+        // use, is a fault of this thread too).
+        let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        defer { scratch.deallocate() }
+        scratch.pointee = 0
+        _ = guardedAccess(UInt64(UInt(bitPattern: scratch)), write: false)
+        _ = FaultCounter.read(.thread)
         let f0 = FaultCounter.read(.thread)
         let kr = guardedAccess(km.at(off), write: false)
         let firstFaults = (FaultCounter.read(.thread) - f0).total
