@@ -44,13 +44,6 @@ public struct SelectionError: Error, CustomStringConvertible {
     }
 }
 
-/// One test's result as the runner reports it.
-public struct TestRecord: Sendable {
-    public var test: CheckTest
-    public var outcome: Outcome
-    public var seconds: Double
-}
-
 /// The totals of a run, as meson's summary block counts them.
 public struct RunSummary: Sendable, Equatable {
     public var ok = 0, expectedFail = 0, fail = 0, skipped = 0, timeout = 0
@@ -116,7 +109,6 @@ public final class Runner {
     let options: Options
     let tests: [CheckTest]
     private var log: FileHandle?
-    public private(set) var records: [TestRecord] = []
 
     public init(tests: [CheckTest], options: Options) {
         self.tests = tests
@@ -178,7 +170,6 @@ public final class Runner {
             logWrite("result:       \(outcome.word)\(outcome.detail.isEmpty ? "" : " " + outcome.detail)")
             logWrite("duration:     \(formatSeconds(seconds))")
             summary.add(outcome)
-            records.append(TestRecord(test: test, outcome: outcome, seconds: seconds))
             if options.tap {
                 out(tapLine(index, test, outcome))
             } else {

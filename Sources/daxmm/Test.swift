@@ -76,7 +76,7 @@ struct Test: ParsableCommand {
             }
             return
         }
-        guard let exe = ProjectFilesExe.path else { throw failure("cannot find this executable (/proc/self/exe)") }
+        guard let exe = ProjectFiles.executablePath() else { throw failure("cannot find this executable (/proc/self/exe)") }
         let logPath = log ?? Test.defaultLogPath()
         if !BuildInfo.optimized && !tap { note("debug build: the tests' times are not meaningful") }
         let runner = Runner(tests: selected, options: .init(
@@ -93,8 +93,4 @@ struct Test: ParsableCommand {
         }
         return "/tmp/daxmm-testlog.txt"
     }
-}
-
-enum ProjectFilesExe {
-    static var path: String? { ProjectFiles.executablePath() }
 }

@@ -33,9 +33,7 @@ enum DiffData {
     }
 
     static func run(_ t: TestContext) throws {
-        try t.installGuards()
-        let aligns = presentAligns(t)
-        try t.require(!aligns.isEmpty, "no device-dax device")
+        let aligns = try t.guardedDevdaxAligns()
         for align in aligns {
             let dev = try t.openDevDax(align)
             let a = UInt64(align.bytes)

@@ -51,9 +51,7 @@ enum DiffMapErrors {
     }
 
     static func run(_ t: TestContext) throws {
-        try t.installGuards()
-        let aligns = presentAligns(t)
-        try t.require(!aligns.isEmpty, "no device-dax device")
+        let aligns = try t.guardedDevdaxAligns()
         for align in aligns {
             let dev = try t.openDevDax(align)
             let b = try t.bindPort(dev)

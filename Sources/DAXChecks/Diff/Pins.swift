@@ -46,9 +46,7 @@ enum DiffPins {
     // MARK: FOLL_LONGTERM
 
     static func longterm(_ t: TestContext) throws {
-        try t.installGuards()
-        let aligns = presentAligns(t)
-        try t.require(!aligns.isEmpty, "no device-dax device")
+        let aligns = try t.guardedDevdaxAligns()
         for align in aligns {
             let dev = try t.openDevDax(align)
             let b = try t.bindPort(dev)
@@ -96,9 +94,7 @@ enum DiffPins {
     // MARK: FOLL_PIN (O_DIRECT)
 
     static func odirect(_ t: TestContext) throws {
-        try t.installGuards()
-        let aligns = presentAligns(t)
-        try t.require(!aligns.isEmpty, "no device-dax device")
+        let aligns = try t.guardedDevdaxAligns()
         let blk = try t.require(t.environment.pmemBlockDevices().first, "no pmem block device")
         let dio = try t.must("opening \(blk) O_DIRECT") { try DirectIO(path: blk, writable: true) }
         // The last 2 MiB of the block device: the transfers overwrite them.

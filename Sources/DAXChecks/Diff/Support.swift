@@ -69,6 +69,15 @@ extension TestContext {
         try must("installing the fault guards") { try installFaultGuards() }
     }
 
+    /// The fault guards installed, and the alignments of the enabled
+    /// device-dax devices present (at least one, else the body ends).
+    func guardedDevdaxAligns() throws -> [DaxAlign] {
+        try installGuards()
+        let aligns = presentAligns(self)
+        try require(!aligns.isEmpty, "no device-dax device")
+        return aligns
+    }
+
     /// Opens the first enabled device-dax device with `align`.
     func openDevDax(_ align: DaxAlign) throws -> DaxCharDevice {
         let info = try require(environment.devdax(align: align), "no enabled device-dax device with align \(align)")
