@@ -40,7 +40,7 @@ enum DiffFaultSize {
         let km = try t.kernelMapping(dev, offset: 0, length: length)
         // Warm up the code and data the measurement itself touches (a text
         // page of the guarded access, read from the shared tree on first
-        // use, is a fault of this thread too).
+        // use, would count as a fault of this thread).
         let scratch = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
         defer { scratch.deallocate() }
         scratch.pointee = 0
@@ -52,7 +52,14 @@ enum DiffFaultSize {
         try t.require(kr.ok, "the kernel's fault at device offset \(hex(off)): \(kr)")
         t.compare("word at device offset \(hex(off)) written through the port, read through the kernel's mapping",
                   port: hex(value), kernel: hex(kr.value))
-        t.expectEqual(firstFaults, 1, "kernel faults for the first touch")
+        // The thread's fault count is a noisy witness (warm-up or not, a
+        // fault the thread takes elsewhere in the interval, e.g. on its own
+        // stack, adds to it: seen once in a few dozen guest runs on each
+        // kernel). It shows the touch faulted, i.e. the kernel's mapping was
+        // not populated before; the extent the fault mapped is established
+        // exactly below, by pagemap or by the further-fault count.
+        t.expect(firstFaults >= 1, "kernel faults for the first touch: got \(firstFaults), expected at least 1")
+        if firstFaults != 1 { t.log("note: \(firstFaults) faults counted for the first touch") }
 
         let extentStart = off & ~(a - 1)
         if align == .pud {
