@@ -24,11 +24,13 @@ let package = Package(
         .library(name: "DAXDevice", targets: ["DAXDevice"]),
         .library(name: "DAXRuntime", targets: ["DAXRuntime"]),
         .library(name: "DAXChecks", targets: ["DAXChecks"]),
+        .library(name: "DAXBench", targets: ["DAXBench"]),
         .executable(name: "daxmm", targets: ["daxmm"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // C records of the mm port: struct dax_page, the mm records, atomics and
@@ -36,6 +38,15 @@ let package = Package(
         .target(
             name: "CDaxMM",
             path: "CShims/CDaxMM"
+        ),
+        // The floors the port's hot paths are measured against (the
+        // unavoidable atomics and stores of each path, on the port's record
+        // types and locks) and the benchmark clock. Built optimised always.
+        .target(
+            name: "CDaxBench",
+            dependencies: ["CDaxMM"],
+            path: "CShims/CDaxBench",
+            cSettings: [.unsafeFlags(["-O2"])]
         ),
         // The system side: libdaxctl/libndctl/libnuma/liburing headers in an order
         // that keeps the Swift importer happy, and constants it cannot see.
@@ -121,6 +132,16 @@ let package = Package(
             dependencies: ["DAXBase", "MMCore", "MMTestSupport", "DAXCore", "DAXDevice", "DAXRuntime",
                            "CDaxMM", "CDaxWindow", "CDaxSys"]
         ),
+        // The benchmark cases and their harness: the port's hot paths, each
+        // with its floor, timed into HdrHistograms; used by `daxmm bench`
+        // and by the package benchmarks under Benchmarks/.
+        .target(
+            name: "DAXBench",
+            dependencies: ["DAXBase", "MMCore", "MMTestSupport", "DAXCore", "DAXDevice", "DAXRuntime",
+                           "CDaxMM", "CDaxBench", "CDaxWindow", "CDaxSys",
+                           .product(name: "Histogram", package: "hdrhistogram-swift")],
+            swiftSettings: hotPathSwiftSettings
+        ),
         .executableTarget(
             name: "daxmm",
             dependencies: [
@@ -128,6 +149,7 @@ let package = Package(
                 "DAXDevice",
                 "DAXRuntime",
                 "DAXChecks",
+                "DAXBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

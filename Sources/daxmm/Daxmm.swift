@@ -15,7 +15,7 @@ struct Daxmm: ParsableCommand {
             --device emulated[:size=1G,align=2M,base=0x...,node=N] (the embedded memfd-backed \
             device). Without --device, the first real device found is used, else the emulated one.
             """,
-        subcommands: [Run.self, List.self, Check.self, Exercise.self, Test.self, VM.self])
+        subcommands: [Run.self, List.self, Check.self, Exercise.self, Test.self, Bench.self, VM.self])
 }
 
 /// Prints "daxmm: msg" to stderr.

@@ -1,0 +1,175 @@
+// The measuring harness shared by `daxmm bench` and the package benchmarks
+// under Benchmarks/: a case is a batch of operations the harness times, with
+// untimed set-up and restore around it, and (for the port's hot paths) the
+// floor of the same batch, measured alternately with it in the same process
+// so that the ratio port / floor compares like with like.
+//
+// Times are recorded per operation in picoseconds in an HdrHistogram
+// (three significant digits), so a 512-page pin of one large folio, far
+// below a nanosecond per page, still reads as a number.
+
+import CDaxBench
+import Histogram
+
+/// What a batch is made of: `ops` operations, run by `run` (timed), with
+/// `prepare` before and `restore` after (untimed). `run` must do exactly
+/// `ops` operations and `restore` must leave the state `prepare` expects.
+public struct Batch {
+    public var ops: Int
+    public var prepare: () -> Void
+    public var run: () -> Void
+    public var restore: () -> Void
+
+    public init(ops: Int, prepare: @escaping () -> Void = {}, run: @escaping () -> Void,
+                restore: @escaping () -> Void = {}) {
+        self.ops = ops
+        self.prepare = prepare
+        self.run = run
+        self.restore = restore
+    }
+}
+
+/// A measured path, ready to run: the port's batch, its floor (nil where no
+/// floor applies), and what to release at the end.
+public final class Instance {
+    public let port: Batch
+    public let floor: Batch?
+    /// Work a batch of the port does besides `ops` (e.g. 512 pins of one
+    /// page each = 512 operations, or one pin of 512 pages counted per page).
+    public let unit: String
+    private let finish: () -> Void
+
+    public init(port: Batch, floor: Batch? = nil, unit: String = "op", finish: @escaping () -> Void = {}) {
+        self.port = port
+        self.floor = floor
+        self.unit = unit
+        self.finish = finish
+    }
+
+    deinit { finish() }
+}
+
+public enum BenchGroup: String, Codable, Sendable, CaseIterable {
+    case fault, zap, munmap, gup, memremap, threads, kernel, window
+}
+
+/// A benchmark case: a stable id (for baselines and JSON), a title, its
+/// group, the target its ratio must meet (nil: reported only), and how to
+/// build an instance.
+public struct BenchCase: Sendable {
+    public let id: String
+    public let title: String
+    public let group: BenchGroup
+    /// The ratio port / floor must be at most this (nil: no target).
+    public let floorTarget: Double?
+    public let make: @Sendable () throws -> Instance
+
+    public init(id: String, title: String, group: BenchGroup, floorTarget: Double? = nil,
+                make: @escaping @Sendable () throws -> Instance) {
+        self.id = id
+        self.title = title
+        self.group = group
+        self.floorTarget = floorTarget
+        self.make = make
+    }
+}
+
+/// p50, p99 and max of a histogram of picoseconds, in nanoseconds.
+public struct Percentiles: Codable, Sendable, Equatable {
+    public var p50: Double
+    public var p99: Double
+    public var max: Double
+    public var samples: Int
+
+    public init(p50: Double, p99: Double, max: Double, samples: Int) {
+        self.p50 = p50
+        self.p99 = p99
+        self.max = max
+        self.samples = samples
+    }
+
+    public init(_ h: Histogram<UInt64>) {
+        p50 = Double(h.valueAtPercentile(50)) / 1000
+        p99 = Double(h.valueAtPercentile(99)) / 1000
+        max = Double(h.max) / 1000
+        samples = Int(h.totalCount)
+    }
+}
+
+/// One case measured.
+public struct CaseResult: Codable, Sendable {
+    public var id: String
+    public var title: String
+    public var group: BenchGroup
+    public var unit: String
+    public var opsPerBatch: Int
+    /// Nanoseconds per operation of the port's batches.
+    public var port: Percentiles
+    /// Nanoseconds per operation of the floor's batches.
+    public var floor: Percentiles?
+    /// port.p50 / floor.p50.
+    public var ratio: Double?
+    public var floorTarget: Double?
+
+    public var met: Bool? {
+        guard let ratio, let floorTarget else { return nil }
+        return ratio <= floorTarget
+    }
+}
+
+/// How long and how often to sample.
+public struct Sampling: Sendable {
+    /// Batches per side at least, unless `maxSeconds` runs out first.
+    public var minSamples: Int
+    public var maxSamples: Int
+    /// Wall-clock budget per case, both sides together.
+    public var maxSeconds: Double
+
+    public init(minSamples: Int = 20, maxSamples: Int = 400, maxSeconds: Double = 1.5) {
+        self.minSamples = minSamples
+        self.maxSamples = maxSamples
+        self.maxSeconds = maxSeconds
+    }
+
+    public static let quick = Sampling(minSamples: 5, maxSamples: 40, maxSeconds: 0.3)
+}
+
+/// Times one batch: picoseconds per operation.
+@inline(never)
+func timeBatch(_ b: Batch) -> UInt64 {
+    b.prepare()
+    let t0 = dax_bench_now_ns()
+    b.run()
+    let t1 = dax_bench_now_ns()
+    b.restore()
+    let ps = UInt64(max(t1 - t0, 0)) * 1000 / UInt64(max(b.ops, 1))
+    return max(ps, 1)
+}
+
+func newHistogram() -> Histogram<UInt64> {
+    // 1 ps to 1000 s per operation, three significant digits.
+    Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 1_000_000_000_000_000,
+                      numberOfSignificantValueDigits: .three)
+}
+
+/// Measures an instance: one warm-up batch per side, then port and floor
+/// batches alternately until `sampling` says stop.
+public func measure(_ c: BenchCase, _ inst: Instance, sampling: Sampling = Sampling()) -> CaseResult {
+    var hp = newHistogram(), hf = newHistogram()
+    _ = timeBatch(inst.port)
+    if let f = inst.floor { _ = timeBatch(f) }
+    let start = dax_bench_now_ns()
+    let budget = Int64(sampling.maxSeconds * 1e9)
+    var n = 0
+    while n < sampling.maxSamples {
+        _ = hp.record(timeBatch(inst.port))
+        if let f = inst.floor { _ = hf.record(timeBatch(f)) }
+        n += 1
+        if n >= sampling.minSamples && dax_bench_now_ns() - start > budget { break }
+    }
+    let port = Percentiles(hp)
+    let floor = inst.floor.map { _ in Percentiles(hf) }
+    let ratio = floor.map { port.p50 / max($0.p50, 0.001) }
+    return CaseResult(id: c.id, title: c.title, group: c.group, unit: inst.unit, opsPerBatch: inst.port.ops,
+                      port: port, floor: floor, ratio: ratio, floorTarget: c.floorTarget)
+}
