@@ -170,6 +170,12 @@ let package = Package(
             name: "DAXChecksTests",
             dependencies: ["DAXBase", "DAXChecks", "DAXDevice", "MMCore", "CDaxMM"]
         ),
+        // Every port benchmark case runs a few batches of the port and of its
+        // floor, and leaves the counters it touched as it found them.
+        .testTarget(
+            name: "DAXBenchTests",
+            dependencies: ["DAXBench", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "CDaxBench"]
+        ),
         .testTarget(
             name: "MMCoreTests",
             dependencies: ["DAXBase", "MMCore", "MMTestSupport", "MMTestChecks", "CDaxMM"]

@@ -84,4 +84,10 @@ public final class Floor {
     public func pinBatch(pages: Int, get: Bool = false) -> Batch {
         Batch(ops: pages, run: { self.pin(pages: pages, get: get) }, restore: { self.unpin(pages: pages, get: get) })
     }
+
+    /// The release of a pin (or get) of `pages` pages per batch, counted per
+    /// page: the same atomics as `pinBatch`, reversed.
+    public func unpinBatch(pages: Int, get: Bool = false) -> Batch {
+        Batch(ops: pages, prepare: { self.pin(pages: pages, get: get) }, run: { self.unpin(pages: pages, get: get) })
+    }
 }

@@ -39,6 +39,25 @@ public final class Instance {
     public let unit: String
     private let finish: () -> Void
 
+    // Optional, for the tests and for cases that report more than a ratio.
+
+    /// The folio and mm counters the batches touch (refcount, mapcounts,
+    /// pincount, rss): equal before a batch and after its restore.
+    public var counters: (() -> [Int64])?
+    /// State the port's `run` must change (read after `prepare` and after
+    /// `run`): e.g. present or writable entries, pins held.
+    public var effect: (() -> [Int64])?
+    /// A second batch of the same kind timed alternately with the port's,
+    /// which the port's time is compared with (e.g. binding 1 GiB for a
+    /// 1 TiB bind): its case id, the batch, and the most the ratio may be.
+    public var reference: (id: String, batch: Batch, target: Double)?
+    /// Resident memory the case's set-up added (measured once in `make`),
+    /// and the most it may be.
+    public var residentBytes: Int?
+    public var residentTarget: Int?
+    /// Pages of the vmemmap (struct pages) resident for the case's range.
+    public var vmemmapPages: Int?
+
     public init(port: Batch, floor: Batch? = nil, unit: String = "op", finish: @escaping () -> Void = {}) {
         self.port = port
         self.floor = floor
@@ -110,6 +129,24 @@ public struct CaseResult: Codable, Sendable {
     /// port.p50 / floor.p50.
     public var ratio: Double?
     public var floorTarget: Double?
+    /// Resident bytes the case's set-up added, and its target (e.g.
+    /// memremap_pages before any fault).
+    public var residentBytes: Int? = nil
+    public var residentTarget: Int? = nil
+    public var vmemmapPages: Int? = nil
+    /// The case this one is timed against (its reference batch), port p50 /
+    /// reference p50, and the most that ratio may be.
+    public var relativeTo: String? = nil
+    public var relativeRatio: Double? = nil
+    public var relativeTarget: Double? = nil
+
+    /// Whether the relative and resident targets are met (nil: none set).
+    public var extraMet: Bool? {
+        var r: Bool? = nil
+        if let relativeRatio, let relativeTarget { r = relativeRatio <= relativeTarget }
+        if let residentBytes, let residentTarget { r = (r ?? true) && residentBytes <= residentTarget }
+        return r
+    }
 
     public var met: Bool? {
         guard let ratio, let floorTarget else { return nil }
@@ -155,21 +192,32 @@ func newHistogram() -> Histogram<UInt64> {
 /// Measures an instance: one warm-up batch per side, then port and floor
 /// batches alternately until `sampling` says stop.
 public func measure(_ c: BenchCase, _ inst: Instance, sampling: Sampling = Sampling()) -> CaseResult {
-    var hp = newHistogram(), hf = newHistogram()
+    var hp = newHistogram(), hf = newHistogram(), hr = newHistogram()
     _ = timeBatch(inst.port)
     if let f = inst.floor { _ = timeBatch(f) }
+    if let r = inst.reference { _ = timeBatch(r.batch) }
     let start = dax_bench_now_ns()
     let budget = Int64(sampling.maxSeconds * 1e9)
     var n = 0
     while n < sampling.maxSamples {
         _ = hp.record(timeBatch(inst.port))
         if let f = inst.floor { _ = hf.record(timeBatch(f)) }
+        if let r = inst.reference { _ = hr.record(timeBatch(r.batch)) }
         n += 1
         if n >= sampling.minSamples && dax_bench_now_ns() - start > budget { break }
     }
     let port = Percentiles(hp)
     let floor = inst.floor.map { _ in Percentiles(hf) }
     let ratio = floor.map { port.p50 / max($0.p50, 0.001) }
-    return CaseResult(id: c.id, title: c.title, group: c.group, unit: inst.unit, opsPerBatch: inst.port.ops,
-                      port: port, floor: floor, ratio: ratio, floorTarget: c.floorTarget)
+    var result = CaseResult(id: c.id, title: c.title, group: c.group, unit: inst.unit, opsPerBatch: inst.port.ops,
+                            port: port, floor: floor, ratio: ratio, floorTarget: c.floorTarget)
+    result.residentBytes = inst.residentBytes
+    result.residentTarget = inst.residentTarget
+    result.vmemmapPages = inst.vmemmapPages
+    if let r = inst.reference {
+        result.relativeTo = r.id
+        result.relativeRatio = port.p50 / max(Percentiles(hr).p50, 0.001)
+        result.relativeTarget = r.target
+    }
+    return result
 }

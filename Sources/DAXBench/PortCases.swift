@@ -1,6 +1,21 @@
 // The port's hot paths as benchmark cases, each with its floor. The same
 // cases run under `daxmm bench port` and under the package benchmarks in
-// Benchmarks/ (which add the malloc counter).
+// Benchmarks/ (which add the malloc counter). The cases of each group live
+// in FaultCases, ZapCases, GupCases and MemremapCases.
+//
+// The matrix:
+//   fault    device-dax (dev_dax_huge_fault) at PTE, PMD and PUD; fs-dax
+//            (dax_iomap_pte_fault, dax_iomap_pmd_fault) at PTE and PMD; each
+//            read first, write first, and write on a read-installed entry
+//            (mkwrite). There is no fs-dax PUD case: dax_iomap_fault handles
+//            PTE and PMD orders only, a PUD fault on fs-dax falls back.
+//   zap      zap_page_range per entry, device-dax at each level, fs-dax at
+//            PTE and PMD; munmap per entry of a populated device-dax range.
+//   gup      get_user_pages(_fast), pin_user_pages(_fast), pin FOLL_LONGTERM
+//            per page over PTE-, PMD- and PUD-mapped ranges, one call per
+//            batch; one page per call at PTE; unpin_user_pages per page.
+//   memremap memremap_pages + memunmap_pages of a GENERIC pgmap at 1 GiB,
+//            64 GiB and 1 TiB (timed against 1 GiB; resident memory added).
 
 import CDaxMM
 import DAXBase
@@ -9,6 +24,19 @@ import MMCore
 
 /// The order of folios of an alignment.
 func order(of align: UInt64) -> Int { align.trailingZeroBitCount - 12 }
+
+/// The three page-table levels of a mapping, named as in the case ids.
+public enum Level: String, Sendable, CaseIterable {
+    case pte = "PTE", pmd = "PMD", pud = "PUD"
+
+    public var align: UInt64 {
+        switch self {
+        case .pte: UInt64(pageSize)
+        case .pmd: UInt64(pmdSize)
+        case .pud: UInt64(pudSize)
+        }
+    }
+}
 
 public enum PortCases {
     /// Operations per batch of a hot path (the floor of the package's
@@ -19,28 +47,12 @@ public enum PortCases {
     public static let faultTarget = 1.3
     public static let pinTarget = 1.3
 
-    /// First faults through handle_mm_fault on device-dax at `align`, each on
-    /// a folio never mapped before in the batch (zapped after each batch).
-    public static func devdaxFirstFault(_ name: String, align: UInt64, write: Bool) -> BenchCase {
-        let rw = write ? "write" : "read"
-        return BenchCase(id: "fault.devdax.\(name).\(rw).first",
-                         title: "\(name) fault, device-dax, \(rw), first (handle_mm_fault -> dev_dax_huge_fault)",
-                         group: .fault, floorTarget: faultTarget) {
-            let n = batch
-            let rig = try DevDaxRig(align: align, folios: n)
-            rig.touchAll()
-            let floor = rig.floor(order: order(of: align), folios: n)
-            return Instance(port: Batch(ops: n, run: { rig.faults(n, write: write) }, restore: { rig.zapAll() }),
-                            floor: floor.faultBatch(n), unit: "fault")
-        }
-    }
+    /// Every port case with `batch` operations per hot-path batch.
+    public static var all: [BenchCase] { all(batch: batch) }
 
-    public static var all: [BenchCase] {
-        [
-            devdaxFirstFault("PTE", align: 4096, write: false),
-            devdaxFirstFault("PTE", align: 4096, write: true),
-            devdaxFirstFault("PMD", align: 2 << 20, write: false),
-            devdaxFirstFault("PMD", align: 2 << 20, write: true),
-        ]
+    /// Every port case with `n` (>= 512) operations per hot-path batch (the
+    /// package benchmarks use 1000, so that `.kilo` scales to one op).
+    public static func all(batch n: Int) -> [BenchCase] {
+        faults(n) + zaps(n) + gups(n) + memremaps
     }
 }
