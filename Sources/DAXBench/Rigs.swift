@@ -57,7 +57,7 @@ func folioCounters(_ kernel: Kernel, firstPfn: UInt64, folios: Int, stride: UInt
 }
 
 /// A device-dax rig: one port kernel, the ported device-dax driver over
-/// `folios` folios of `align`, and `mappings` shared mappings of all of it,
+/// `folios` folios of `align` (at least 2 MiB of them), and `mappings` shared mappings of all of it,
 /// placed back to back from `base` (so fault i at base + i * align maps
 /// folio i % folios through mapping i / folios: with one folio and many
 /// mappings, each PUD fault maps the same 1 GiB folio once more).
@@ -78,7 +78,10 @@ public final class DevDaxRig {
 
     public init(align: UInt64, folios: Int, mappings: Int = 1, phys: UInt64 = 1 << 36) throws {
         kernel = try Kernel(physBits: 46)
-        length = align * UInt64(folios)
+        // memremap_pages works in 2 MiB sub-sections: a 4K device of any
+        // number of folios is rounded up to one.
+        let bytes = align * UInt64(folios)
+        length = (bytes + UInt64(pmdSize) - 1) / UInt64(pmdSize) * UInt64(pmdSize)
         dev = try DevDax(kernel: kernel, ranges: [PhysicalRange(start: phys, size: length)], align: align)
         try dev.probe()
         mm = try MM(kernel: kernel)
