@@ -231,11 +231,7 @@ public final class Kernel: @unchecked Sendable {
         if deferStructPageInit {
             let table = dax_kernel_deferred(k)!
             slot = (0..<Int(DAX_DEFERRED_RANGES)).first { table[$0].pgmap == nil } ?? -1
-            var s = first
-            while slot >= 0 && s <= last {
-                if dax_section_state(k, s) == sectionPresent { slot = -1 }
-                s += 1
-            }
+            if slot >= 0 && dax_sections_find(k, first, last + 1, sectionPresent, true) <= last { slot = -1 }
         }
         try populateLocked(firstSection: first, lastSection: last,
                            state: slot >= 0 ? sectionPresentDeferred : sectionPresent)
@@ -261,26 +257,34 @@ public final class Kernel: @unchecked Sendable {
     }
 
     /// sparse_remove_section: drops the records (and their memory) of the
-    /// sections firstSection...lastSection, one madvise(MADV_DONTNEED) and
-    /// mprotect per contiguous run of present ones. Section 0 (the zero
+    /// sections firstSection...lastSection, one PROT_NONE re-reservation
+    /// (mmap MAP_FIXED) per contiguous run of present ones. Section 0 (the zero
     /// page) stays.
     func depopulateSections(firstSection: UInt64, lastSection: UInt64) {
         let k = ref
         dax_spin_lock(dax_kernel_section_lock(k))
         defer { dax_spin_unlock(dax_kernel_section_lock(k)) }
         var s = max(firstSection, 1)
+        let end = lastSection + 1
         var present: Int64 = 0, deferred: Int64 = 0
-        while s <= lastSection {
-            guard dax_section_state(k, s) != sectionAbsent else { s += 1; continue }
+        while s < end {
+            s = dax_sections_find(k, s, end, sectionAbsent, false)
+            guard s < end else { break }
             let runStart = s
-            while s <= lastSection, dax_section_state(k, s) != sectionAbsent {
-                if dax_section_state(k, s) == sectionPresent { present += 1 } else { deferred += 1 }
-                dax_section_set_state(k, s, sectionAbsent)
-                s += 1
-            }
+            s = dax_sections_find(k, s, end, sectionAbsent, true)
+            let p = Int64(dax_sections_count(k, runStart, s, sectionPresent))
+            present += p
+            deferred += Int64(s - runStart) - p
+            dax_sections_fill(k, runStart, s, sectionAbsent)
+            // One system call drops the records' memory and the access: a
+            // fresh PROT_NONE reservation over the run, as the vmemmap was
+            // reserved (madvise(MADV_DONTNEED) + mprotect(PROT_NONE) cost
+            // two, each a walk of the run's range).
             let (addr, len) = sectionRun(runStart, s)
-            madvise(addr, len, MADV_DONTNEED)
-            mprotect(addr, len, PROT_NONE)
+            if mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED {
+                madvise(addr, len, MADV_DONTNEED)
+                mprotect(addr, len, PROT_NONE)
+            }
         }
         dax_atomic64_add(dax_kernel_nr_sections_present(k), -present)
         dax_atomic64_add(dax_kernel_nr_sections_deferred(k), -deferred)
@@ -306,22 +310,24 @@ public final class Kernel: @unchecked Sendable {
     private func populateLocked(firstSection first: UInt64, lastSection last: UInt64, state: UInt8) throws(MMError) {
         let k = ref
         var s = first
+        let end = last + 1
         var runs: [(UInt64, UInt64)] = []
-        while s <= last {
-            guard dax_section_state(k, s) == sectionAbsent else { s += 1; continue }
+        while s < end {
+            s = dax_sections_find(k, s, end, sectionAbsent, true)
+            guard s < end else { break }
             let runStart = s
-            while s <= last, dax_section_state(k, s) == sectionAbsent { s += 1 }
+            s = dax_sections_find(k, s, end, sectionAbsent, false)
             let (addr, len) = sectionRun(runStart, s)
             if mprotect(addr, len, PROT_READ | PROT_WRITE) != 0 {
                 let e = errno
                 for (a, b) in runs {
-                    for t in a..<b { dax_section_set_state(k, t, sectionAbsent) }
+                    dax_sections_fill(k, a, b, sectionAbsent)
                     let (ra, rl) = sectionRun(a, b)
                     mprotect(ra, rl, PROT_NONE)
                 }
                 throw .errno(ENOMEM, "cannot populate vmemmap sections \(runStart)..<\(s): \(errnoName(e))")
             }
-            for t in runStart..<s { dax_section_set_state(k, t, state) }
+            dax_sections_fill(k, runStart, s, state)
             runs.append((runStart, s))
         }
         let n = runs.reduce(Int64(0)) { $0 + Int64($1.1 - $1.0) }

@@ -515,6 +515,76 @@ DAX_MM_INLINE void dax_section_set_state(struct dax_kernel *p, uint64_t nr, uint
 {
 	__atomic_store_n(&p->section_present[nr], state, __ATOMIC_RELEASE);
 }
+/*
+ * Word-at-a-time scans and fills of the section state bytes [s, end), for
+ * binding and unbinding large ranges (a TiB is 8192 sections; byte by byte
+ * the scans cost more than the system calls of a bind). Each word is read
+ * with an acquire load and written with a release store of eight states;
+ * on x86-64 these are plain moves, and a concurrent reader of one byte
+ * (dax_section_state) sees either the old or the new state of that byte,
+ * as with the byte-wise stores. Writers hold section_lock.
+ */
+#define DAX_BYTES_ONES 0x0101010101010101ull
+#define DAX_BYTES_LOW7 0x7f7f7f7f7f7f7f7full
+
+/* One bit (the byte's top bit) per byte of x that is zero; exact per byte
+ * (no borrow between bytes). */
+DAX_MM_INLINE uint64_t dax_zero_bytes(uint64_t x)
+{
+	return ~(((x & DAX_BYTES_LOW7) + DAX_BYTES_LOW7) | x | DAX_BYTES_LOW7);
+}
+
+/* The first section in [s, end) whose state is (eq) or is not (!eq) v; end if none. */
+DAX_MM_INLINE uint64_t dax_sections_find(const struct dax_kernel *k, uint64_t s, uint64_t end, uint8_t v, bool eq)
+{
+	const uint8_t *b = k->section_present;
+	uint64_t pat = DAX_BYTES_ONES * v;
+	while (s < end && (s & 7)) {
+		if ((__atomic_load_n(&b[s], __ATOMIC_ACQUIRE) == v) == eq)
+			return s;
+		s++;
+	}
+	while (s + 8 <= end) {
+		uint64_t z = dax_zero_bytes(__atomic_load_n((const uint64_t *)(b + s), __ATOMIC_ACQUIRE) ^ pat);
+		uint64_t hit = eq ? z : (~z & (DAX_BYTES_ONES << 7));
+		if (hit)
+			return s + (uint64_t)(__builtin_ctzll(hit) >> 3);
+		s += 8;
+	}
+	while (s < end) {
+		if ((__atomic_load_n(&b[s], __ATOMIC_ACQUIRE) == v) == eq)
+			return s;
+		s++;
+	}
+	return end;
+}
+
+/* How many sections in [s, end) have state v. */
+DAX_MM_INLINE uint64_t dax_sections_count(const struct dax_kernel *k, uint64_t s, uint64_t end, uint8_t v)
+{
+	const uint8_t *b = k->section_present;
+	uint64_t pat = DAX_BYTES_ONES * v, n = 0;
+	while (s < end && (s & 7))
+		n += __atomic_load_n(&b[s++], __ATOMIC_ACQUIRE) == v;
+	for (; s + 8 <= end; s += 8)
+		n += (uint64_t)__builtin_popcountll(dax_zero_bytes(__atomic_load_n((const uint64_t *)(b + s), __ATOMIC_ACQUIRE) ^ pat));
+	while (s < end)
+		n += __atomic_load_n(&b[s++], __ATOMIC_ACQUIRE) == v;
+	return n;
+}
+
+/* Sets the state of sections [s, end) to v (release stores). */
+DAX_MM_INLINE void dax_sections_fill(struct dax_kernel *k, uint64_t s, uint64_t end, uint8_t v)
+{
+	uint8_t *b = k->section_present;
+	while (s < end && (s & 7))
+		__atomic_store_n(&b[s++], v, __ATOMIC_RELEASE);
+	for (; s + 8 <= end; s += 8)
+		__atomic_store_n((uint64_t *)(b + s), DAX_BYTES_ONES * v, __ATOMIC_RELEASE);
+	while (s < end)
+		__atomic_store_n(&b[s++], v, __ATOMIC_RELEASE);
+}
+
 DAX_MM_INLINE int64_t *dax_kernel_pt_in_use(struct dax_kernel *p) { return &p->pt_in_use; }
 DAX_MM_INLINE uint64_t *dax_kernel_pt_free(struct dax_kernel *p) { return &p->pt_free; }
 DAX_MM_INLINE int64_t *dax_kernel_stats(struct dax_kernel *p) { return &p->stats[0]; }
