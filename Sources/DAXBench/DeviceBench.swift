@@ -177,7 +177,7 @@ public func runDeviceBench(device: (any DaxDevice)?, options o: DeviceBenchOptio
                 continue
             }
             let r = measure(c, inst, sampling: o.quick ? .quick : Sampling())
-            var row = BenchRow(id: "port.\(c.id)", section: "port", group: "port \(c.id)", title: c.title,
+            var row = BenchRow(id: "port.\(c.id)", section: "port", group: "port \(c.id)", title: "port \(c.id)",
                                side: .port, per: r.unit, r.port)
             row.portOverFloor = r.ratio
             if let t = c.floorTarget, let ratio = r.ratio {
@@ -476,7 +476,7 @@ private func pinCases(_ dev: any DaxDevice, _ binding: Binding, options o: Devic
         rep.absent.append("pin.kernel.odirect: \(error)")
     }
 
-    // The port: pin_user_pages(FOLL_LONGTERM | FOLL_WRITE) of the same range
+    // The port: pin_user_pages_fast(FOLL_LONGTERM | FOLL_WRITE), as io_uring calls it, of the same range
     // of a window over the device, and unpin_user_pages; with the floor.
     let w: Window
     do { w = try binding.openWindow(length: mapLen) } catch { throw .failed("\(error)") }
@@ -498,7 +498,7 @@ private func pinCases(_ dev: any DaxDevice, _ binding: Binding, options o: Devic
     let perFolio = 1 << order
     for s in sizes {
         let sz = formatBytes(s)
-        progress.show("pin \(sz): port pin_user_pages(FOLL_LONGTERM) + unpin_user_pages, and the floor")
+        progress.show("pin \(sz): port pin_user_pages_fast(FOLL_LONGTERM) + unpin_user_pages, and the floor")
         let pages = Int(s / page)
         var call = Figure(), perPage = Figure()
         let deadline = now() + Int64(plan.seconds * 1e9)
@@ -506,7 +506,7 @@ private func pinCases(_ dev: any DaxDevice, _ binding: Binding, options o: Devic
         var i = 0
         while i < plan.pinSamples * 4 + 1 && (i < 3 || now() < deadline) {
             let t0 = now()
-            let rc = w.mm.withUnsafeRecord { pinUserPages($0, w.base, pages, [.longterm, .write], arr) }
+            let rc = w.mm.withUnsafeRecord { pinUserPagesFast($0, w.base, pages, [.longterm, .write], arr) }
             if rc > 0 { w.mm.kernel.withUnsafeRecord { unpinUserPages($0, arr, rc) } }
             let t1 = now()
             if rc != pages { failed = "pin_user_pages returned \(rc) for \(pages) pages"; break }
@@ -533,7 +533,7 @@ private func pinCases(_ dev: any DaxDevice, _ binding: Binding, options o: Devic
             }
         }
         var row = BenchRow(id: "pin.port.\(sz)", section: "pin", group: "pin \(sz)",
-                           title: "port pin_user_pages(FOLL_LONGTERM)+unpin \(sz)", side: .port, per: "page",
+                           title: "port pin_user_pages_fast(FOLL_LONGTERM)+unpin \(sz)", side: .port, per: "page",
                            perPage.percentiles)
         row.portOverFloor = perPage.percentiles.p50 / max(fpage.percentiles.p50, 0.001)
         if let k = kernelPerPage[s] {

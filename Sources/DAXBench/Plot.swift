@@ -30,6 +30,12 @@ public enum Plot {
         return o
     }
 
+    /// At most `n` characters, an ellipsis in the middle.
+    static func shorten(_ s: String, _ n: Int) -> String {
+        guard s.count > n else { return s }
+        return String(s.prefix(n - 12)) + "…" + String(s.suffix(11))
+    }
+
     static func num(_ x: Double) -> String { String(format: "%.1f", x) }
 
     /// Tick label of a power of ten of nanoseconds.
@@ -47,7 +53,7 @@ public enum Plot {
         let width = 1100.0
         let labelW = 400.0, plotX = labelW + 10, plotW = width - plotX - 150
         let rowH = 17.0, groupGap = 22.0
-        let top = 92.0
+        let top = 104.0
         // Groups in first-seen order.
         var groups: [String] = []
         for row in rows where !groups.contains(row.group) { groups.append(row.group) }
@@ -69,12 +75,14 @@ public enum Plot {
             <rect x="0" y="0" width="\(Int(width))" height="\(Int(height))" fill="#ffffff"/>
 
             """
-        let title = "daxmm bench: \(r.device) (\(r.deviceKind), \(r.backing), align \(r.alignName)), kernel \(r.kernelRelease), \(r.date)"
+        let title = "daxmm bench: \(r.device) (\(r.deviceKind), \(r.backing), align \(r.alignName))"
         s += "<text x=\"12\" y=\"24\" font-size=\"16\" font-weight=\"bold\">\(escape(title))</text>\n"
-        var sub = "p50 per fault, page, call or I/O (bar), p99 (whisker); log scale; ratios are p50 / p50 of one run"
+        var title2 = "kernel \(r.kernelRelease), \(r.date)"
+        if let c = r.commit { title2 += ", commit \(c)" }
+        s += "<text x=\"12\" y=\"44\" font-size=\"14\" font-weight=\"bold\">\(escape(title2))</text>\n"
+        var sub = "bar: p50 per fault, page, call or I/O; whisker: p99; log scale; ratios are p50 / p50 within this run"
         if !r.optimized { sub += "; DEBUG BUILD: timings are not meaningful" }
-        s += "<text x=\"12\" y=\"44\" fill=\"#444\">\(escape(sub))</text>\n"
-        if let c = r.commit { s += "<text x=\"12\" y=\"62\" fill=\"#444\">commit \(escape(c))</text>\n" }
+        s += "<text x=\"12\" y=\"64\" fill=\"#444\">\(escape(sub))</text>\n"
 
         // Axis: grid lines and ticks at powers of ten.
         let axisY = top + plotH
@@ -101,12 +109,17 @@ public enum Plot {
                 if let k = m.portOverKernel, m.side != .kernel { return "\(m.side == .window ? "window" : "port")/kernel \(formatRatio(k))" }
                 return nil
             }
-            if !ratios.isEmpty { header += ": " + ratios.joined(separator: ", ") }
+            var parts = ratios
+            if let e = members.first(where: { $0.id.hasPrefix("fault.window.") }),
+               let p = members.first(where: { $0.id.hasPrefix("fault.window-port.") }), e.p50Ns > 0 {
+                parts.append(String(format: "port share of a window fault %.1f%%", p.p50Ns / e.p50Ns * 100))
+            }
+            if !parts.isEmpty { header += ": " + parts.joined(separator: ", ") }
             s += "<text x=\"12\" y=\"\(num(y - 6))\" font-weight=\"bold\">\(escape(header))</text>\n"
             for m in members {
                 let color = colors[m.side] ?? "#000"
                 let bx = x(m.p50Ns)
-                s += "<text x=\"\(num(labelW))\" y=\"\(num(y + rowH * 0.7))\" text-anchor=\"end\">\(escape(m.title))</text>\n"
+                s += "<text x=\"\(num(labelW))\" y=\"\(num(y + rowH * 0.7))\" text-anchor=\"end\">\(escape(shorten(m.title, 60)))</text>\n"
                 s += "<rect x=\"\(num(plotX))\" y=\"\(num(y + 2))\" width=\"\(num(max(bx - plotX, 1)))\" height=\"\(num(rowH - 5))\" fill=\"\(color)\"><title>\(escape(m.id)): p50 \(escape(formatNanos(m.p50Ns))), p99 \(escape(formatNanos(m.p99Ns)))</title></rect>\n"
                 if m.p99Ns > m.p50Ns {
                     let wx = x(m.p99Ns), wy = y + rowH / 2 - 0.5
@@ -130,7 +143,7 @@ public enum Plot {
         for side in BenchSide.allCases where rows.contains(where: { $0.side == side }) {
             s += "<rect x=\"\(num(lx))\" y=\"\(num(legendY - 10))\" width=\"14\" height=\"12\" fill=\"\(colors[side]!)\"/>\n"
             s += "<text x=\"\(num(lx + 19))\" y=\"\(num(legendY))\">\(escape(sideNames[side]!))</text>\n"
-            lx += 30 + Double(sideNames[side]!.count) * 7
+            lx += 34 + Double(sideNames[side]!.count) * 6.6
         }
         s += "<text x=\"\(num(lx))\" y=\"\(num(legendY))\" fill=\"#444\">✓ target met, ✗ missed</text>\n"
         s += "</g>\n"
