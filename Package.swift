@@ -171,6 +171,10 @@ let package = Package(
             dependencies: ["DAXBase", "DAXChecks", "DAXDevice", "MMCore", "CDaxMM"]
         ),
         .testTarget(
+            name: "DAXBenchTests",
+            dependencies: ["DAXBench", "DAXDevice", "DAXChecks"]
+        ),
+        .testTarget(
             name: "MMCoreTests",
             dependencies: ["DAXBase", "MMCore", "MMTestSupport", "MMTestChecks", "CDaxMM"]
         ),

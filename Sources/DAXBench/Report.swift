@@ -92,6 +92,12 @@ public struct KernelFaultInfo: Codable, Sendable, Equatable {
     public var touches: Int
     public var touchesWithOneFault: Int
     public var meanFaultsPerTouch: Double
+
+    public init(access: String, mappedSize: String, mappedBytes: UInt64, touches: Int, touchesWithOneFault: Int,
+                meanFaultsPerTouch: Double) {
+        self.access = access; self.mappedSize = mappedSize; self.mappedBytes = mappedBytes; self.touches = touches
+        self.touchesWithOneFault = touchesWithOneFault; self.meanFaultsPerTouch = meanFaultsPerTouch
+    }
 }
 
 /// A fio job's figures.
@@ -149,6 +155,34 @@ public struct BenchReport: Codable, Sendable {
         self.deviceKind = deviceKind; self.backing = backing; self.align = align; self.alignName = alignName
         self.deviceSize = deviceSize; self.optimized = optimized; self.timingNote = timingNote
         self.modes = modes; self.quick = quick
+    }
+
+    /// Every key is written, an absent commit, timing note or fio reason as
+    /// null (the synthesised encoder would leave them out).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(date, forKey: .date)
+        try c.encode(commit, forKey: .commit)
+        try c.encode(kernelRelease, forKey: .kernelRelease)
+        try c.encode(device, forKey: .device)
+        try c.encode(deviceKind, forKey: .deviceKind)
+        try c.encode(backing, forKey: .backing)
+        try c.encode(align, forKey: .align)
+        try c.encode(alignName, forKey: .alignName)
+        try c.encode(deviceSize, forKey: .deviceSize)
+        try c.encode(optimized, forKey: .optimized)
+        try c.encode(timingNote, forKey: .timingNote)
+        try c.encode(modes, forKey: .modes)
+        try c.encode(quick, forKey: .quick)
+        try c.encode(kernelFaults, forKey: .kernelFaults)
+        try c.encode(rows, forKey: .rows)
+        try c.encode(ratios, forKey: .ratios)
+        try c.encode(fio, forKey: .fio)
+        try c.encode(fioAbsent, forKey: .fioAbsent)
+        try c.encode(invariantViolations, forKey: .invariantViolations)
+        try c.encode(countersRestored, forKey: .countersRestored)
+        try c.encode(absent, forKey: .absent)
+        try c.encode(notes, forKey: .notes)
     }
 
     /// The report as JSON (sorted keys, pretty).

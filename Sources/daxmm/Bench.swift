@@ -60,7 +60,6 @@ struct Bench: ParsableCommand {
             }
             plotFile = h
         }
-        if !BuildInfo.optimized && !json && from == nil { note("debug build: timings are not meaningful") }
         var o = DeviceBenchOptions()
         o.fault = modes.contains("fault")
         o.pin = modes.contains("pin")
@@ -80,9 +79,11 @@ struct Bench: ParsableCommand {
             }
         } else if o.fault || o.pin || o.fio {
             let dev = try deviceOptions.open()
+            if !BuildInfo.optimized && !json { note("debug build: timings are not meaningful") }
             do { report = try runDeviceBench(device: dev, options: o) } catch { throw failure(error.description) }
         } else {
             // port alone: the port's rigs need no device.
+            if !BuildInfo.optimized && !json { note("debug build: timings are not meaningful") }
             do { report = try runDeviceBench(device: nil, options: o) } catch { throw failure(error.description) }
         }
         if json {
