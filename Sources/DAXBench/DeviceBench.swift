@@ -139,6 +139,9 @@ public func runDeviceBench(device: (any DaxDevice)?, options o: DeviceBenchOptio
                           backing: backing, align: align, alignName: device == nil ? "-" : levelName(align),
                           deviceSize: device?.size ?? 0, optimized: o.optimized,
                           timingNote: o.timingNote, modes: modes, quick: o.quick)
+    if ProcessInfo.processInfo.environment["DAXMM_IN_VM"] == "1" {
+        rep.notes.append("inside the project's QEMU guest (TCG): times are not hardware times; ratios within this run still compare")
+    }
     let plan = Plan(quick: o.quick)
     let progress = ProgressLine(enabled: o.progress)
     defer { progress.clear() }
@@ -196,7 +199,8 @@ public func runDeviceBench(device: (any DaxDevice)?, options o: DeviceBenchOptio
         rep.fio = figs
         rep.fioAbsent = why
         for f in figs {
-            var row = BenchRow(id: "fio.\(f.job)", section: "fio", group: "fio", title: "fio \(f.rw) bs \(formatBytes(f.blockSize))",
+            let title = String(format: "fio %@ bs %@, %.0fk IOPS", f.rw, formatBytes(f.blockSize), f.iops / 1000)
+            var row = BenchRow(id: "fio.\(f.job)", section: "fio", group: "fio --ioengine=dev-dax (completion latency)", title: title,
                                side: .fio, per: "I/O", p50Ns: f.clatP50Ns, p99Ns: f.clatP99Ns, maxNs: f.clatMaxNs,
                                samples: 0)
             row.note = String(format: "%.0f IOPS, %.1f MiB/s", f.iops, f.bandwidthMiBps)
@@ -545,6 +549,7 @@ private func pinCases(_ dev: any DaxDevice, _ binding: Binding, options o: Devic
             rep.ratios.append(BenchRatio(name: "port pin / io_uring pin (\(sz), per page)", value: row.portOverKernel!, target: nil))
         }
         row.target = PortCases.pinTarget; row.targetOf = "port/floor"; row.met = row.portOverFloor! <= PortCases.pinTarget
+        row.note = "the floor moves folio counters only (one atomic pair per folio), no per-page array store"
         rep.ratios.append(BenchRatio(name: "port pin / floor (\(sz), per page)", value: row.portOverFloor!, target: PortCases.pinTarget))
         rep.rows.append(row)
         rep.rows.append(BenchRow(id: "pin.floor.\(sz)", section: "pin", group: "pin \(sz)",
