@@ -84,7 +84,7 @@ enum DaxSuite {
             }
         }
         + [
-            CheckTest("devdax-bench-fault", suite: .dax, gates: [.root, .devdax], anchor: "new", timeout: 150,
+            CheckTest("devdax-bench-fault", suite: .dax, gates: [.root, .devdax], anchor: "ndctl: device-dax (verify_data timed pass)", timeout: 150,
                       "daxmm bench fault --quick --json on each device-dax alignment present: the kernel's first touch "
                       + "costs one fault that maps the whole extent (PTE, PMD, PUD), the port's window and bare faults "
                       + "are measured on the same device, the ratios are present and the port's counters are restored") { t in
