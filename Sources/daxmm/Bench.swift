@@ -60,6 +60,14 @@ struct Bench: ParsableCommand {
             }
             plotFile = h
         }
+        do { try measureAndPrint(modes, plotFile) } catch {
+            // A run that failed leaves no empty plot behind.
+            if let p = plot { try? plotFile?.close(); unlink(p) }
+            throw error
+        }
+    }
+
+    private func measureAndPrint(_ modes: Set<String>, _ plotFile: FileHandle?) throws {
         var o = DeviceBenchOptions()
         o.fault = modes.contains("fault")
         o.pin = modes.contains("pin")

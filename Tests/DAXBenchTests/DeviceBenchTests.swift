@@ -194,5 +194,10 @@ func sampleReport(commit: String? = nil) -> BenchReport {
             #expect(lines.count == 1 && r.stderr.contains(word), "\(args): \(r.stderr)")
             #expect(r.stdout.isEmpty, "\(args): \(r.stdout)")
         }
+        // A failed run leaves no plot file behind.
+        let svg = "/tmp/daxmm-bench-test-\(getpid())-fail.svg"
+        let r = try Command.run([daxmmBinary, "bench", "fault", "--device", "/dev/dax97.3", "--plot", svg], timeout: 60)
+        #expect(r.status == 1)
+        #expect(access(svg, F_OK) != 0, "\(svg) left behind by a failed run")
     }
 }
