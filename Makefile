@@ -1,5 +1,5 @@
 # Entry points; each installs what is missing first (scripts/setup.sh).
-.PHONY: run test test-host build install uninstall clean
+.PHONY: run test test-host build install uninstall clean bench bench-vm
 
 # Where `make install` puts daxmm (DESTDIR is prepended, for staging).
 PREFIX ?= /usr/local
@@ -13,6 +13,16 @@ test:
 
 test-host:
 	scripts/test.sh --host-only
+
+# daxmm bench, optimised: ARGS (default: all) go to `daxmm bench`, e.g.
+# make bench ARGS='fault --device emulated:size=256M,align=2M --plot .build/bench.svg'
+bench:
+	scripts/bench.sh $(ARGS)
+
+# daxmm bench all on the 4K, 2M and 1G devices of the project's VM, with fio;
+# JSON, SVG and tables in .build/bench-results. KERNEL=6.12 for Debian 12's.
+bench-vm:
+	KERNEL='$(KERNEL)' scripts/bench-vm.sh
 
 build:
 	scripts/setup.sh && . scripts/env.sh && swift build

@@ -177,6 +177,10 @@ let package = Package(
             dependencies: ["DAXBench", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "CDaxBench"]
         ),
         .testTarget(
+            name: "DAXBenchTests",
+            dependencies: ["DAXBench", "DAXDevice", "DAXChecks"]
+        ),
+        .testTarget(
             name: "MMCoreTests",
             dependencies: ["DAXBase", "MMCore", "MMTestSupport", "MMTestChecks", "CDaxMM"]
         ),

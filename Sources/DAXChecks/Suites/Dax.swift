@@ -84,6 +84,12 @@ enum DaxSuite {
             }
         }
         + [
+            CheckTest("devdax-bench-fault", suite: .dax, gates: [.root, .devdax], anchor: "ndctl: device-dax (verify_data timed pass)", timeout: 150,
+                      "daxmm bench fault --quick --json on each device-dax alignment present: the kernel's first touch "
+                      + "costs one fault that maps the whole extent (PTE, PMD, PUD), the port's window and bare faults "
+                      + "are measured on the same device, the ratios are present and the port's counters are restored") { t in
+                try BenchCheck.run(t)
+            },
             CheckTest("devdax-hwpoison", suite: .dax, gates: [.root, .devdax],
                       anchor: "ndctl: device-dax (test_dax_poison)",
                       "MADV_HWPOISON of a page in the last 2M of a 2M (or 1G) device-dax MAP_SYNC|MAP_POPULATE mapping "
