@@ -174,11 +174,7 @@ let package = Package(
         // floor, and leaves the counters it touched as it found them.
         .testTarget(
             name: "DAXBenchTests",
-            dependencies: ["DAXBench", "DAXCore", "MMCore", "MMTestSupport", "CDaxMM", "CDaxBench"]
-        ),
-        .testTarget(
-            name: "DAXBenchTests",
-            dependencies: ["DAXBench", "DAXDevice", "DAXChecks"]
+            dependencies: ["DAXBench", "DAXCore", "DAXDevice", "DAXChecks", "MMCore", "MMTestSupport", "CDaxMM", "CDaxBench"]
         ),
         .testTarget(
             name: "MMCoreTests",
