@@ -105,9 +105,13 @@ FLOOR void dax_floor_pin(const struct dax_floor *f, uint64_t npages, bool get)
 {
 	uint64_t per = (uint64_t)f->pages_per_folio;
 	uint64_t nf = folios_covering(f, npages);
+	struct dax_page **out = npages <= f->out_capacity ? f->out : NULL;
 	for (uint64_t i = 0, j = 0; i < nf; i++, j = wrap(j, f->nr_folios)) {
 		struct dax_page *p = folio_of(f, j);
 		int32_t refs = (int32_t)(npages - i * per < per ? npages - i * per : per);
+		if (out)
+			for (int32_t k = 0; k < refs; k++)
+				*out++ = p + k;
 		if (get || f->large)
 			dax_atomic_add(&p->refcount, refs);   /* large pin: _pincount too, below */
 		else
@@ -121,9 +125,14 @@ FLOOR void dax_floor_unpin(const struct dax_floor *f, uint64_t npages, bool get)
 {
 	uint64_t per = (uint64_t)f->pages_per_folio;
 	uint64_t nf = folios_covering(f, npages);
+	struct dax_page *const *in = npages <= f->out_capacity ? f->out : NULL;
+	uintptr_t seen = 0;
 	for (uint64_t i = 0, j = 0; i < nf; i++, j = wrap(j, f->nr_folios)) {
 		struct dax_page *p = folio_of(f, j);
 		int32_t refs = (int32_t)(npages - i * per < per ? npages - i * per : per);
+		if (in)
+			for (int32_t k = 0; k < refs; k++)
+				seen ^= (uintptr_t)*in++;
 		if (get || f->large)
 			dax_atomic_add(&p->refcount, -refs);
 		else
@@ -131,6 +140,7 @@ FLOOR void dax_floor_unpin(const struct dax_floor *f, uint64_t npages, bool get)
 		if (f->large && !get)
 			dax_atomic_add(&p[1].pincount, -refs);
 	}
+	dax_bench_sink(seen);
 }
 
 int64_t dax_bench_now_ns(void)

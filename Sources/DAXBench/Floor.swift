@@ -47,9 +47,25 @@ public final class Floor {
         record.pages_per_folio = Int32(1 << order)
     }
 
+    /// The page array a pin fills (grown outside the timed part).
+    private var output: UnsafeMutablePointer<UnsafeMutablePointer<dax_page>?>?
+
     deinit {
         entries.deallocate()
         ptl.deallocate()
+        output?.deallocate()
+    }
+
+    /// Gives pins of up to `pages` pages an array to fill, as
+    /// pin_user_pages fills its caller's. Not on a timed path.
+    public func reservePageArray(_ pages: Int) {
+        guard UInt64(pages) > record.out_capacity else { return }
+        output?.deallocate()
+        let a = UnsafeMutablePointer<UnsafeMutablePointer<dax_page>?>.allocate(capacity: pages)
+        a.initialize(repeating: nil, count: pages)
+        output = a
+        record.out = a
+        record.out_capacity = UInt64(pages)
     }
 
     public func fault(_ n: Int) { withUnsafePointer(to: &record) { dax_floor_fault($0, UInt64(n)) } }
@@ -82,12 +98,14 @@ public final class Floor {
 
     /// One pin (or get) of `pages` pages per batch, counted per page.
     public func pinBatch(pages: Int, get: Bool = false) -> Batch {
-        Batch(ops: pages, run: { self.pin(pages: pages, get: get) }, restore: { self.unpin(pages: pages, get: get) })
+        reservePageArray(pages)
+        return Batch(ops: pages, run: { self.pin(pages: pages, get: get) }, restore: { self.unpin(pages: pages, get: get) })
     }
 
     /// The release of a pin (or get) of `pages` pages per batch, counted per
     /// page: the same atomics as `pinBatch`, reversed.
     public func unpinBatch(pages: Int, get: Bool = false) -> Batch {
-        Batch(ops: pages, prepare: { self.pin(pages: pages, get: get) }, run: { self.unpin(pages: pages, get: get) })
+        reservePageArray(pages)
+        return Batch(ops: pages, prepare: { self.pin(pages: pages, get: get) }, run: { self.unpin(pages: pages, get: get) })
     }
 }

@@ -14,9 +14,15 @@
  *           of the entry (no counter moves on an upgrade);
  *   zap     the page-table lock, the entry's get-and-clear (an exchange),
  *           the mapcount and refcount decrements;
- *   pin     one atomic per small folio (GUP_PIN_COUNTING_BIAS) and one per
- *           large folio (whatever the number of its pages the pin covers);
- *   get     the same with a reference of 1 per page.
+ *   pin     one atomic per small folio (GUP_PIN_COUNTING_BIAS); for a large
+ *           folio, refcount and _pincount once each by the pages the pin
+ *           covers (what try_grab_folio must move), whatever their number;
+ *           and, when the caller asked for pages (`out`), one store per page
+ *           of its struct page into the array: pin_user_pages returns
+ *           every page, so no implementation avoids that store;
+ *   get     the same with a reference of 1 per page (FOLL_GET);
+ *   unpin   the reverse atomics, and one load per page of the array
+ *           (unpin_user_pages finds each folio's run from the pages).
  *
  * The folio records a floor touches are the port rig's own (same addresses,
  * same strides), so both sides see the same caches; every floor has an
@@ -48,6 +54,8 @@ struct dax_floor {
 	uint64_t entry_bits;           /* protection bits of a stored entry */
 	int32_t large;                 /* 1: the folios are large (order > 0) */
 	int32_t pages_per_folio;       /* 1 << order */
+	struct dax_page **out;         /* a pin's page array (NULL: none) */
+	uint64_t out_capacity;         /* pages it holds; a pin of more stores none */
 };
 
 /* n faults (timed part). */
