@@ -209,10 +209,15 @@ public func putUserPages(_ k: KernelRef, _ pages: PageArray, _ n: Int) {
 
 /// follow_page_mask for one address, grabbing a reference under the entry's
 /// lock. Returns the page, nil (needs a fault), or an error in `err`.
+/// `pageMask` is struct follow_page_context's page_mask: 0, or
+/// HPAGE_PMD_NR - 1 / HPAGE_PUD_NR - 1 when a huge leaf was followed (the
+/// pages of the leaf after this one are the caller's to grab).
 @inline(__always)
-func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlags, _ err: inout Int32) -> Page? {
+func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlags,
+                    _ pageMask: inout UInt64, _ err: inout Int32) -> Page? {
     let k = mm.pointee.kernel!
     let write = flags.contains(.write)
+    pageMask = 0
     // Each level is read once: a racing fault or zap may change an entry
     // between two reads (none -> huge leaf -> none).
     let pgde = dax_load_u64(pgdOffset(mm, addr))
@@ -220,13 +225,13 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
     let pud = entryTable(pgde) + pudIndex(addr)
     let pude = dax_load_u64(pud)
     if entryLeaf(pude) {
-        return followHuge(k, vma, pud, pudLockptr(mm), addr, UInt64(pudSize), write, flags, &err)
+        return followHuge(k, vma, pud, pudLockptr(mm), addr, UInt64(pudSize), write, flags, &pageMask, &err)
     }
     guard entryPresent(pude) else { return nil }
     let pmd = entryTable(pude) + pmdIndex(addr)
     let pmde = dax_load_u64(pmd)
     if entryLeaf(pmde) {
-        return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, &err)
+        return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, &pageMask, &err)
     }
     guard entryPresent(pmde) else { return nil }
     let pte = entryTable(pmde) + pteIndex(addr)
@@ -260,9 +265,11 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
 /// falls back here. A pfn without a struct page is refused with -EFAULT
 /// instead of reading a record that does not exist (VM_PFNMAP mappings,
 /// where such pfns live, never get here: check_vma_flags turns them away).
+/// After the grab, ctx->page_mask = HPAGE_PMD_NR - 1 (HPAGE_PUD_NR - 1).
 @inline(__always)
 func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: UnsafeMutablePointer<UInt32>,
-                _ addr: UInt64, _ size: UInt64, _ write: Bool, _ flags: GupFlags, _ err: inout Int32) -> Page? {
+                _ addr: UInt64, _ size: UInt64, _ write: Bool, _ flags: GupFlags,
+                _ pageMask: inout UInt64, _ err: inout Int32) -> Page? {
     dax_spin_lock(lock)
     defer { dax_spin_unlock(lock) }
     let e = dax_load_u64(entry)
@@ -273,6 +280,7 @@ func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: Unsafe
     let page = pfnToPage(k, pfn)
     let rc = tryGrabFolio(k, page.folio, 1, flags)
     if rc != 0 { err = rc; return nil }
+    pageMask = (size >> UInt64(pageShift)) - 1
     return page
 }
 
@@ -285,12 +293,17 @@ func vmFaultToErrno(_ ret: UInt32) -> Int32 {
 }
 
 /// __get_user_pages with mmap_lock held for read. Returns the number of
-/// pages grabbed, or -errno if none was.
+/// pages grabbed, or -errno if none was. One walk per huge leaf: after
+/// follow_page_mask returns a page of a PMD/PUD leaf (ctx.page_mask set),
+/// page_increm covers the rest of the leaf (capped at the pages left), the
+/// folio is grabbed once more for those pages, and pages[i + j] are filled
+/// with the consecutive pages.
 func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
+    let k = mm.pointee.kernel!
     var i = 0
+    var addr = roundDown(start, UInt64(pageSize))
     var vma: VMARef? = nil
     while i < nrPages {
-        let addr = roundDown(start, UInt64(pageSize)) + UInt64(i) * UInt64(pageSize)
         if vma == nil || addr >= vma!.pointee.vm_end {
             vma = vmaLookup(mm, addr)
             guard let v = vma else { return i > 0 ? i : Int(-EFAULT) }
@@ -298,10 +311,12 @@ func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: G
             if rc != 0 { return i > 0 ? i : Int(rc) }
         }
         var tries = 0
+        var pageMask: UInt64 = 0   // ctx.page_mask
+        var page: Page? = nil
         while true {
             var err: Int32 = 0
-            if let page = followPageMask(mm, vma!, addr, flags, &err) {
-                pages?[i] = page.raw
+            if let p = followPageMask(mm, vma!, addr, flags, &pageMask, &err) {
+                page = p
                 break
             }
             if err != 0 {
@@ -318,7 +333,23 @@ func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: G
             if ret & DAX_VM_FAULT_ERROR != 0 { return i > 0 ? i : Int(vmFaultToErrno(ret)) }
             tries += 1
         }
-        i += 1
+        // next_page: page_increm = 1 + (~(start >> PAGE_SHIFT) & ctx.page_mask)
+        let increm = min(1 + Int(~(addr >> UInt64(pageShift)) & pageMask), nrPages - i)
+        if let pages, let page {
+            if increm > 1 {
+                // The folio is already held: this grab should never fail.
+                // If it does, the first page's reference goes and the call
+                // fails hard.
+                let folio = page.folio
+                if tryGrabFolio(k, folio, Int32(increm - 1), flags) != 0 {
+                    gupPutFolio(k, folio, 1, flags)
+                    return i > 0 ? i : Int(-EFAULT)
+                }
+            }
+            for j in 0..<increm { pages[i + j] = page.raw + j }
+        }
+        i += increm
+        addr += UInt64(increm) << UInt64(pageShift)
     }
     return i
 }
@@ -331,9 +362,14 @@ func gupLongtermLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: Gu
     let rc = getUserPagesLocked(mm, start, nrPages, flags, pages)
     guard flags.contains(.longterm), rc > 0, let pages else { return rc }
     let k = mm.pointee.kernel!
+    // collect_longterm_unpinnable_folios: each folio once (a run of pages
+    // of one folio is checked at its first page).
+    var prev: UnsafeMutablePointer<dax_page>? = nil
     for i in 0..<rc {
         guard let raw = pages[i] else { continue }
         let folio = Page(raw).folio
+        if folio.raw == prev { continue }
+        prev = folio.raw
         if folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_COHERENT.rawValue) {
             unpinUserPages(k, pages, rc)
             for j in 0..<rc { pages[j] = nil }
