@@ -186,6 +186,20 @@ public func runDeviceBench(device: (any DaxDevice)?, options o: DeviceBenchOptio
             if let t = c.floorTarget, let ratio = r.ratio {
                 row.target = t; row.targetOf = "port/floor"; row.met = ratio <= t
             }
+            if let rel = r.relativeRatio, let to = r.relativeTo {
+                // memremap: the time against binding 1 GiB, and the memory
+                // the bind made resident before any fault.
+                row.target = r.relativeTarget; row.targetOf = "time / \(to)"; row.met = r.extraMet
+                var note = String(format: "%.2fx the time of %@", rel, to)
+                if let b = r.residentBytes {
+                    note += ", \(b / 1024) KiB resident after the bind"
+                    if let t = r.residentTarget { note += " (<= \(t >> 20) MiB)" }
+                }
+                if let v = r.vmemmapPages { note += ", \(v) vmemmap page(s)" }
+                row.note = note
+                rep.ratios.append(BenchRatio(name: "memremap \(c.id.split(separator: ".").last ?? "") / \(to.split(separator: ".").last ?? "")",
+                                             value: rel, target: r.relativeTarget))
+            }
             rep.rows.append(row)
             if let f = r.floor {
                 rep.rows.append(BenchRow(id: "port.\(c.id).floor", section: "port", group: "port \(c.id)",
