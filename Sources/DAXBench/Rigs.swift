@@ -18,8 +18,10 @@ public final class DevDaxRig {
     public let firstPfn: UInt64
 
     public init(align: UInt64, folios: Int, phys: UInt64 = 1 << 36) throws {
-        kernel = try Kernel(physBits: 46)
         length = align * UInt64(folios)
+        // The vmemmap covers just the range used (a reservation of 2^46
+        // pfns' records, 1 TiB, is more than valgrind's address space).
+        kernel = try Kernel(physBits: max(30, 64 - (phys + length - 1).leadingZeroBitCount))
         dev = try DevDax(kernel: kernel, ranges: [PhysicalRange(start: phys, size: length)], align: align)
         try dev.probe()
         mm = try MM(kernel: kernel)

@@ -174,7 +174,7 @@ public final class Kernel: @unchecked Sendable {
 
     /// A node counter (NR_FILE_MAPPED, NR_FOLL_PIN_ACQUIRED, ...).
     public func stat(_ item: dax_node_stat) -> Int64 {
-        dax_atomic64_read(dax_kernel_stats(ref) + Int(item.rawValue))
+        dax_pcpu_counter_sum(dax_kernel_stats(ref), Int32(item.rawValue))
     }
 
     /// Page-table pages in use.
@@ -440,10 +440,11 @@ public func pageToPfn(_ k: KernelRef, _ page: Page) -> UInt64 {
     return UInt64(pfn)
 }
 
-/// mod_node_page_state.
+/// mod_node_page_state: the calling thread's slot of the counter (vmstat's
+/// per-cpu diff; readers sum the slots, see Kernel.stat).
 @inline(__always)
 func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64) {
-    dax_atomic64_add(dax_kernel_stats(k) + Int(item.rawValue), delta)
+    dax_pcpu_counter_add(dax_kernel_stats(k), Int32(item.rawValue), delta)
 }
 
 /// The lookups memremap needs: which pgmap covers a pfn (pgmap_array, an

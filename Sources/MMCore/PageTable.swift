@@ -260,13 +260,16 @@ public func walk(_ mm: MMRef, _ addr: UInt64) -> PageWalk {
 }
 
 // MARK: rss (add_mm_counter)
+// mm->rss_stat is a percpu_counter per item: the port keeps one per thread
+// slot (dax_pcpu_counters), added to without a lock prefix and summed by
+// get_mm_counter (the exact percpu_counter_sum, not the approximate read).
 
 @inline(__always)
 public func addMMCounter(_ mm: MMRef, _ counter: dax_mm_counter, _ delta: Int64) {
-    dax_atomic64_add(dax_mm_rss(mm) + Int(counter.rawValue), delta)
+    dax_pcpu_counter_add(dax_mm_rss(mm), Int32(counter.rawValue), delta)
 }
 
 @inline(__always)
 public func getMMCounter(_ mm: MMRef, _ counter: dax_mm_counter) -> Int64 {
-    dax_atomic64_read(dax_mm_rss(mm) + Int(counter.rawValue))
+    dax_pcpu_counter_sum(dax_mm_rss(mm), Int32(counter.rawValue))
 }
