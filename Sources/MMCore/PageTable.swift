@@ -134,8 +134,13 @@ func ptFreeTable(_ k: KernelRef, _ table: EntryPtr) {
 func ptlockOf(_ k: KernelRef, tableContaining entry: EntryPtr) -> UnsafeMutablePointer<UInt32> {
     let off = UnsafeMutableRawPointer(entry) - UnsafeMutableRawPointer(k.pointee.pt_pool)
     assert(off >= 0 && UInt64(off / pageSize) < k.pointee.pt_pool_pages, "ptlock_ptr: entry outside the page-table pool")
-    return k.pointee.pt_locks + off / pageSize
+    return k.pointee.pt_locks + off / pageSize * ptlockStride
 }
+
+/// UInt32 words between two table pages' split ptlocks: one cache line each,
+/// as the kernel's ptlock sits in the table page's own struct ptdesc (two
+/// threads faulting under different tables bounce no line).
+let ptlockStride = 16
 
 /// pte_lockptr: the lock of the PTE table a PMD entry points at.
 @inline(__always)

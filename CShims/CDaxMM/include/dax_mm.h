@@ -91,10 +91,11 @@ DAX_MM_INLINE bool dax_spin_is_locked(const uint32_t *l) { return __atomic_load_
  * one atomic on the first use per thread). */
 #define DAX_NR_SLOTS 16
 #define DAX_SLOT_OVERFLOW DAX_NR_SLOTS
-/* A slot record is 128 bytes, its data in the first 64: wherever the
- * record containing the slots starts (Swift's allocations are 16-byte
- * aligned; the importer takes no over-aligned C type), two slots' data never
- * share a cache line. */
+/* A slot record is 128 bytes, its data in the first 64, and a slot array
+ * starts 64 bytes after the fields before it: wherever the record holding
+ * it starts (Swift's allocations are 16-byte aligned; the importer takes no
+ * over-aligned C type), a slot's data shares no cache line with another
+ * slot's or with a neighbouring field. */
 #define DAX_SLOT_BYTES 128
 
 extern __thread int32_t dax_slot_tls __attribute__((tls_model("initial-exec")));
@@ -127,6 +128,7 @@ struct dax_counter_slot {
 };
 
 struct dax_pcpu_counters {
+	int64_t _lead[8];   /* 64 bytes: slot 0 shares no line with what precedes */
 	struct dax_counter_slot slot[DAX_NR_SLOTS + 1];
 };
 
@@ -176,6 +178,7 @@ struct dax_srcu_slot {
 struct dax_srcu {
 	uint32_t idx;
 	uint32_t _pad;
+	int64_t _lead[8];   /* slot 0's counts share no line with idx */
 	struct dax_srcu_slot slot[DAX_NR_SLOTS + 1];
 };
 
@@ -247,6 +250,7 @@ struct dax_rwsem {
 	uint32_t seq;     /* futex word, bumped by the releases above */
 	uint32_t waiters; /* sleepers: a release makes a futex call only if > 0 */
 	uint32_t owner;   /* thread id of the writer while held for write, else 0 */
+	int64_t _lead[8]; /* slot 0's count shares no line with `writer` */
 	struct dax_rwsem_slot slot[DAX_NR_SLOTS + 1];
 };
 
