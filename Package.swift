@@ -4,7 +4,7 @@ import PackageDescription
 // Release-only codegen flags for the modules that carry hot paths. unsafeFlags are
 // accepted in a root package (and its path dependencies such as Benchmarks/).
 let hotPathSwiftSettings: [SwiftSetting] = [
-    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
 ]
 
 // daxmm supports Linux on x86-64 only: the port's page tables use the x86-64

@@ -24,3 +24,10 @@ _Static_assert(DAX_PG_head < 64 && DAX_PG_reserved < 64 && DAX_PG_zone_device < 
 size_t dax_page_sizeof(void) { return sizeof(struct dax_page); }
 size_t dax_page_offsetof_refcount(void) { return offsetof(struct dax_page, refcount); }
 size_t dax_page_offsetof_pincount(void) { return offsetof(struct dax_page, pincount); }
+
+/* The per-slot counter blocks hold every item of their enums. */
+_Static_assert(DAX_NR_MM_COUNTERS <= DAX_SLOT_COUNTERS, "rss items fit a counter slot");
+_Static_assert(DAX_NR_STATS <= DAX_SLOT_COUNTERS, "node stat items fit a counter slot");
+_Static_assert(sizeof(struct dax_counter_slot) == DAX_SLOT_BYTES && sizeof(struct dax_srcu_slot) == DAX_SLOT_BYTES
+	       && sizeof(struct dax_rwsem_slot) == DAX_SLOT_BYTES && DAX_SLOT_COUNTERS * 8 <= 64,
+	       "a slot's data in its first 64 bytes, two cache lines per slot");

@@ -40,15 +40,33 @@ void dax_spin_lock_slow(uint32_t *l)
 	}
 }
 
+__thread int32_t dax_slot_tls __attribute__((tls_model("initial-exec")));
+static int32_t dax_slot_next;
+
+/* The first per-slot use on a thread: the next free slot, or the shared
+ * overflow slot once they are all taken. Slots are not recycled when a
+ * thread exits (an exited thread's counts stay in its slot, where the sums
+ * still see them). */
+int32_t dax_slot_assign(void)
+{
+	int32_t n = __atomic_fetch_add(&dax_slot_next, 1, __ATOMIC_RELAXED);
+	int32_t s = n < DAX_NR_SLOTS ? n : DAX_SLOT_OVERFLOW;
+	dax_slot_tls = s + 1;
+	return s;
+}
+
 static void rwsem_wait(struct dax_rwsem *s, uint32_t seq)
 {
+	/* waiters first, then (in the futex call) the recheck of seq: a
+	 * release that bumped seq after our read either sees waiters > 0 and
+	 * wakes us, or bumped it before the futex call compares it. */
 	__atomic_add_fetch(&s->waiters, 1, __ATOMIC_SEQ_CST);
 	dax_futex_wait(&s->seq, seq, 1000000);   /* 1 ms cap: recheck */
 	__atomic_sub_fetch(&s->waiters, 1, __ATOMIC_SEQ_CST);
 }
 
 /* Bump the sequence (so a sleeper that read the old one does not sleep) and
- * wake sleepers, if any: the uncontended release makes no system call. */
+ * wake sleepers, if any. */
 static void rwsem_release(struct dax_rwsem *s)
 {
 	__atomic_add_fetch(&s->seq, 1, __ATOMIC_SEQ_CST);
@@ -56,33 +74,55 @@ static void rwsem_release(struct dax_rwsem *s)
 		dax_futex_wake(&s->seq, INT_MAX);
 }
 
+static int64_t rwsem_readers(struct dax_rwsem *s)
+{
+	int64_t sum = 0;
+	for (int i = 0; i <= DAX_NR_SLOTS; i++)
+		sum += __atomic_load_n(&s->slot[i].readers, __ATOMIC_SEQ_CST);
+	return sum;
+}
+
+/* A read release: the slot decrement (fully ordered, before the load of
+ * `writer`: either the writer sees the decrement in its sum, or we see it
+ * pending and wake it). */
+static inline void rwsem_read_release(struct dax_rwsem *s, int32_t slot)
+{
+	(void)__atomic_sub_fetch(&s->slot[slot].readers, 1, __ATOMIC_SEQ_CST);
+	if (__builtin_expect(__atomic_load_n(&s->writer, __ATOMIC_SEQ_CST) != 0, 0))
+		rwsem_release(s);
+}
+
 bool dax_down_read_trylock(struct dax_rwsem *s)
 {
-	int32_t c = __atomic_load_n(&s->count, __ATOMIC_RELAXED);
-	while (c >= 0) {
-		if (__atomic_compare_exchange_n(&s->count, &c, c + 1, true, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-			return true;
-	}
+	int32_t slot = dax_this_slot();
+	(void)__atomic_add_fetch(&s->slot[slot].readers, 1, __ATOMIC_SEQ_CST);
+	if (__builtin_expect(__atomic_load_n(&s->writer, __ATOMIC_SEQ_CST) == 0, 1))
+		return true;
+	rwsem_read_release(s, slot);   /* back off; the writer may wait for us */
 	return false;
 }
 
 void dax_down_read(struct dax_rwsem *s)
 {
 	for (unsigned spins = 0;; spins++) {
-		uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
 		if (dax_down_read_trylock(s))
 			return;
-		if (spins < 64)
+		if (spins < 64) {
 			dax_cpu_relax();
-		else
+			continue;
+		}
+		/* seq after the attempt (whose back-off may have bumped it),
+		 * then the recheck: a write release after the load changes seq
+		 * and the futex call returns at once. */
+		uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&s->writer, __ATOMIC_SEQ_CST) != 0)
 			rwsem_wait(s, seq);
 	}
 }
 
 void dax_up_read(struct dax_rwsem *s)
 {
-	if (__atomic_sub_fetch(&s->count, 1, __ATOMIC_RELEASE) == 0)
-		rwsem_release(s);
+	rwsem_read_release(s, dax_this_slot());
 }
 
 uint32_t dax_current_tid(void)
@@ -95,36 +135,57 @@ uint32_t dax_current_tid(void)
 
 bool dax_down_write_trylock(struct dax_rwsem *s)
 {
-	int32_t z = 0;
-	if (!__atomic_compare_exchange_n(&s->count, &z, -1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+	uint32_t z = 0;
+	if (!__atomic_compare_exchange_n(&s->writer, &z, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
 		return false;
+	if (rwsem_readers(s) != 0) {
+		__atomic_store_n(&s->writer, 0, __ATOMIC_SEQ_CST);
+		rwsem_release(s);   /* readers that backed off meanwhile */
+		return false;
+	}
 	__atomic_store_n(&s->owner, dax_current_tid(), __ATOMIC_RELAXED);
 	return true;
 }
 
 void dax_down_write(struct dax_rwsem *s)
 {
+	/* Exclude other writers, then wait for the readers to drain (new
+	 * readers see `writer` and back off). */
 	for (unsigned spins = 0;; spins++) {
-		uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-		if (dax_down_write_trylock(s))
-			return;
+		uint32_t z = 0;
+		if (__atomic_compare_exchange_n(&s->writer, &z, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+			break;
+		if (spins < 64) {
+			dax_cpu_relax();
+			continue;
+		}
+		uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&s->writer, __ATOMIC_SEQ_CST) != 0)
+			rwsem_wait(s, seq);
+	}
+	for (unsigned spins = 0;; spins++) {
+		uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST);
+		if (rwsem_readers(s) == 0)
+			break;
 		if (spins < 64)
 			dax_cpu_relax();
 		else
 			rwsem_wait(s, seq);
 	}
+	__atomic_store_n(&s->owner, dax_current_tid(), __ATOMIC_RELAXED);
 }
 
 void dax_up_write(struct dax_rwsem *s)
 {
 	__atomic_store_n(&s->owner, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->count, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&s->writer, 0, __ATOMIC_SEQ_CST);
 	rwsem_release(s);
 }
 
 void dax_downgrade_write(struct dax_rwsem *s)
 {
 	__atomic_store_n(&s->owner, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->count, 1, __ATOMIC_RELEASE);
+	(void)__atomic_add_fetch(&s->slot[dax_this_slot()].readers, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&s->writer, 0, __ATOMIC_SEQ_CST);
 	rwsem_release(s);
 }

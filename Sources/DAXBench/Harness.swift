@@ -19,6 +19,10 @@ public struct Batch {
     public var prepare: () -> Void
     public var run: () -> Void
     public var restore: () -> Void
+    /// A batch that times itself (nil: the harness times `run`): runs the
+    /// batch and returns the nanoseconds its timed part took (e.g. from a
+    /// start barrier of several threads to the last one's finish).
+    public var timedRun: (() -> Int64)? = nil
 
     public init(ops: Int, prepare: @escaping () -> Void = {}, run: @escaping () -> Void,
                 restore: @escaping () -> Void = {}) {
@@ -26,6 +30,13 @@ public struct Batch {
         self.prepare = prepare
         self.run = run
         self.restore = restore
+    }
+
+    /// A self-timed batch: `timedRun` returns the nanoseconds of its timed part.
+    public init(ops: Int, prepare: @escaping () -> Void = {}, timedRun: @escaping () -> Int64,
+                restore: @escaping () -> Void = {}) {
+        self.init(ops: ops, prepare: prepare, run: { _ = timedRun() }, restore: restore)
+        self.timedRun = timedRun
     }
 }
 
@@ -81,6 +92,10 @@ public struct BenchCase: Sendable {
     public let group: BenchGroup
     /// The ratio port / floor must be at most this (nil: no target).
     public let floorTarget: Double?
+    /// For a case whose "floor" batch is a reference the port batch must
+    /// beat (one thread vs two): floor.p50 / port.p50, the port's throughput
+    /// over the reference's, must be at least this (nil: no such target).
+    public var minSpeedup: Double? = nil
     public let make: @Sendable () throws -> Instance
 
     public init(id: String, title: String, group: BenchGroup, floorTarget: Double? = nil,
@@ -147,8 +162,12 @@ public struct CaseResult: Codable, Sendable {
         if let residentBytes, let residentTarget { r = (r ?? true) && residentBytes <= residentTarget }
         return r
     }
+    /// BenchCase.minSpeedup, and the measured floor.p50 / port.p50.
+    public var minSpeedup: Double? = nil
+    public var speedup: Double? = nil
 
     public var met: Bool? {
+        if let speedup, let minSpeedup { return speedup >= minSpeedup }
         guard let ratio, let floorTarget else { return nil }
         return ratio <= floorTarget
     }
@@ -175,11 +194,16 @@ public struct Sampling: Sendable {
 @inline(never)
 func timeBatch(_ b: Batch) -> UInt64 {
     b.prepare()
-    let t0 = dax_bench_now_ns()
-    b.run()
-    let t1 = dax_bench_now_ns()
+    let ns: Int64
+    if let timed = b.timedRun {
+        ns = timed()
+    } else {
+        let t0 = dax_bench_now_ns()
+        b.run()
+        ns = dax_bench_now_ns() - t0
+    }
     b.restore()
-    let ps = UInt64(max(t1 - t0, 0)) * 1000 / UInt64(max(b.ops, 1))
+    let ps = UInt64(max(ns, 0)) * 1000 / UInt64(max(b.ops, 1))
     return max(ps, 1)
 }
 
@@ -218,6 +242,10 @@ public func measure(_ c: BenchCase, _ inst: Instance, sampling: Sampling = Sampl
         result.relativeTo = r.id
         result.relativeRatio = port.p50 / max(Percentiles(hr).p50, 0.001)
         result.relativeTarget = r.target
+    }
+    if let m = c.minSpeedup {
+        result.minSpeedup = m
+        result.speedup = floor.map { $0.p50 / max(port.p50, 0.001) }
     }
     return result
 }

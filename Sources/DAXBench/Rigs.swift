@@ -77,11 +77,13 @@ public final class DevDaxRig {
     static let fixedBase: UInt64 = 0x2000_0000_0000
 
     public init(align: UInt64, folios: Int, mappings: Int = 1, phys: UInt64 = 1 << 36) throws {
-        kernel = try Kernel(physBits: 46)
         // memremap_pages works in 2 MiB sub-sections: a 4K device of any
         // number of folios is rounded up to one.
         let bytes = align * UInt64(folios)
         length = (bytes + UInt64(pmdSize) - 1) / UInt64(pmdSize) * UInt64(pmdSize)
+        // The vmemmap covers just the range used (a reservation of 2^46
+        // pfns' records, 1 TiB, is more than valgrind's address space).
+        kernel = try Kernel(physBits: max(30, 64 - (phys + length - 1).leadingZeroBitCount))
         dev = try DevDax(kernel: kernel, ranges: [PhysicalRange(start: phys, size: length)], align: align)
         try dev.probe()
         mm = try MM(kernel: kernel)

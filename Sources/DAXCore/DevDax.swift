@@ -291,8 +291,9 @@ func devDaxHugeLevelFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaul
 }
 
 /// dev_dax_huge_fault: dispatch by order, inside dax_read_lock /
-/// dax_read_unlock (two fully ordered atomic adds on the device's dax_srcu
-/// counter: what the fault path pays for remove() waiting for it).
+/// dax_read_unlock (a fully ordered add on the calling thread's slot of the
+/// device's dax_srcu and a release decrement of it: what the fault path pays
+/// for remove() waiting for it).
 @inline(__always)
 func devDaxHugeFaultImpl(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
     guard let st = devDaxState(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }

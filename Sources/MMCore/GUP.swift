@@ -124,6 +124,20 @@ func tryGetFolio(_ k: KernelRef, _ page: Page, _ refs: Int32) -> Folio? {
     }
 }
 
+/// try_get_folio for a pin: `refs` on a large folio (whose pins count in
+/// _pincount), refs * GUP_PIN_COUNTING_BIAS on a small one. Returns the
+/// folio and what was added to its refcount.
+@inline(__always)
+func tryGetFolioForPin(_ k: KernelRef, _ page: Page, _ refs: Int32) -> (Folio, Int32)? {
+    while true {
+        let folio = page.folio
+        let add = folio.hasPincount ? refs : refs &* Int32(DAX_GUP_PIN_COUNTING_BIAS)
+        guard folio.refTryAdd(add) else { return nil }
+        if page.folio == folio { return (folio, add) }
+        folioPutRefs(k, folio, add)   // split under us: retry
+    }
+}
+
 /// try_grab_folio_fast: GUP-fast's grab. nil sends the caller to the slow path.
 @inline(__always)
 public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flags: GupFlags) -> Folio? {
@@ -134,15 +148,17 @@ public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flag
     if isP2PDMA(page.folio) && !flags.contains(.pciP2PDMA) { return nil }
     if flags.contains(.get) { return tryGetFolio(k, page, refs) }
     if isZeroPfn(pageToPfn(k, page)) { return page.folio }
-    guard let folio = tryGetFolio(k, page, refs) else { return nil }
+    // try_get_folio(refs), then folio_ref_add(refs * (GUP_PIN_COUNTING_BIAS
+    // - 1)) on a small folio: the port adds the whole refs * BIAS in the one
+    // try-add (the same final count and the same refusal of a free folio,
+    // one atomic instead of two).
+    guard let (folio, added) = tryGetFolioForPin(k, page, refs) else { return nil }
     if flags.contains(.longterm) && !folioIsLongtermPinnable(k, folio) {
-        folioPutRefs(k, folio, refs)
+        folioPutRefs(k, folio, added)
         return nil
     }
     if folio.hasPincount {
         dax_atomic_add(dax_page_pincount(folio.raw + 1), refs)
-    } else {
-        folio.refAdd(refs * Int32(DAX_GUP_PIN_COUNTING_BIAS - 1))
     }
     modNodeStat(k, DAX_NR_FOLL_PIN_ACQUIRED, Int64(refs))
     return folio
@@ -427,6 +443,14 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
             guard entryPresent(pmde) else { return i }
             if entryLeaf(pmde) {
                 entryp = pmdp; e = pmde; size = UInt64(pmdSize)
+            } else if pteIndex(addr) < 511 && nrPages - i > 1 {
+                // gup_fast_pte_range: the PTEs of this table the request
+                // covers, without walking down again for each.
+                let n = gupFastPteRange(k, entryTable(pmde) + pteIndex(addr), addr,
+                                        min(nrPages - i, 512 - pteIndex(addr)), flags, pages + i)
+                i += n
+                if n == 0 || pteIndex(addr) + n < 512 && i < nrPages { return i }
+                continue
             } else {
                 entryp = entryTable(pmde) + pteIndex(addr)
                 e = dax_load_u64(entryp)
@@ -454,10 +478,39 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
             gupPutFolio(k, folio, Int32(refs), flags)
             return i
         }
-        for j in 0..<refs { pages[i + j] = (page.raw + j) }
+        // record_subpages
+        let dst = pages + i
+        let first = page.raw
+        for j in 0..<refs { dst[j] = first + j }
         i += refs
     }
     return i
+}
+
+/// gup_fast_pte_range over `nr` consecutive PTEs from `ptep` (mapping
+/// `addr` on): the same checks gupFast makes of each entry, one small grab
+/// per entry. Returns how many pages it pinned (stops at the first refusal).
+@inline(__always)
+func gupFastPteRange(_ k: KernelRef, _ ptep: EntryPtr, _ addr: UInt64, _ nr: Int, _ flags: GupFlags,
+                     _ pages: PageArray) -> Int {
+    let write = flags.contains(.write)
+    if flags.contains(.pin) && flags.contains(.longterm) && write { return 0 }
+    for j in 0..<nr {
+        let entryp = ptep + j
+        let e = dax_load_u64(entryp)
+        guard entryPresent(e), !entrySpecial(e), e & PT.user != 0 else { return j }
+        if write && !entryWrite(e) { return j }
+        let pfn = entryPfn(e)
+        guard pfnValid(k, pfn) else { return j }
+        let page = pfnToPage(k, pfn)
+        guard let folio = tryGrabFolioFast(k, page, 1, flags) else { return j }
+        if dax_load_u64(entryp) != e {
+            gupPutFolio(k, folio, 1, flags)
+            return j
+        }
+        pages[j] = page.raw
+    }
+    return nr
 }
 
 /// internal_get_user_pages_fast: fast part, then the slow path for the rest.

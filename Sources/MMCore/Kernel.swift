@@ -89,6 +89,7 @@ public final class Kernel: @unchecked Sendable {
     private let vmemmapBytes: Int
     private let sectionBytes: Int
     private let ptPoolBytes: Int
+    private let ptLockBytes: Int
     /// pgmap_array and the iomem "System RAM" resources.
     let registry = Registry()
 
@@ -113,6 +114,7 @@ public final class Kernel: @unchecked Sendable {
         let nrSections = Int(maxPfn) / pagesPerSection
         sectionBytes = (nrSections + pageSize - 1) & ~(pageSize - 1)
         ptPoolBytes = pageTablePages * pageSize
+        ptLockBytes = pageTablePages * ptlockStride * MemoryLayout<UInt32>.stride
 
         let k = KernelRef.allocate(capacity: 1)
         k.initialize(to: dax_kernel())
@@ -144,8 +146,16 @@ public final class Kernel: @unchecked Sendable {
         k.pointee.section_present = sections.assumingMemoryBound(to: UInt8.self)
         k.pointee.pt_pool = pool.assumingMemoryBound(to: UInt8.self)
         k.pointee.pt_pool_pages = UInt64(pageTablePages)
-        k.pointee.pt_locks = UnsafeMutablePointer<UInt32>.allocate(capacity: pageTablePages)
-        k.pointee.pt_locks.initialize(repeating: 0, count: pageTablePages)
+        // One cache line per ptlock (ptlockStride), zero-filled on first touch.
+        guard let locks = mmap(nil, ptLockBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              locks != MAP_FAILED else {
+            munmap(vm, vmemmapBytes)
+            munmap(sections, sectionBytes)
+            munmap(pool, ptPoolBytes)
+            k.deallocate()
+            throw .errno(ENOMEM, "cannot reserve the split ptlocks")
+        }
+        k.pointee.pt_locks = locks.assumingMemoryBound(to: UInt32.self)
         // The shared zero page: pfn 0, a reserved RAM page with a permanent
         // reference; never part of a pgmap (its 2 MiB are System RAM).
         try populateSections(startPfn: 0, endPfn: 1)
@@ -160,7 +170,7 @@ public final class Kernel: @unchecked Sendable {
         munmap(ref.pointee.vmemmap, vmemmapBytes)
         munmap(ref.pointee.pt_pool, ptPoolBytes)
         munmap(ref.pointee.section_present, sectionBytes)
-        ref.pointee.pt_locks.deallocate()
+        munmap(ref.pointee.pt_locks, ptLockBytes)
         ref.deallocate()
     }
 
@@ -174,7 +184,7 @@ public final class Kernel: @unchecked Sendable {
 
     /// A node counter (NR_FILE_MAPPED, NR_FOLL_PIN_ACQUIRED, ...).
     public func stat(_ item: dax_node_stat) -> Int64 {
-        dax_atomic64_read(dax_kernel_stats(ref) + Int(item.rawValue))
+        dax_pcpu_counter_sum(dax_kernel_stats(ref), Int32(item.rawValue))
     }
 
     /// Page-table pages in use.
@@ -446,10 +456,11 @@ public func pageToPfn(_ k: KernelRef, _ page: Page) -> UInt64 {
     return UInt64(pfn)
 }
 
-/// mod_node_page_state.
+/// mod_node_page_state: the calling thread's slot of the counter (vmstat's
+/// per-cpu diff; readers sum the slots, see Kernel.stat).
 @inline(__always)
 func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64) {
-    dax_atomic64_add(dax_kernel_stats(k) + Int(item.rawValue), delta)
+    dax_pcpu_counter_add(dax_kernel_stats(k), Int32(item.rawValue), delta)
 }
 
 /// The lookups memremap needs: which pgmap covers a pfn (pgmap_array, an

@@ -134,8 +134,13 @@ func ptFreeTable(_ k: KernelRef, _ table: EntryPtr) {
 func ptlockOf(_ k: KernelRef, tableContaining entry: EntryPtr) -> UnsafeMutablePointer<UInt32> {
     let off = UnsafeMutableRawPointer(entry) - UnsafeMutableRawPointer(k.pointee.pt_pool)
     assert(off >= 0 && UInt64(off / pageSize) < k.pointee.pt_pool_pages, "ptlock_ptr: entry outside the page-table pool")
-    return k.pointee.pt_locks + off / pageSize
+    return k.pointee.pt_locks + off / pageSize * ptlockStride
 }
+
+/// UInt32 words between two table pages' split ptlocks: one cache line each,
+/// as the kernel's ptlock sits in the table page's own struct ptdesc (two
+/// threads faulting under different tables bounce no line).
+let ptlockStride = 16
 
 /// pte_lockptr: the lock of the PTE table a PMD entry points at.
 @inline(__always)
@@ -260,13 +265,16 @@ public func walk(_ mm: MMRef, _ addr: UInt64) -> PageWalk {
 }
 
 // MARK: rss (add_mm_counter)
+// mm->rss_stat is a percpu_counter per item: the port keeps one per thread
+// slot (dax_pcpu_counters), added to without a lock prefix and summed by
+// get_mm_counter (the exact percpu_counter_sum, not the approximate read).
 
 @inline(__always)
 public func addMMCounter(_ mm: MMRef, _ counter: dax_mm_counter, _ delta: Int64) {
-    dax_atomic64_add(dax_mm_rss(mm) + Int(counter.rawValue), delta)
+    dax_pcpu_counter_add(dax_mm_rss(mm), Int32(counter.rawValue), delta)
 }
 
 @inline(__always)
 public func getMMCounter(_ mm: MMRef, _ counter: dax_mm_counter) -> Int64 {
-    dax_atomic64_read(dax_mm_rss(mm) + Int(counter.rawValue))
+    dax_pcpu_counter_sum(dax_mm_rss(mm), Int32(counter.rawValue))
 }

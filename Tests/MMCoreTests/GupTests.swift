@@ -302,6 +302,34 @@ struct GupTests {
         rig.check(Self.ledger(rig, []))
     }
 
+    @Test("gup_fast_pte_range: pin_user_pages_fast over PTEs crossing a PTE table pins each page once, stops at an empty PTE and the slow path pins the rest")
+    func pinFastAcrossPteTables() throws {
+        let (rig, a) = try vmaFixture(order: 0, bytes: 4 << 20, length: 4 << 20)
+        let pages = VMAKit.pages(800)
+        defer { pages.deallocate() }
+        // Entries for pages [0, 700) and [701, 800); page 700 stays empty.
+        #expect(pinUserPages(rig.mm.ref, a, 700, [], pages) == 700)
+        #expect(pinUserPages(rig.mm.ref, a + 701 * 4096, 99, [], pages + 700) == 99)
+        unpinUserPages(rig.kernel.ref, pages, 799)
+        #expect(rig.folio(pgoff: 700).refCount == 1)   // never faulted: idle
+        let acq = rig.kernel.stat(DAX_NR_FOLL_PIN_ACQUIRED)
+        // Fast: pages 200..<700 (tables of pages 0-511 and 512-1023), then the
+        // slow path faults page 700 and pins 700..<800.
+        #expect(pinUserPagesFast(rig.mm.ref, a + 200 * 4096, 600, [.write], pages) == 600)
+        #expect(rig.kernel.stat(DAX_NR_FOLL_PIN_ACQUIRED) == acq + 600)
+        var pinned: [(Folio, Int64)] = []
+        for i in 0..<600 {
+            let pgoff = UInt64(200 + i)
+            #expect(pages[i] == pfnToPage(rig.kernel.ref, rig.pgmap.ranges[0].startPfn + pgoff).raw)
+            #expect(rig.folio(pgoff: pgoff).refCount == 1 + 1 + 1024, "page \(pgoff)")
+            pinned.append((rig.folio(pgoff: pgoff), 1024))
+        }
+        #expect(rig.folio(pgoff: 199).refCount == 2 && rig.folio(pgoff: 800).refCount == 1)
+        rig.check(Self.ledger(rig, pinned))
+        unpinUserPages(rig.kernel.ref, pages, 600)
+        rig.check(Self.ledger(rig, []))
+    }
+
     @Test("unpin_user_pages skips nil entries and handles runs of different folios")
     func unpinSkipsNil() throws {
         let (rig, a) = try vmaFixture(length: 64 << 10)

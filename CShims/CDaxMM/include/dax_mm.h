@@ -78,30 +78,129 @@ DAX_MM_INLINE void dax_spin_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMI
 
 DAX_MM_INLINE bool dax_spin_is_locked(const uint32_t *l) { return __atomic_load_n(l, __ATOMIC_RELAXED) != 0; }
 
-/* An SRCU-like read side (dax_srcu): two reader counters; a reader counts
- * itself on the side `idx` names when it enters, and the updater flips idx
- * and waits for the old side to drain, so it waits only for readers that
- * started before the flip. Entering and leaving are one fully ordered
- * atomic add each (smp_mb() B and C of srcu_read_lock/unlock); nothing
- * allocates, so a fault handler in a signal handler may use it. The updater
- * must publish its change with a seq_cst store before the flip, and the
- * reader read it with a seq_cst load inside the section. */
+/* Per-thread slots: the port's stand-in for per-CPU data. A "CPU" is a
+ * thread: the first DAX_NR_SLOTS threads that touch a per-slot record get a
+ * slot of their own, once (an atomic counter, in dax_slot_assign); later
+ * threads share the overflow slot DAX_NR_SLOTS, which they update with
+ * lock-prefixed atomics. A slot is written by its thread only, with one
+ * non-locked read-modify-write instruction (this_cpu_add: a signal handler
+ * on the same thread cannot split it), so a writer never bounces another
+ * thread's cache line; readers sum every slot, exactly once the writers are
+ * quiescent (percpu_counter_sum, the vmstat fold). Slot data never
+ * shares a cache line with another slot's. Everything here is async-signal-safe (initial-exec TLS,
+ * one atomic on the first use per thread). */
+#define DAX_NR_SLOTS 16
+#define DAX_SLOT_OVERFLOW DAX_NR_SLOTS
+/* A slot record is 128 bytes, its data in the first 64, and a slot array
+ * starts 64 bytes after the fields before it: wherever the record holding
+ * it starts (Swift's allocations are 16-byte aligned; the importer takes no
+ * over-aligned C type), a slot's data shares no cache line with another
+ * slot's or with a neighbouring field. */
+#define DAX_SLOT_BYTES 128
+
+extern __thread int32_t dax_slot_tls __attribute__((tls_model("initial-exec")));
+int32_t dax_slot_assign(void);
+
+/* The calling thread's slot, in [0, DAX_NR_SLOTS] (DAX_SLOT_OVERFLOW shared). */
+DAX_MM_INLINE int32_t dax_this_slot(void)
+{
+	int32_t s = dax_slot_tls;
+	if (__builtin_expect(s != 0, 1))
+		return s - 1;
+	return dax_slot_assign();
+}
+
+/* this_cpu_add on slot `slot` of a per-slot int64 (the own slot: a plain
+ * add instruction, no lock prefix; the shared overflow slot: an atomic). */
+DAX_MM_INLINE void dax_slot_add64(int64_t *v, int32_t slot, int64_t delta)
+{
+	if (__builtin_expect(slot != DAX_SLOT_OVERFLOW, 1))
+		__asm__ volatile("addq %1, %0" : "+m"(*v) : "er"(delta));
+	else
+		(void)__atomic_fetch_add(v, delta, __ATOMIC_RELAXED);
+}
+
+/* A per-slot counter block: the mm's rss counters and the node stats. */
+#define DAX_SLOT_COUNTERS 8
+struct dax_counter_slot {
+	int64_t v[DAX_SLOT_COUNTERS];
+	int64_t _pad[DAX_SLOT_BYTES / 8 - DAX_SLOT_COUNTERS];
+};
+
+struct dax_pcpu_counters {
+	int64_t _lead[8];   /* 64 bytes: slot 0 shares no line with what precedes */
+	struct dax_counter_slot slot[DAX_NR_SLOTS + 1];
+};
+
+/* add_mm_counter / __mod_node_page_state: the caller's slot only. */
+DAX_MM_INLINE void dax_pcpu_counter_add(struct dax_pcpu_counters *c, int item, int64_t delta)
+{
+	int32_t s = dax_this_slot();
+	dax_slot_add64(&c->slot[s].v[item], s, delta);
+}
+
+/* percpu_counter_sum / node_page_state: every slot summed (exact once the
+ * writers are quiescent). */
+DAX_MM_INLINE int64_t dax_pcpu_counter_sum(struct dax_pcpu_counters *c, int item)
+{
+	int64_t sum = 0;
+	for (int i = 0; i <= DAX_NR_SLOTS; i++)
+		sum += __atomic_load_n(&c->slot[i].v[item], __ATOMIC_RELAXED);
+	return sum;
+}
+
+/* Sets a counter to `value` (slot 0 holds it, the others 0); the writers
+ * must be quiescent. */
+DAX_MM_INLINE void dax_pcpu_counter_set(struct dax_pcpu_counters *c, int item, int64_t value)
+{
+	for (int i = 0; i <= DAX_NR_SLOTS; i++)
+		__atomic_store_n(&c->slot[i].v[item], i == 0 ? value : 0, __ATOMIC_RELAXED);
+}
+
+/* An SRCU-like read side (dax_srcu), per slot as the kernel's SRCU is per
+ * CPU: two reader counters per slot; a reader counts itself on the side
+ * `idx` names in its own slot when it enters, and the updater flips idx and
+ * waits for the sum of the old side over all slots to drain, so it waits
+ * only for readers that started before the flip. Entering is one fully
+ * ordered add on the reader's own slot (srcu_read_lock's smp_mb() B: the
+ * count is visible before the section reads what the updater publishes);
+ * leaving is a plain (release) decrement of the same slot, since only the
+ * section's accesses must be ordered before it. A reader leaves on the
+ * thread (slot) it entered on. Nothing allocates, so a fault handler in a
+ * signal handler may use it. The updater must publish its change with a
+ * seq_cst store before the flip, and the reader read it with a seq_cst load
+ * inside the section. */
+struct dax_srcu_slot {
+	int64_t readers[2];
+	int64_t _pad[DAX_SLOT_BYTES / 8 - 2];
+};
+
 struct dax_srcu {
 	uint32_t idx;
 	uint32_t _pad;
-	int64_t readers[2];
+	int64_t _lead[8];   /* slot 0's counts share no line with idx */
+	struct dax_srcu_slot slot[DAX_NR_SLOTS + 1];
 };
 
+/* The reader's side and slot, packed (side in bit 0, slot above). */
 DAX_MM_INLINE uint32_t dax_srcu_read_lock(struct dax_srcu *s)
 {
 	uint32_t i = __atomic_load_n(&s->idx, __ATOMIC_RELAXED) & 1;
-	(void)__atomic_fetch_add(&s->readers[i], 1, __ATOMIC_SEQ_CST);
-	return i;
+	int32_t slot = dax_this_slot();
+	(void)__atomic_fetch_add(&s->slot[slot].readers[i], 1, __ATOMIC_SEQ_CST);
+	return i | ((uint32_t)slot << 1);
 }
 
-DAX_MM_INLINE void dax_srcu_read_unlock(struct dax_srcu *s, uint32_t i)
+DAX_MM_INLINE void dax_srcu_read_unlock(struct dax_srcu *s, uint32_t token)
 {
-	(void)__atomic_fetch_sub(&s->readers[i], 1, __ATOMIC_SEQ_CST);
+	int32_t slot = (int32_t)(token >> 1);
+	int64_t *v = &s->slot[slot].readers[token & 1];
+	if (__builtin_expect(slot != DAX_SLOT_OVERFLOW, 1)) {
+		/* release: the section's accesses before the decrement */
+		__asm__ volatile("subq $1, %0" : "+m"(*v) : : "memory");
+	} else {
+		(void)__atomic_fetch_sub(v, 1, __ATOMIC_RELEASE);
+	}
 }
 
 /* The updater's flip: new readers count on the other side; returns the side
@@ -111,20 +210,48 @@ DAX_MM_INLINE uint32_t dax_srcu_flip(struct dax_srcu *s)
 	return __atomic_fetch_add(&s->idx, 1, __ATOMIC_SEQ_CST) & 1;
 }
 
+/* Readers on side i, summed over the slots. */
 DAX_MM_INLINE int64_t dax_srcu_readers(struct dax_srcu *s, uint32_t i)
 {
-	return __atomic_load_n(&s->readers[i], __ATOMIC_SEQ_CST);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	int64_t sum = 0;
+	for (int k = 0; k <= DAX_NR_SLOTS; k++)
+		sum += __atomic_load_n(&s->slot[k].readers[i & 1], __ATOMIC_ACQUIRE);
+	return sum;
 }
 
 DAX_MM_INLINE uint32_t dax_load_u32_seq_cst(const uint32_t *w) { return __atomic_load_n(w, __ATOMIC_SEQ_CST); }
 DAX_MM_INLINE void dax_store_u32_seq_cst(uint32_t *w, uint32_t v) { __atomic_store_n(w, v, __ATOMIC_SEQ_CST); }
 
-/* A reader/writer semaphore (mmap_lock): count > 0 readers, -1 a writer. */
+/* A reader/writer semaphore (mmap_lock, i_mmap_rwsem) with per-slot reader
+ * counts, like percpu_rw_semaphore: a reader adds 1 to its own slot (a
+ * fully ordered add on a cache line no other thread writes) and then checks
+ * `writer`; a writer sets `writer` and waits for the sum of the slots to
+ * drain, and readers that see it pending back off and wait. Two faulting
+ * threads so share no cache line on the read side, which a single count
+ * (and the kernel's own rwsem) would bounce between them; the kernel avoids
+ * the bounce on this path with per-VMA locks (lock_vma_under_rcu), which the
+ * port's VMA array, freed and replaced under mmap_lock for write, cannot
+ * offer a lock-free reader without a reclamation scheme.
+ *
+ * Wake-ups: a sleeper increments `waiters` before it rechecks and sleeps on
+ * `seq` with the value it read before its attempt; a release that may
+ * unblock someone (a write release, a downgrade, a read release while a
+ * writer is pending) bumps `seq` and makes a futex call only if it sees
+ * waiters. An uncontended read release is the slot decrement and a load of
+ * `writer`: no shared write. Sleeps are capped at 1 ms (a recheck). */
+struct dax_rwsem_slot {
+	int64_t readers;
+	int64_t _pad[DAX_SLOT_BYTES / 8 - 1];
+};
+
 struct dax_rwsem {
-	int32_t count;
-	uint32_t seq;     /* futex word bumped on every release */
+	uint32_t writer;  /* 1: a writer holds the lock or waits for readers to drain */
+	uint32_t seq;     /* futex word, bumped by the releases above */
 	uint32_t waiters; /* sleepers: a release makes a futex call only if > 0 */
 	uint32_t owner;   /* thread id of the writer while held for write, else 0 */
+	int64_t _lead[8]; /* slot 0's count shares no line with `writer` */
+	struct dax_rwsem_slot slot[DAX_NR_SLOTS + 1];
 };
 
 bool dax_down_read_trylock(struct dax_rwsem *s);
@@ -227,7 +354,8 @@ struct dax_kernel {
 	int64_t nr_sections_present;   /* sections in PRESENT state */
 	int64_t nr_sections_deferred;  /* sections in PRESENT_DEFERRED state */
 	struct dax_deferred_range deferred[DAX_DEFERRED_RANGES];
-	int64_t stats[DAX_NR_STATS];
+	/* node counters (vmstat's per-cpu diffs), item enum dax_node_stat */
+	struct dax_pcpu_counters stats;
 	/* wake_up_var hash table (bit_wait_table): futex words, and how many
 	 * sleep on each (a wake makes a system call only when some do). */
 	uint32_t wait_table[256];
@@ -473,7 +601,6 @@ struct dax_mm {
 	struct dax_rwsem mmap_lock;
 	uint32_t page_table_lock;      /* protects PUD-level entries (pud_lock) */
 	uint32_t _pad;
-	int64_t rss[DAX_NR_MM_COUNTERS];
 	int64_t pgtables_bytes;
 	/* VMAs sorted by vm_start; mutated only under mmap_lock for write. */
 	struct dax_vma **vmas;
@@ -487,6 +614,8 @@ struct dax_mm {
 	const struct dax_arch_ops *arch;
 	void *arch_ctx;
 	int64_t arch_users;
+	/* rss counters (mm->rss_stat, percpu counters), item enum dax_mm_counter */
+	struct dax_pcpu_counters rss;
 };
 
 
@@ -587,7 +716,7 @@ DAX_MM_INLINE void dax_sections_fill(struct dax_kernel *k, uint64_t s, uint64_t 
 
 DAX_MM_INLINE int64_t *dax_kernel_pt_in_use(struct dax_kernel *p) { return &p->pt_in_use; }
 DAX_MM_INLINE uint64_t *dax_kernel_pt_free(struct dax_kernel *p) { return &p->pt_free; }
-DAX_MM_INLINE int64_t *dax_kernel_stats(struct dax_kernel *p) { return &p->stats[0]; }
+DAX_MM_INLINE struct dax_pcpu_counters *dax_kernel_stats(struct dax_kernel *p) { return &p->stats; }
 DAX_MM_INLINE struct dax_page_report *dax_kernel_reports(struct dax_kernel *p) { return &p->reports[0]; }
 DAX_MM_INLINE uint32_t *dax_kernel_wait_table(struct dax_kernel *p) { return &p->wait_table[0]; }
 DAX_MM_INLINE uint32_t *dax_kernel_wait_sleepers(struct dax_kernel *p) { return &p->wait_sleepers[0]; }
@@ -597,7 +726,7 @@ DAX_MM_INLINE int64_t *dax_kernel_pt_next(struct dax_kernel *p) { return &p->pt_
 DAX_MM_INLINE struct dax_rwsem *dax_mm_mmap_lock(struct dax_mm *p) { return &p->mmap_lock; }
 DAX_MM_INLINE struct dax_rwsem *dax_file_i_mmap_rwsem(struct dax_file *p) { return &p->i_mmap_rwsem; }
 DAX_MM_INLINE int64_t *dax_mm_pgtables_bytes(struct dax_mm *p) { return &p->pgtables_bytes; }
-DAX_MM_INLINE int64_t *dax_mm_rss(struct dax_mm *p) { return &p->rss[0]; }
+DAX_MM_INLINE struct dax_pcpu_counters *dax_mm_rss(struct dax_mm *p) { return &p->rss; }
 DAX_MM_INLINE uint32_t *dax_mm_page_table_lock(struct dax_mm *p) { return &p->page_table_lock; }
 DAX_MM_INLINE const struct dax_arch_ops *dax_mm_arch_ops(struct dax_mm *p) { return __atomic_load_n(&p->arch, __ATOMIC_ACQUIRE); }
 DAX_MM_INLINE void dax_mm_set_arch_ops(struct dax_mm *p, const struct dax_arch_ops *ops) { __atomic_store_n(&p->arch, ops, __ATOMIC_SEQ_CST); }
