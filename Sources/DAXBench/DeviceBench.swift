@@ -186,6 +186,15 @@ public func runDeviceBench(device: (any DaxDevice)?, options o: DeviceBenchOptio
             if let t = c.floorTarget, let ratio = r.ratio {
                 row.target = t; row.targetOf = "port/floor"; row.met = ratio <= t
             }
+            if let sp = r.speedup, let min = r.minSpeedup {
+                // Two threads against one: the floor column is one thread.
+                row.portOverFloor = nil
+                row.target = min; row.targetOf = "speedup >="; row.met = sp >= min
+                row.note = String(format: "two threads %.2fx the throughput of one (one thread %.1f ns per fault)",
+                                  sp, r.floor?.p50 ?? 0)
+                rep.ratios.append(BenchRatio(name: "two threads / one thread (PMD faults, throughput)", value: sp,
+                                             target: min, atLeast: true))
+            }
             if let rel = r.relativeRatio, let to = r.relativeTo {
                 // memremap: the time against binding 1 GiB, and the memory
                 // the bind made resident before any fault.

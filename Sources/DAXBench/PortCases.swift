@@ -53,6 +53,6 @@ public enum PortCases {
     /// Every port case with `n` (>= 512) operations per hot-path batch (the
     /// package benchmarks use 1000, so that `.kilo` scales to one op).
     public static func all(batch n: Int) -> [BenchCase] {
-        faults(n) + zaps(n) + gups(n) + memremaps
+        faults(n) + zaps(n) + gups(n) + memremaps + ThreadCases.all
     }
 }

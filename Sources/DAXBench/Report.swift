@@ -67,14 +67,17 @@ public struct BenchRow: Codable, Sendable, Equatable {
 public struct BenchRatio: Codable, Sendable, Equatable {
     public var name: String
     public var value: Double
-    /// value <= target is met.
+    /// value <= target is met (value >= target when `atLeast`).
     public var target: Double?
     public var met: Bool?
-    public init(name: String, value: Double, target: Double?) {
+    /// The target is a minimum (nil or false: a maximum).
+    public var atLeast: Bool?
+    public init(name: String, value: Double, target: Double?, atLeast: Bool = false) {
         self.name = name
         self.value = value
         self.target = target
-        met = target.map { value <= $0 }
+        self.atLeast = atLeast ? true : nil
+        met = target.map { atLeast ? value >= $0 : value <= $0 }
     }
 }
 
@@ -244,7 +247,10 @@ extension BenchReport {
                 + pad(r.portOverKernel.map(formatRatio) ?? "-", 10, left: true)
                 + pad(r.portOverFloor.map(formatRatio) ?? "-", 11, left: true)
             if let t = r.target, let m = r.met {
-                line += "  " + (m ? "met" : "MISSED") + " (\(r.targetOf ?? "ratio") <= \(formatRatio(t)))"
+                let of = r.targetOf ?? "ratio"
+                // A target named "... >=" is a minimum (two threads against one).
+                let rule = of.hasSuffix(">=") ? "\(of) \(formatRatio(t))" : "\(of) <= \(formatRatio(t))"
+                line += "  " + (m ? "met" : "MISSED") + " (\(rule))"
             }
             if let n = r.note { line += "  " + n }
             out += line + "\n"
@@ -260,7 +266,9 @@ extension BenchReport {
             let w = ratios.map(\.name.count).max() ?? 0
             for r in ratios {
                 var line = "  " + pad(r.name, w) + "  " + pad(formatRatio(r.value), 8, left: true)
-                if let t = r.target, let m = r.met { line += "  target <= \(formatRatio(t)): " + (m ? "met" : "MISSED") }
+                if let t = r.target, let m = r.met {
+                    line += "  target \(r.atLeast == true ? ">=" : "<=") \(formatRatio(t)): " + (m ? "met" : "MISSED")
+                }
                 out += line + "\n"
             }
         }

@@ -40,11 +40,14 @@ struct PortCaseTests {
         }
     }
 
-    @Test("the port case ids are unique and every hot path has a floor target")
+    @Test("the port case ids are unique, every hot path has a floor target and the thread cases a minimum speedup")
     func idsAndBatches() throws {
         #expect(Set(Self.ids).count == Self.ids.count)
-        for c in PortCases.all where c.group != .memremap {
+        for c in PortCases.all where c.group != .memremap && c.group != .threads {
             #expect(c.floorTarget != nil || c.group == .munmap, "\(c.id) has no floor target")
+        }
+        for c in PortCases.all where c.group == .threads {
+            #expect(c.minSpeedup == ThreadCases.twoThreadSpeedup, "\(c.id) has no minimum speedup")
         }
     }
 }

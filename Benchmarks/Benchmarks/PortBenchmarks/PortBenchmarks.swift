@@ -88,6 +88,6 @@ func register(_ c: BenchCase) {
 
 let benchmarks: @Sendable () -> Void = {
     atexit { if allocatingBatches > 0 { _exit(1) } }
+    // PortCases.all includes ThreadCases (two threads against one).
     for c in PortCases.all(batch: batch) { register(c) }
-    // ThreadCases (two threads against one) register here the same way.
 }
