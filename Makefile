@@ -1,5 +1,5 @@
 # Entry points; each installs what is missing first (scripts/setup.sh).
-.PHONY: run test test-host build install uninstall clean bench bench-vm
+.PHONY: run test test-host build install uninstall clean bench bench-vm bench-check benchmarks
 
 # Where `make install` puts daxmm (DESTDIR is prepended, for staging).
 PREFIX ?= /usr/local
@@ -37,3 +37,15 @@ uninstall:
 
 clean:
 	rm -rf .build
+
+# The regression check before committing a hot-path change: each port case's
+# ratio (port/floor, time/1 GiB, two-thread speedup) against
+# Benchmarks/port-ratios.json; ARGS='--update' rewrites the baseline.
+bench-check:
+	scripts/bench-check.sh $(ARGS)
+
+# The package benchmarks (ordo-one/benchmark, release): every port case with
+# its floor ratio and the malloc counter (an allocation on a fault, zap or
+# GUP path fails the run). ARGS go to `swift package benchmark`.
+benchmarks:
+	scripts/setup.sh && . scripts/env.sh && cd Benchmarks && swift package benchmark --target PortBenchmarks --scale --no-progress $(ARGS)

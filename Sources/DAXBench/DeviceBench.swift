@@ -183,12 +183,14 @@ public func runDeviceBench(device: (any DaxDevice)?, options o: DeviceBenchOptio
             var row = BenchRow(id: "port.\(c.id)", section: "port", group: "port \(c.id)", title: "port \(c.id)",
                                side: .port, per: r.unit, r.port)
             row.portOverFloor = r.ratio
+            row.targetValue = r.ratio
             if let t = c.floorTarget, let ratio = r.ratio {
                 row.target = t; row.targetOf = "port/floor"; row.met = ratio <= t
             }
             if let sp = r.speedup, let min = r.minSpeedup {
                 // Two threads against one: the floor column is one thread.
                 row.portOverFloor = nil
+                row.targetValue = sp; row.targetMinimum = true
                 row.target = min; row.targetOf = "speedup >="; row.met = sp >= min
                 row.note = String(format: "two threads %.2fx the throughput of one (one thread %.1f ns per fault)",
                                   sp, r.floor?.p50 ?? 0)
@@ -198,6 +200,7 @@ public func runDeviceBench(device: (any DaxDevice)?, options o: DeviceBenchOptio
             if let rel = r.relativeRatio, let to = r.relativeTo {
                 // memremap: the time against binding 1 GiB, and the memory
                 // the bind made resident before any fault.
+                row.targetValue = rel
                 row.target = r.relativeTarget; row.targetOf = "time / \(to)"; row.met = r.extraMet
                 var note = String(format: "%.2fx the time of %@", rel, to)
                 if let b = r.residentBytes {

@@ -46,6 +46,11 @@ public struct BenchRow: Codable, Sendable, Equatable {
     public var target: Double?
     public var targetOf: String?
     public var met: Bool?
+    /// The figure `target` judges (port/floor, time/1 GiB, or the speedup
+    /// of two threads): what scripts/bench-check.sh compares with its
+    /// baseline. `targetMinimum`: higher is better.
+    public var targetValue: Double?
+    public var targetMinimum: Bool?
     /// What else a reader needs (fault size the kernel used, IOPS, ...).
     public var note: String?
 
