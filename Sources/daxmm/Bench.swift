@@ -25,7 +25,7 @@ struct Bench: ParsableCommand {
 
     @OptionGroup var deviceOptions: DeviceOptions
 
-    @Argument(help: "What to measure: fault, pin, port or all.")
+    @Argument(help: "What to measure: fault, pin, port (the port's own matrix, no device), device (fault + pin + fio) or all (device + port).")
     var what: String = "all"
 
     @Flag(help: "Print the report as JSON.")
@@ -47,8 +47,9 @@ struct Bench: ParsableCommand {
         let modes: Set<String>
         switch what {
         case "fault", "pin", "port": modes = [what]
+        case "device": modes = ["fault", "pin"]
         case "all": modes = ["fault", "pin", "port"]
-        default: throw failure("unknown bench mode '\(what)' (use fault, pin, port or all)")
+        default: throw failure("unknown bench mode '\(what)' (use fault, pin, port, device or all)")
         }
         // The plot file is opened before anything runs, so a bad path costs
         // nothing.
@@ -72,7 +73,7 @@ struct Bench: ParsableCommand {
         o.fault = modes.contains("fault")
         o.pin = modes.contains("pin")
         o.port = modes.contains("port")
-        o.fio = what == "all"
+        o.fio = what == "all" || what == "device"
         o.quick = quick
         o.filter = filter
         o.commit = ProcessInfo.processInfo.environment["DAXMM_COMMIT"].flatMap { $0.isEmpty ? nil : $0 }
