@@ -37,9 +37,9 @@ for dev in \$(daxctl list -D | jq -r '.[] | select(.mode=="devdax") | .chardev' 
   align=\$(daxctl list -d "\$dev" | jq -r '.[0].align')
   case "\$align" in 4096) a=4K;; 2097152) a=2M;; 1073741824) a=1G;; *) a=\$align;; esac
   base="$OUT/$KERNEL-\$a"
-  echo "== daxmm bench all --device /dev/\$dev (align \$a)"
   # The port's own matrix does not depend on the device: once, with the first.
   mode=device; [ -n "\${first:-}" ] || { mode=all; first=1; }
+  echo "== daxmm bench \$mode --device /dev/\$dev (align \$a)"
   "$BIN" bench \$mode --device "/dev/\$dev" $QUICKFLAG --json --plot "\$base.svg" > "\$base.json" || rc=1
   "$BIN" bench --from "\$base.json" > "\$base.txt" || rc=1
   cat "\$base.txt"
