@@ -75,7 +75,8 @@ public enum Plot {
             <rect x="0" y="0" width="\(Int(width))" height="\(Int(height))" fill="#ffffff"/>
 
             """
-        let title = "daxmm bench: \(r.device) (\(r.deviceKind), \(r.backing), align \(r.alignName))"
+        let kind = r.deviceKind == r.backing ? r.deviceKind : "\(r.deviceKind), \(r.backing)"
+        let title = "daxmm bench: \(r.device) (\(kind), align \(r.alignName))"
         s += "<text x=\"12\" y=\"24\" font-size=\"16\" font-weight=\"bold\">\(escape(title))</text>\n"
         var title2 = "kernel \(r.kernelRelease), \(r.date)"
         if let c = r.commit { title2 += ", commit \(c)" }

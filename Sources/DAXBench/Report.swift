@@ -228,7 +228,8 @@ private func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
 extension BenchReport {
     /// The header lines: device, kernel, build.
     public var header: String {
-        var h = "daxmm bench \(modes.joined(separator: "+")): \(device) (\(deviceKind), \(backing), align \(alignName), \(formatBytes(deviceSize))), kernel \(kernelRelease), \(date)"
+        let kind = deviceKind == backing ? deviceKind : "\(deviceKind), \(backing)"
+        var h = "daxmm bench \(modes.joined(separator: "+")): \(device) (\(kind), align \(alignName), \(formatBytes(deviceSize))), kernel \(kernelRelease), \(date)"
         if let c = commit { h += ", commit \(c)" }
         if let n = timingNote { h += "\n" + n }
         return h
