@@ -56,6 +56,13 @@ package struct DaxMappingCore {
     public var mappingID: UInt64
     /// I_DIRTY_PAGES
     public var dirtyPages: UInt32 = 0
+    /// Tasks in get_unlocked_entry/wait_entry_unlocked that saw an entry
+    /// locked and are about to sleep or sleep on it: counted under the
+    /// i_pages lock before it is dropped, uncounted under it after the wait.
+    /// dax_wake_entry's waitqueue_active: an unlock that reads 0 under the
+    /// lock has nobody to wake (every task that saw the entry locked counted
+    /// itself in the same critical section order).
+    public var entryWaiters: UInt32 = 0
     /// mapping->invalidate_lock: faults take it shared, layout breaking and
     /// truncation exclusive (ext4/XFS hold it across break + delete).
     public var invalidateLock = dax_rwsem()
@@ -111,10 +118,14 @@ func getNextUnlockedEntry(_ m: DaxMappingRef, _ index: UInt64, order: Int) -> Ne
         }
         if DaxEntry.order(e) < order { return .conflict }
         if !DaxEntry.isLocked(e) { return .entry(e, slot) }
-        // wait_entry_unlocked: sleep exclusively, then look again.
+        // wait_entry_unlocked: sleep exclusively, then look again. The
+        // waiter is counted before the i_pages lock is dropped, as
+        // prepare_to_wait_exclusive queues it under the lock.
+        m.pointee.entryWaiters += 1
         dax_spin_unlock(&m.pointee.lock)
         _ = waitVarEvent(k, UnsafeRawPointer(slot), timeoutNanos: -1) { !DaxEntry.isLocked(dax_load_u64(slot)) }
         dax_spin_lock(&m.pointee.lock)
+        m.pointee.entryWaiters -= 1
     }
 }
 
@@ -124,13 +135,17 @@ func daxLockEntry(_ slot: UnsafeMutablePointer<UInt64>, _ e: UInt64) {
     dax_store_u64(slot, e | DaxEntry.locked)
 }
 
-/// dax_unlock_entry: store the unlocked entry and wake the next waiter.
+/// dax_unlock_entry: store the unlocked entry and wake the next waiter
+/// (dax_wake_entry: only if waitqueue_active, read under the i_pages lock
+/// here; the kernel reads it after the unlock, its waiters having queued
+/// under the lock).
 @inline(__always)
 func daxUnlockEntry(_ m: DaxMappingRef, _ slot: UnsafeMutablePointer<UInt64>, _ e: UInt64) {
     dax_spin_lock(&m.pointee.lock)
     dax_store_u64(slot, e & ~DaxEntry.locked)
+    let waiters = m.pointee.entryWaiters
     dax_spin_unlock(&m.pointee.lock)
-    wakeUpVar(m.pointee.kernel, UnsafeRawPointer(slot))
+    if waiters != 0 { wakeUpVar(m.pointee.kernel, UnsafeRawPointer(slot)) }
 }
 
 // MARK: association (fs/dax.c: dax_associate_entry, dax_folio_put)

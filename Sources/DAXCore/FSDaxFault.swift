@@ -117,7 +117,8 @@ func daxInsertEntry(_ m: DaxMappingRef, _ vmf: VMFaultRef, _ slot: UnsafeMutable
     let k = m.pointee.kernel
     let index = vmf.pointee.pgoff
     let dirty = write && !sync
-    if dirty { dax_store_u32(&m.pointee.dirtyPages, 1) }
+    // __mark_inode_dirty(I_DIRTY_PAGES): nothing to do when already set.
+    if dirty && dax_load_u32(&m.pointee.dirtyPages) == 0 { dax_store_u32(&m.pointee.dirtyPages, 1) }
     var e = entry
     if shared || (DaxEntry.isZero(entry) && !DaxEntry.isZero(newEntry)) {
         if DaxEntry.isPMD(entry) {
