@@ -171,8 +171,12 @@ public final class DaxFile: @unchecked Sendable {
         slots.initialize(repeating: 0, count: Int(maxPages))
         let marks = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(maxPages))
         marks.initialize(repeating: 0, count: Int(maxPages))
+        let windows = Int((maxPages + UInt64(hpagePmdNr) - 1) / UInt64(hpagePmdNr))
+        let small = UnsafeMutablePointer<UInt16>.allocate(capacity: windows)
+        small.initialize(repeating: 0, count: windows)
         mapping = .allocate(capacity: 1)
-        mapping.initialize(to: DaxMappingCore(kernel: k, slots: slots, marks: marks, nslots: maxPages, mappingID: 0))
+        mapping.initialize(to: DaxMappingCore(kernel: k, slots: slots, marks: marks, smallInWindow: small,
+                                              nslots: maxPages, mappingID: 0))
         let blocks = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(maxPages))
         blocks.initialize(repeating: 0, count: Int(maxPages))
         let runs = UnsafeMutablePointer<UInt16>.allocate(capacity: Int(maxPages))
@@ -197,6 +201,7 @@ public final class DaxFile: @unchecked Sendable {
     deinit {
         mapping.pointee.slots.deallocate()
         mapping.pointee.marks.deallocate()
+        mapping.pointee.smallInWindow.deallocate()
         mapping.deallocate()
         fileCore.pointee.blocks.deallocate()
         fileCore.pointee.runs.deallocate()

@@ -50,6 +50,11 @@ package struct DaxMappingCore {
     /// Entry words, one per file page.
     public var slots: UnsafeMutablePointer<UInt64>
     public var marks: UnsafeMutablePointer<UInt8>
+    /// Per 2 MiB window of the index, how many order-0 entries it holds
+    /// (kept by `daxStoreEntry` under the i_pages lock): a PMD-order lookup
+    /// finds a conflict in one load, as xas_find_conflict skips absent
+    /// xarray nodes instead of visiting 512 slots.
+    public var smallInWindow: UnsafeMutablePointer<UInt16>
     public var nslots: UInt64
     public var nrpages: Int64 = 0
     /// The folio->mapping value of this file.
@@ -87,15 +92,21 @@ func entrySlot(_ m: DaxMappingRef, _ index: UInt64) -> UnsafeMutablePointer<UInt
 /// Whether any order-0 entry lives in the PMD window of `index`.
 @inline(__always)
 func smallEntriesInWindow(_ m: DaxMappingRef, _ index: UInt64) -> Bool {
-    let base = index & ~UInt64(hpagePmdNr - 1)
-    let end = min(base + UInt64(hpagePmdNr), m.pointee.nslots)
-    var i = base
-    while i < end {
-        let e = dax_load_u64(m.pointee.slots + Int(i))
-        if e != 0 && !DaxEntry.isPMD(e) { return true }
-        i += 1
+    m.pointee.smallInWindow[Int(index / UInt64(hpagePmdNr))] != 0
+}
+
+/// Stores `new` in `slot`, which held `old` (either may carry the lock
+/// bit), keeping the window's count of order-0 entries. With the i_pages
+/// lock held. Every store that adds, removes or changes the order of an
+/// entry goes through here.
+@inline(__always)
+func daxStoreEntry(_ m: DaxMappingRef, _ slot: UnsafeMutablePointer<UInt64>, old: UInt64, new: UInt64) {
+    let wasSmall = old != 0 && !DaxEntry.isPMD(old), isSmall = new != 0 && !DaxEntry.isPMD(new)
+    if wasSmall != isSmall {
+        let w = Int(UInt64(slot - m.pointee.slots) / UInt64(hpagePmdNr))
+        if isSmall { m.pointee.smallInWindow[w] += 1 } else { m.pointee.smallInWindow[w] -= 1 }
     }
-    return false
+    dax_store_u64(slot, new)
 }
 
 package enum NextEntry {
@@ -296,7 +307,7 @@ package func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ end
         switch getNextUnlockedEntry(m, i, order: 0) {
         case .entry(let e, let slot):
             daxDisassociateEntry(k, e)
-            dax_store_u64(slot, 0)
+            daxStoreEntry(m, slot, old: e, new: 0)
             m.pointee.marks[slot - m.pointee.slots] = 0
             m.pointee.nrpages -= Int64(1) << Int64(DaxEntry.order(e))
             wakeUpVar(k, UnsafeRawPointer(slot))
@@ -323,7 +334,7 @@ package func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool
         return 0
     }
     daxDisassociateEntry(k, e)
-    dax_store_u64(slot, 0)
+    daxStoreEntry(m, slot, old: e, new: 0)
     m.pointee.marks[slot - m.pointee.slots] = 0
     m.pointee.nrpages -= Int64(1) << Int64(DaxEntry.order(e))
     wakeUpVar(k, UnsafeRawPointer(slot))
