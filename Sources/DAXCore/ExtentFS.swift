@@ -21,15 +21,31 @@ package struct DaxFSCore {
     package var bitmap: UnsafeMutablePointer<UInt64>
     package var refs: UnsafeMutablePointer<UInt32>
     package var freeBlocks: Int64
+    /// Per 2 MiB device chunk (512 blocks), how many of its blocks have a
+    /// share count above one: a PMD extent is IOMAP_F_SHARED iff its chunk's
+    /// count is nonzero, one load instead of 512 (kept by claimBlock,
+    /// releaseBlock and shareBlock).
+    package var sharedInChunk: UnsafeMutablePointer<UInt32>
     /// Metadata not yet durable (a MAP_SYNC fault must sync first).
     package var metaDirty: UInt32 = 0
     package var syncs: Int64 = 0
 }
 
-/// One file's block map: file page -> device block + 1 (0 = hole).
+/// One file's block map: file page -> device block + 1 (0 = hole), and its
+/// extents.
+///
+/// `runs[i]` is the length, counted from file page i up to the end of i's
+/// 2 MiB file window, of the run i starts: pages i, i+1, ... that are all
+/// holes, or whose blocks are physically consecutive (block(i) + j). Each
+/// entry depends only on blocks[i], blocks[i+1] and runs[i+1], so a change
+/// of blocks [s, e) rewrites runs [s, e) and walks down from s only while
+/// values change (`updateRuns`). It is what an extent tree gives ext4/XFS:
+/// iomap_begin of a PMD reads one record (runs[index] == 512: one hole or one
+/// extent over the whole window), not 512 blocks.
 package struct DaxFileCore {
     package var fs: UnsafeMutablePointer<DaxFSCore>
     package var blocks: UnsafeMutablePointer<UInt64>
+    package var runs: UnsafeMutablePointer<UInt16>
     package var maxPages: UInt64
 }
 
@@ -85,12 +101,17 @@ public final class DaxFS: @unchecked Sendable {
         bm.initialize(repeating: 0, count: words)
         let refs = UnsafeMutablePointer<UInt32>.allocate(capacity: Int(nblocks))
         refs.initialize(repeating: 0, count: Int(nblocks))
-        core.initialize(to: DaxFSCore(nblocks: nblocks, bitmap: bm, refs: refs, freeBlocks: Int64(nblocks)))
+        let chunks = Int((nblocks + UInt64(hpagePmdNr) - 1) / UInt64(hpagePmdNr))
+        let shared = UnsafeMutablePointer<UInt32>.allocate(capacity: chunks)
+        shared.initialize(repeating: 0, count: chunks)
+        core.initialize(to: DaxFSCore(nblocks: nblocks, bitmap: bm, refs: refs, freeBlocks: Int64(nblocks),
+                                      sharedInChunk: shared))
     }
 
     deinit {
         core.pointee.bitmap.deallocate()
         core.pointee.refs.deallocate()
+        core.pointee.sharedInChunk.deallocate()
         core.deallocate()
     }
 
@@ -150,12 +171,19 @@ public final class DaxFile: @unchecked Sendable {
         slots.initialize(repeating: 0, count: Int(maxPages))
         let marks = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(maxPages))
         marks.initialize(repeating: 0, count: Int(maxPages))
+        let windows = Int((maxPages + UInt64(hpagePmdNr) - 1) / UInt64(hpagePmdNr))
+        let small = UnsafeMutablePointer<UInt16>.allocate(capacity: windows)
+        small.initialize(repeating: 0, count: windows)
         mapping = .allocate(capacity: 1)
-        mapping.initialize(to: DaxMappingCore(kernel: k, slots: slots, marks: marks, nslots: maxPages, mappingID: 0))
+        mapping.initialize(to: DaxMappingCore(kernel: k, slots: slots, marks: marks, smallInWindow: small,
+                                              nslots: maxPages, mappingID: 0))
         let blocks = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(maxPages))
         blocks.initialize(repeating: 0, count: Int(maxPages))
+        let runs = UnsafeMutablePointer<UInt16>.allocate(capacity: Int(maxPages))
+        runs.initialize(repeating: 0, count: Int(maxPages))
         fileCore = .allocate(capacity: 1)
-        fileCore.initialize(to: DaxFileCore(fs: fs.core, blocks: blocks, maxPages: maxPages))
+        fileCore.initialize(to: DaxFileCore(fs: fs.core, blocks: blocks, runs: runs, maxPages: maxPages))
+        updateRuns(fileCore, 0, maxPages)   // one hole per window
         var o = dax_vm_operations()
         o.fault = fsDaxFaultFn
         o.huge_fault = fsDaxHugeFaultFn
@@ -173,8 +201,10 @@ public final class DaxFile: @unchecked Sendable {
     deinit {
         mapping.pointee.slots.deallocate()
         mapping.pointee.marks.deallocate()
+        mapping.pointee.smallInWindow.deallocate()
         mapping.deallocate()
         fileCore.pointee.blocks.deallocate()
+        fileCore.pointee.runs.deallocate()
         fileCore.deallocate()
     }
 
@@ -189,6 +219,9 @@ public final class DaxFile: @unchecked Sendable {
         let b = fileCore.pointee.blocks[Int(index)]
         return b == 0 ? nil : b - 1
     }
+    /// The extent run starting at a file page, in pages up to the end of its
+    /// 2 MiB window (see `DaxFileCore.runs`).
+    package func run(at index: UInt64) -> UInt64 { UInt64(fileCore.pointee.runs[Int(index)]) }
     /// The folio of a file page's block, if allocated.
     public func folio(at index: UInt64) -> Folio? {
         block(at: index).map { pfnToPage(fs.kernel.ref, fs.basePfn + $0).folio }
@@ -296,13 +329,16 @@ public final class DaxFile: @unchecked Sendable {
 
     func freeBlocks(from start: UInt64, to end: UInt64) {
         let fc = fileCore
+        let stop = min(end, maxPages)
+        guard start < stop else { return }
         dax_spin_lock(&fc.pointee.fs.pointee.lock)
-        for i in start..<min(end, maxPages) {
+        for i in start..<stop {
             let b = fc.pointee.blocks[Int(i)]
             guard b != 0 else { continue }
             releaseBlock(fc.pointee.fs, b - 1)
             fc.pointee.blocks[Int(i)] = 0
         }
+        updateRuns(fc, start, stop)
         dax_spin_unlock(&fc.pointee.fs.pointee.lock)
     }
 
@@ -320,9 +356,10 @@ public final class DaxFile: @unchecked Sendable {
         for i in 0..<pages {
             let b = from.fileCore.pointee.blocks[Int(srcPgoff + i)]
             guard b != 0 else { continue }
-            fsc.pointee.refs[Int(b - 1)] += 1
+            shareBlock(fsc, b - 1)
             fileCore.pointee.blocks[Int(dstPgoff + i)] = b
         }
+        updateRuns(fileCore, dstPgoff, dstPgoff + pages)
         dax_spin_unlock(&fsc.pointee.lock)
         try extend(to: (dstPgoff + pages) << UInt64(pageShift))
     }
@@ -345,34 +382,101 @@ func claimBlock(_ fs: UnsafeMutablePointer<DaxFSCore>, _ b: UInt64) {
 @inline(__always)
 func releaseBlock(_ fs: UnsafeMutablePointer<DaxFSCore>, _ b: UInt64) {
     fs.pointee.refs[Int(b)] -= 1
+    if fs.pointee.refs[Int(b)] == 1 {
+        fs.pointee.sharedInChunk[Int(b / UInt64(hpagePmdNr))] -= 1
+    }
     if fs.pointee.refs[Int(b)] == 0 {
         fs.pointee.bitmap[Int(b / 64)] &= ~(1 << (b % 64))
         fs.pointee.freeBlocks += 1
     }
 }
 
-/// Allocates `n` contiguous blocks aligned to `n` (n = 1 or 512). Lock held.
+/// One more file page maps block `b` (reflink). Lock held.
 @inline(__always)
-func allocBlocks(_ fs: UnsafeMutablePointer<DaxFSCore>, _ n: UInt64) -> UInt64? {
-    var start: UInt64 = 0
-    while start + n <= fs.pointee.nblocks {
-        var ok = true
-        var j: UInt64 = 0
-        while j < n {
-            if blockBusy(fs, start + j) { ok = false; break }
-            j += 1
-        }
-        if ok {
-            for x in 0..<n { claimBlock(fs, start + x) }
-            fs.pointee.metaDirty = 1
-            return start
-        }
-        start += n
+func shareBlock(_ fs: UnsafeMutablePointer<DaxFSCore>, _ b: UInt64) {
+    fs.pointee.refs[Int(b)] += 1
+    if fs.pointee.refs[Int(b)] == 2 {
+        fs.pointee.sharedInChunk[Int(b / UInt64(hpagePmdNr))] += 1
     }
-    return nil
 }
 
-/// iomap_begin of the extent store.
+/// Allocates `n` contiguous blocks aligned to `n` (n = 1 or 512), first fit.
+/// Lock held. Scans the bitmap a word at a time.
+func allocBlocks(_ fs: UnsafeMutablePointer<DaxFSCore>, _ n: UInt64) -> UInt64? {
+    let nblocks = fs.pointee.nblocks
+    let bm = fs.pointee.bitmap
+    var found: UInt64? = nil
+    if n == 1 {
+        var w = 0
+        let words = Int((nblocks + 63) / 64)
+        while w < words {
+            let free = ~bm[w]
+            if free != 0 {
+                let b = UInt64(w) * 64 + UInt64(free.trailingZeroBitCount)
+                if b < nblocks { found = b }
+                break
+            }
+            w += 1
+        }
+    } else if n % 64 == 0 {
+        var start: UInt64 = 0
+        scan: while start + n <= nblocks {
+            var w = Int(start / 64)
+            let end = Int((start + n) / 64)
+            while w < end {
+                if bm[w] != 0 { start += n; continue scan }
+                w += 1
+            }
+            found = start
+            break
+        }
+    } else {
+        var start: UInt64 = 0
+        scan: while start + n <= nblocks {
+            for j in 0..<n where blockBusy(fs, start + j) { start += n; continue scan }
+            found = start
+            break
+        }
+    }
+    guard let start = found else { return nil }
+    for x in 0..<n { claimBlock(fs, start + x) }
+    fs.pointee.metaDirty = 1
+    return start
+}
+
+/// Whether file page i+1 continues page i's run: both holes, or the next
+/// physical block.
+@inline(__always)
+func runContinues(_ b: UInt64, _ next: UInt64) -> Bool { b == 0 ? next == 0 : next == b + 1 }
+
+/// Rewrites `runs` after blocks [s, e) changed: [s, e) from the top, then
+/// below s inside s's window while the value changes. Lock held.
+func updateRuns(_ fc: UnsafeMutablePointer<DaxFileCore>, _ s: UInt64, _ e: UInt64) {
+    let blocks = fc.pointee.blocks, runs = fc.pointee.runs, maxPages = fc.pointee.maxPages
+    let stop = min(e, maxPages)
+    guard s < stop else { return }
+    let windowMask = UInt64(hpagePmdNr - 1)
+    @inline(__always) func length(_ i: UInt64) -> UInt16 {
+        let next = i + 1
+        if next & windowMask == 0 || next >= maxPages { return 1 }
+        return runContinues(blocks[Int(i)], blocks[Int(next)]) ? runs[Int(next)] + 1 : 1
+    }
+    var i = stop
+    while i > s {
+        i -= 1
+        runs[Int(i)] = length(i)
+    }
+    let base = s & ~windowMask
+    while i > base {
+        i -= 1
+        let v = length(i)
+        if runs[Int(i)] == v { break }
+        runs[Int(i)] = v
+    }
+}
+
+/// iomap_begin of the extent store (ext4_iomap_begin / xfs_direct_write_iomap_begin
+/// for a DAX fault): one extent record per request.
 let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, Bool, UnsafeMutableRawPointer?) -> Void = {
     priv, index, pages, write, out in
     let fc = priv!.assumingMemoryBound(to: DaxFileCore.self)
@@ -384,29 +488,35 @@ let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, 
     let blocks = fc.pointee.blocks
     if pages > 1 {
         // A PMD request: a whole aligned hole, or one contiguous aligned extent.
-        var holes: UInt64 = 0, shared = false, contiguous = true
-        let first = blocks[Int(index)]
-        for i in 0..<pages {
-            let b = blocks[Int(index + i)]
-            if b == 0 { holes += 1; continue }
-            if fs.pointee.refs[Int(b - 1)] > 1 { shared = true }
-            if first == 0 || b != first + i { contiguous = false }
+        if pages != UInt64(hpagePmdNr) || index % pages != 0 || index + pages > fc.pointee.maxPages {
+            extentIomapScan(fc, index, pages, write, map)
+            return
         }
-        if holes == pages {
+        let first = blocks[Int(index)]
+        guard UInt64(fc.pointee.runs[Int(index)]) == pages else {
+            map.pointee.kind = .mapped
+            map.pointee.pages = 1   // shorter than a PMD: the caller falls back
+            return
+        }
+        if first == 0 {
             guard write else { return }
             guard let start = allocBlocks(fs, pages) else { map.pointee.error = -ENOSPC; return }
             for i in 0..<pages { blocks[Int(index + i)] = start + i + 1 }
+            updateRuns(fc, index, index + pages)
             map.pointee = DaxIomap(kind: .mapped, block: start, pages: pages, new: true, shared: false,
                                    dirty: fs.pointee.metaDirty != 0, error: 0)
             return
         }
-        if holes == 0 && contiguous && (first - 1) % pages == 0 && !(shared && write) {
-            map.pointee = DaxIomap(kind: .mapped, block: first - 1, pages: pages, new: false, shared: shared,
+        let start = first - 1
+        // Contiguous and aligned: the extent is exactly one device chunk.
+        let shared = start % pages == 0 && fs.pointee.sharedInChunk[Int(start / pages)] != 0
+        if start % pages == 0 && !(shared && write) {
+            map.pointee = DaxIomap(kind: .mapped, block: start, pages: pages, new: false, shared: shared,
                                    dirty: fs.pointee.metaDirty != 0, error: 0)
             return
         }
         map.pointee.kind = .mapped
-        map.pointee.pages = 1   // shorter than a PMD: the caller falls back
+        map.pointee.pages = 1
         return
     }
     let b = blocks[Int(index)]
@@ -414,6 +524,7 @@ let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, 
         guard write else { return }
         guard let start = allocBlocks(fs, 1) else { map.pointee.error = -ENOSPC; return }
         blocks[Int(index)] = start + 1
+        updateRuns(fc, index, index + 1)
         map.pointee = DaxIomap(kind: .mapped, block: start, pages: 1, new: true, shared: false,
                                dirty: fs.pointee.metaDirty != 0, error: 0)
         return
@@ -424,6 +535,7 @@ let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, 
             guard let nb = allocBlocks(fs, 1) else { map.pointee.error = -ENOSPC; return }
             releaseBlock(fs, b - 1)
             blocks[Int(index)] = nb + 1
+            updateRuns(fc, index, index + 1)
             map.pointee = DaxIomap(kind: .mapped, block: nb, pages: 1, new: true, shared: true,
                                    dirty: fs.pointee.metaDirty != 0, error: 0)
             return
@@ -434,6 +546,39 @@ let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, 
     }
     map.pointee = DaxIomap(kind: .mapped, block: b - 1, pages: 1, new: false, shared: false,
                            dirty: fs.pointee.metaDirty != 0, error: 0)
+}
+
+/// A multi-page request that is not one aligned 2 MiB window: block by
+/// block (no fault asks for one; kept so any shape gets the same answer).
+/// Lock held.
+func extentIomapScan(_ fc: UnsafeMutablePointer<DaxFileCore>, _ index: UInt64, _ pages: UInt64, _ write: Bool,
+                     _ map: UnsafeMutablePointer<DaxIomap>) {
+    let fs = fc.pointee.fs
+    let blocks = fc.pointee.blocks
+    var holes: UInt64 = 0, shared = false, contiguous = true
+    let first = blocks[Int(index)]
+    for i in 0..<pages {
+        let b = blocks[Int(index + i)]
+        if b == 0 { holes += 1; continue }
+        if fs.pointee.refs[Int(b - 1)] > 1 { shared = true }
+        if first == 0 || b != first + i { contiguous = false }
+    }
+    if holes == pages {
+        guard write else { return }
+        guard let start = allocBlocks(fs, pages) else { map.pointee.error = -ENOSPC; return }
+        for i in 0..<pages { blocks[Int(index + i)] = start + i + 1 }
+        updateRuns(fc, index, index + pages)
+        map.pointee = DaxIomap(kind: .mapped, block: start, pages: pages, new: true, shared: false,
+                               dirty: fs.pointee.metaDirty != 0, error: 0)
+        return
+    }
+    if holes == 0 && contiguous && (first - 1) % pages == 0 && !(shared && write) {
+        map.pointee = DaxIomap(kind: .mapped, block: first - 1, pages: pages, new: false, shared: shared,
+                               dirty: fs.pointee.metaDirty != 0, error: 0)
+        return
+    }
+    map.pointee.kind = .mapped
+    map.pointee.pages = 1   // shorter than a PMD: the caller falls back
 }
 
 /// fsync of metadata: makes allocations durable (clears IOMAP_F_DIRTY).

@@ -50,12 +50,24 @@ package struct DaxMappingCore {
     /// Entry words, one per file page.
     public var slots: UnsafeMutablePointer<UInt64>
     public var marks: UnsafeMutablePointer<UInt8>
+    /// Per 2 MiB window of the index, how many order-0 entries it holds
+    /// (kept by `daxStoreEntry` under the i_pages lock): a PMD-order lookup
+    /// finds a conflict in one load, as xas_find_conflict skips absent
+    /// xarray nodes instead of visiting 512 slots.
+    public var smallInWindow: UnsafeMutablePointer<UInt16>
     public var nslots: UInt64
     public var nrpages: Int64 = 0
     /// The folio->mapping value of this file.
     public var mappingID: UInt64
     /// I_DIRTY_PAGES
     public var dirtyPages: UInt32 = 0
+    /// Tasks in get_unlocked_entry/wait_entry_unlocked that saw an entry
+    /// locked and are about to sleep or sleep on it: counted under the
+    /// i_pages lock before it is dropped, uncounted under it after the wait.
+    /// dax_wake_entry's waitqueue_active: an unlock that reads 0 under the
+    /// lock has nobody to wake (every task that saw the entry locked counted
+    /// itself in the same critical section order).
+    public var entryWaiters: UInt32 = 0
     /// mapping->invalidate_lock: faults take it shared, layout breaking and
     /// truncation exclusive (ext4/XFS hold it across break + delete).
     public var invalidateLock = dax_rwsem()
@@ -80,15 +92,21 @@ func entrySlot(_ m: DaxMappingRef, _ index: UInt64) -> UnsafeMutablePointer<UInt
 /// Whether any order-0 entry lives in the PMD window of `index`.
 @inline(__always)
 func smallEntriesInWindow(_ m: DaxMappingRef, _ index: UInt64) -> Bool {
-    let base = index & ~UInt64(hpagePmdNr - 1)
-    let end = min(base + UInt64(hpagePmdNr), m.pointee.nslots)
-    var i = base
-    while i < end {
-        let e = dax_load_u64(m.pointee.slots + Int(i))
-        if e != 0 && !DaxEntry.isPMD(e) { return true }
-        i += 1
+    m.pointee.smallInWindow[Int(index / UInt64(hpagePmdNr))] != 0
+}
+
+/// Stores `new` in `slot`, which held `old` (either may carry the lock
+/// bit), keeping the window's count of order-0 entries. With the i_pages
+/// lock held. Every store that adds, removes or changes the order of an
+/// entry goes through here.
+@inline(__always)
+func daxStoreEntry(_ m: DaxMappingRef, _ slot: UnsafeMutablePointer<UInt64>, old: UInt64, new: UInt64) {
+    let wasSmall = old != 0 && !DaxEntry.isPMD(old), isSmall = new != 0 && !DaxEntry.isPMD(new)
+    if wasSmall != isSmall {
+        let w = Int(UInt64(slot - m.pointee.slots) / UInt64(hpagePmdNr))
+        if isSmall { m.pointee.smallInWindow[w] += 1 } else { m.pointee.smallInWindow[w] -= 1 }
     }
-    return false
+    dax_store_u64(slot, new)
 }
 
 package enum NextEntry {
@@ -111,10 +129,14 @@ func getNextUnlockedEntry(_ m: DaxMappingRef, _ index: UInt64, order: Int) -> Ne
         }
         if DaxEntry.order(e) < order { return .conflict }
         if !DaxEntry.isLocked(e) { return .entry(e, slot) }
-        // wait_entry_unlocked: sleep exclusively, then look again.
+        // wait_entry_unlocked: sleep exclusively, then look again. The
+        // waiter is counted before the i_pages lock is dropped, as
+        // prepare_to_wait_exclusive queues it under the lock.
+        m.pointee.entryWaiters += 1
         dax_spin_unlock(&m.pointee.lock)
         _ = waitVarEvent(k, UnsafeRawPointer(slot), timeoutNanos: -1) { !DaxEntry.isLocked(dax_load_u64(slot)) }
         dax_spin_lock(&m.pointee.lock)
+        m.pointee.entryWaiters -= 1
     }
 }
 
@@ -124,13 +146,17 @@ func daxLockEntry(_ slot: UnsafeMutablePointer<UInt64>, _ e: UInt64) {
     dax_store_u64(slot, e | DaxEntry.locked)
 }
 
-/// dax_unlock_entry: store the unlocked entry and wake the next waiter.
+/// dax_unlock_entry: store the unlocked entry and wake the next waiter
+/// (dax_wake_entry: only if waitqueue_active, read under the i_pages lock
+/// here; the kernel reads it after the unlock, its waiters having queued
+/// under the lock).
 @inline(__always)
 func daxUnlockEntry(_ m: DaxMappingRef, _ slot: UnsafeMutablePointer<UInt64>, _ e: UInt64) {
     dax_spin_lock(&m.pointee.lock)
     dax_store_u64(slot, e & ~DaxEntry.locked)
+    let waiters = m.pointee.entryWaiters
     dax_spin_unlock(&m.pointee.lock)
-    wakeUpVar(m.pointee.kernel, UnsafeRawPointer(slot))
+    if waiters != 0 { wakeUpVar(m.pointee.kernel, UnsafeRawPointer(slot)) }
 }
 
 // MARK: association (fs/dax.c: dax_associate_entry, dax_folio_put)
@@ -281,7 +307,7 @@ package func daxDeleteMappingRange(_ m: DaxMappingRef, _ startIdx: UInt64, _ end
         switch getNextUnlockedEntry(m, i, order: 0) {
         case .entry(let e, let slot):
             daxDisassociateEntry(k, e)
-            dax_store_u64(slot, 0)
+            daxStoreEntry(m, slot, old: e, new: 0)
             m.pointee.marks[slot - m.pointee.slots] = 0
             m.pointee.nrpages -= Int64(1) << Int64(DaxEntry.order(e))
             wakeUpVar(k, UnsafeRawPointer(slot))
@@ -308,7 +334,7 @@ package func daxInvalidateEntry(_ m: DaxMappingRef, _ index: UInt64, trunc: Bool
         return 0
     }
     daxDisassociateEntry(k, e)
-    dax_store_u64(slot, 0)
+    daxStoreEntry(m, slot, old: e, new: 0)
     m.pointee.marks[slot - m.pointee.slots] = 0
     m.pointee.nrpages -= Int64(1) << Int64(DaxEntry.order(e))
     wakeUpVar(k, UnsafeRawPointer(slot))

@@ -84,7 +84,7 @@ func grabMappingEntry(_ m: DaxMappingRef, _ index: UInt64, order: Int)
                 }
                 dax_spin_lock(&m.pointee.lock)
                 daxDisassociateEntry(k, e)
-                dax_store_u64(slot, 0)
+                daxStoreEntry(m, slot, old: e, new: 0)
                 m.pointee.nrpages -= Int64(hpagePmdNr)
                 wakeUpVar(k, UnsafeRawPointer(slot))
                 continue
@@ -96,7 +96,7 @@ func grabMappingEntry(_ m: DaxMappingRef, _ index: UInt64, order: Int)
             let at = order > 0 ? index & ~UInt64(hpagePmdNr - 1) : index
             let slot = m.pointee.slots + Int(at)
             let e = DaxEntry.empty | (order > 0 ? DaxEntry.pmd : 0)
-            dax_store_u64(slot, e | DaxEntry.locked)
+            daxStoreEntry(m, slot, old: 0, new: e | DaxEntry.locked)
             m.pointee.nrpages += Int64(1) << Int64(order)
             dax_spin_unlock(&m.pointee.lock)
             return (e, slot, 0)
@@ -117,7 +117,8 @@ func daxInsertEntry(_ m: DaxMappingRef, _ vmf: VMFaultRef, _ slot: UnsafeMutable
     let k = m.pointee.kernel
     let index = vmf.pointee.pgoff
     let dirty = write && !sync
-    if dirty { dax_store_u32(&m.pointee.dirtyPages, 1) }
+    // __mark_inode_dirty(I_DIRTY_PAGES): nothing to do when already set.
+    if dirty && dax_load_u32(&m.pointee.dirtyPages) == 0 { dax_store_u32(&m.pointee.dirtyPages, 1) }
     var e = entry
     if shared || (DaxEntry.isZero(entry) && !DaxEntry.isZero(newEntry)) {
         if DaxEntry.isPMD(entry) {
@@ -135,7 +136,7 @@ func daxInsertEntry(_ m: DaxMappingRef, _ vmf: VMFaultRef, _ slot: UnsafeMutable
             vmReport(k, pfnToPage(k, 0), rule: "WARN_ON_ONCE(old != xa_mk_value(xa_to_value(entry) | DAX_LOCKED))",
                      function: "dax_insert_entry")
         }
-        dax_store_u64(slot, newEntry | DaxEntry.locked)
+        daxStoreEntry(m, slot, old: old, new: newEntry | DaxEntry.locked)
         dax_spin_unlock(&m.pointee.lock)
         e = newEntry
     }
