@@ -40,6 +40,7 @@ let batch = 1000
 let ratioMetric = BenchmarkMetric.custom("port/floor x100", polarity: .prefersSmaller, useScalingFactor: false)
 let relativeMetric = BenchmarkMetric.custom("port/1G x100", polarity: .prefersSmaller, useScalingFactor: false)
 let residentMetric = BenchmarkMetric.custom("resident KiB after bind", polarity: .prefersSmaller, useScalingFactor: false)
+let speedupMetric = BenchmarkMetric.custom("two/one threads x100", polarity: .prefersLarger, useScalingFactor: false)
 
 /// The paths that must not allocate.
 func mustNotAllocate(_ c: BenchCase) -> Bool { [.fault, .zap, .gup].contains(c.group) }
@@ -56,7 +57,35 @@ func timed(_ b: Batch) -> UInt64 {
 
 func ratioX100(_ a: UInt64, _ b: UInt64) -> Int { Int((Double(a) / Double(max(b, 1)) * 100).rounded()) }
 
+/// Two threads against one (ThreadCases): each iteration times one batch of
+/// each (self-timed from the common start barrier) and records the speedup;
+/// wallClock is the two-thread batch.
+func registerThreads(_ c: BenchCase) {
+    let config = Benchmark.Configuration(metrics: [.wallClock, .mallocCountTotal, speedupMetric], scalingFactor: .one,
+                                         maxDuration: .seconds(2), maxIterations: 300)
+    Benchmark(c.id, configuration: config, closure: { benchmark, inst in
+        guard let two = inst.port.timedRun, let oneBatch = inst.floor, let one = oneBatch.timedRun else {
+            benchmark.error("\(c.id): not a self-timed pair of batches")
+            return
+        }
+        inst.port.prepare()
+        benchmark.startMeasurement()
+        let t2 = two()
+        benchmark.stopMeasurement()
+        inst.port.restore()
+        oneBatch.prepare()
+        let t1 = one()
+        oneBatch.restore()
+        // per-fault times: one thread t1 / n, two threads t2 / 2n.
+        let speedup = (Double(t1) / Double(oneBatch.ops)) / max(Double(t2) / Double(inst.port.ops), 0.001)
+        benchmark.measurement(speedupMetric, Int((speedup * 100).rounded()))
+    }, setup: {
+        try c.make()
+    })
+}
+
 func register(_ c: BenchCase) {
+    if c.group == .threads { return registerThreads(c) }
     let memremap = c.group == .memremap
     let metrics: [BenchmarkMetric] = [.wallClock, .throughput, .mallocCountTotal]
         + (memremap ? [relativeMetric, residentMetric] : (c.group == .munmap || c.floorTarget != nil ? [ratioMetric] : []))
