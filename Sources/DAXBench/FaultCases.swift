@@ -50,11 +50,9 @@ extension PortCases {
             let rig = try devdaxRig(align: align, faults: n)
             rig.touchAll()
             let floor = rig.floor(ops: n)
-            let inst = Instance(port: Batch(ops: n, run: { rig.faults(n, write: write) }, restore: { rig.zapAll() }),
-                                floor: floor.faultBatch(n), unit: "fault")
-            inst.counters = { rig.counters() }
-            inst.effect = { rig.entries(n) }
-            return inst
+            return Instance(probing: rig, entries: n,
+                            port: Batch(ops: n, run: { rig.faults(n, write: write) }, restore: { rig.zapAll() }),
+                            floor: floor.faultBatch(n), unit: "fault")
         }
     }
 
@@ -74,12 +72,10 @@ extension PortCases {
             let rig = try devdaxRig(align: l.align, faults: n)
             rig.touchAll()
             let floor = rig.floor(ops: n)
-            let inst = Instance(port: Batch(ops: n, prepare: { rig.faults(n, write: false) },
-                                            run: { rig.faults(n, write: true) }, restore: { rig.zapAll() }),
-                                floor: floor.mkwriteBatch(n), unit: "fault")
-            inst.counters = { rig.counters() }
-            inst.effect = { rig.entries(n) }
-            return inst
+            return Instance(probing: rig, entries: n,
+                            port: Batch(ops: n, prepare: { rig.faults(n, write: false) },
+                                  run: { rig.faults(n, write: true) }, restore: { rig.zapAll() }),
+                            floor: floor.mkwriteBatch(n), unit: "fault")
         }
     }
 
@@ -99,11 +95,9 @@ extension PortCases {
             let rig = try FsDaxRig(pmd: pmd, faults: n)
             rig.touchAll()
             let floor = rig.floor(ops: n)
-            let inst = Instance(port: Batch(ops: n, run: { rig.faults(n, write: write) }, restore: { rig.zapAll() }),
-                                floor: floor.faultBatch(n), unit: "fault")
-            inst.counters = { rig.counters() }
-            inst.effect = { rig.entries(n) }
-            return inst
+            return Instance(probing: rig, entries: n,
+                            port: Batch(ops: n, run: { rig.faults(n, write: write) }, restore: { rig.zapAll() }),
+                            floor: floor.faultBatch(n), unit: "fault")
         }
     }
 
@@ -118,12 +112,10 @@ extension PortCases {
             let rig = try FsDaxRig(pmd: pmd, faults: n)
             rig.touchAll()
             let floor = rig.floor(ops: n)
-            let inst = Instance(port: Batch(ops: n, prepare: { rig.faults(n, write: false) },
-                                            run: { rig.faults(n, write: true) }, restore: { rig.zapAll() }),
-                                floor: floor.mkwriteBatch(n), unit: "fault")
-            inst.counters = { rig.counters() }
-            inst.effect = { rig.entries(n) }
-            return inst
+            return Instance(probing: rig, entries: n,
+                            port: Batch(ops: n, prepare: { rig.faults(n, write: false) },
+                                  run: { rig.faults(n, write: true) }, restore: { rig.zapAll() }),
+                            floor: floor.mkwriteBatch(n), unit: "fault")
         }
     }
 }

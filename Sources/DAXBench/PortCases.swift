@@ -56,3 +56,22 @@ public enum PortCases {
         faults(n) + zaps(n) + gups(n) + memremaps + ThreadCases.all
     }
 }
+
+/// What the cases read off a rig: the counters a batch must leave as they
+/// were, and the entries a batch changes.
+protocol ProbedRig: AnyObject {
+    func counters() -> [Int64]
+    func entries(_ n: Int) -> [Int64]
+}
+
+extension DevDaxRig: ProbedRig {}
+extension FsDaxRig: ProbedRig {}
+
+extension Instance {
+    /// An instance whose counters and effect are `rig`'s over `n` entries.
+    convenience init(probing rig: some ProbedRig, entries n: Int, port: Batch, floor: Batch?, unit: String) {
+        self.init(port: port, floor: floor, unit: unit)
+        counters = { rig.counters() }
+        effect = { rig.entries(n) }
+    }
+}

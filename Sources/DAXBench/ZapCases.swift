@@ -29,11 +29,9 @@ extension PortCases {
             let rig = try devdaxRig(align: l.align, faults: n)
             rig.touchAll()
             let floor = rig.floor(ops: n, withMmapLock: false)
-            let inst = Instance(port: Batch(ops: n, prepare: { rig.faults(n, write: true) }, run: { rig.zap(n) }),
-                                floor: floor.zapBatch(n), unit: "entry")
-            inst.counters = { rig.counters() }
-            inst.effect = { rig.entries(n) }
-            return inst
+            return Instance(probing: rig, entries: n,
+                            port: Batch(ops: n, prepare: { rig.faults(n, write: true) }, run: { rig.zap(n) }),
+                            floor: floor.zapBatch(n), unit: "entry")
         }
     }
 
@@ -45,11 +43,9 @@ extension PortCases {
             let rig = try FsDaxRig(pmd: pmd, faults: n)
             rig.touchAll()
             let floor = rig.floor(ops: n)
-            let inst = Instance(port: Batch(ops: n, prepare: { rig.faults(n, write: true) }, run: { rig.zapAll() }),
-                                floor: floor.zapBatch(n), unit: "entry")
-            inst.counters = { rig.counters() }
-            inst.effect = { rig.entries(n) }
-            return inst
+            return Instance(probing: rig, entries: n,
+                            port: Batch(ops: n, prepare: { rig.faults(n, write: true) }, run: { rig.zapAll() }),
+                            floor: floor.zapBatch(n), unit: "entry")
         }
     }
 
@@ -64,12 +60,10 @@ extension PortCases {
             rig.touchAll()
             rig.unmap()
             let floor = rig.floor(ops: n, withMmapLock: false)
-            let inst = Instance(port: Batch(ops: n, prepare: { try? rig.map(); rig.faults(n, write: true) },
-                                            run: { rig.unmap() }),
-                                floor: floor.zapBatch(n), unit: "entry")
-            inst.counters = { rig.counters() }
-            inst.effect = { rig.entries(n) }
-            return inst
+            return Instance(probing: rig, entries: n,
+                            port: Batch(ops: n, prepare: { try? rig.map(); rig.faults(n, write: true) },
+                                  run: { rig.unmap() }),
+                            floor: floor.zapBatch(n), unit: "entry")
         }
     }
 }
