@@ -230,6 +230,16 @@ func gupFolioNext(_ pages: PageArray, _ i: Int, _ n: Int,
     if folio.isLarge {
         let end = folio.raw + folio.nrPages
         var expect = first + 1
+        // Eight entries at once while they are the next eight pages and all
+        // inside the folio (a nil entry is 0, never equal to a page).
+        let stride = UInt(MemoryLayout<dax_page>.stride)
+        let step = SIMD8<UInt>(0, 1, 2, 3, 4, 5, 6, 7) &* stride
+        while n &- j >= 8 && end - expect >= 8 {
+            let v = UnsafeRawPointer(pages + j).loadUnaligned(as: SIMD8<UInt>.self)
+            guard all(v .== SIMD8(repeating: UInt(bitPattern: expect)) &+ step) else { break }
+            expect += 8
+            j &+= 8
+        }
         while j < n, let p = pages[j] {
             if p != expect || p == end {
                 guard Page(p).folio == folio else { break }
