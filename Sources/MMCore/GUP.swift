@@ -202,18 +202,55 @@ public func unpinUserPages(_ k: KernelRef, _ pages: PageArray, _ n: Int) {
 public func unpinUserPagesDirtyLock(_ k: KernelRef, _ pages: PageArray, _ n: Int, makeDirty: Bool) {
     var i = 0
     while i < n {
-        guard let raw = pages[i] else { i += 1; continue }
-        let folio = Page(raw).folio
-        var run: Int32 = 1
-        while i + Int(run) < n, let next = pages[i + Int(run)], Page(next).folio == folio { run += 1 }
+        guard let raw = pages[i] else { i &+= 1; continue }
+        let (folio, run) = gupFolioNext(pages, i, n, raw)
         if makeDirty && !folio.isDirty {
             folio.head.set(DAX_PG_locked)   // folio_lock
             folio.markDirty()
             folio.head.clear(DAX_PG_locked)
         }
-        gupPutFolio(k, folio, run, .pin)
-        i += Int(run)
+        gupPutFolio(k, folio, Int32(truncatingIfNeeded: run), .pin)
+        i &+= run
     }
+}
+
+/// gup_folio_next: the folio of `pages[i]` (`first`, not nil) and how many
+/// entries from `i` on (before `n`, up to the first nil) are pages of it.
+/// An entry that is the page after the previous one and still inside a
+/// large folio is a page of that folio without reading its record (a folio
+/// is its head's 2^order consecutive records, and a folio that holds
+/// references cannot be split); any other entry is checked with page_folio,
+/// as the kernel checks each one. Precondition (PageArray's): every
+/// non-nil entry points at a record of the live vmemmap.
+@inline(__always)
+func gupFolioNext(_ pages: PageArray, _ i: Int, _ n: Int,
+                  _ first: UnsafeMutablePointer<dax_page>) -> (Folio, Int) {
+    let folio = Page(first).folio
+    var j = i &+ 1
+    if folio.isLarge {
+        let end = folio.raw + folio.nrPages
+        var expect = first + 1
+        // Eight entries at once while they are the next eight pages and all
+        // inside the folio (a nil entry is 0, never equal to a page).
+        let stride = UInt(MemoryLayout<dax_page>.stride)
+        let step = SIMD8<UInt>(0, 1, 2, 3, 4, 5, 6, 7) &* stride
+        while n &- j >= 8 && end - expect >= 8 {
+            let v = UnsafeRawPointer(pages + j).loadUnaligned(as: SIMD8<UInt>.self)
+            guard all(v .== SIMD8(repeating: UInt(bitPattern: expect)) &+ step) else { break }
+            expect += 8
+            j &+= 8
+        }
+        while j < n, let p = pages[j] {
+            if p != expect || p == end {
+                guard Page(p).folio == folio else { break }
+            }
+            expect = p + 1
+            j &+= 1
+        }
+    } else {
+        while j < n, let p = pages[j], Page(p).folio == folio { j &+= 1 }
+    }
+    return (folio, j &- i)
 }
 
 /// put_page for FOLL_GET references.
@@ -226,10 +263,14 @@ public func putUserPages(_ k: KernelRef, _ pages: PageArray, _ n: Int) {
 /// follow_page_mask for one address, grabbing a reference under the entry's
 /// lock. Returns the page, nil (needs a fault), or an error in `err`.
 /// `pageMask` is struct follow_page_context's page_mask: 0, or
-/// HPAGE_PMD_NR - 1 / HPAGE_PUD_NR - 1 when a huge leaf was followed (the
-/// pages of the leaf after this one are the caller's to grab).
+/// HPAGE_PMD_NR - 1 / HPAGE_PUD_NR - 1 when a huge leaf was followed. `left`
+/// (>= 1) is the pages the caller still wants: on a huge leaf the grab
+/// covers page_increm = min(1 + (~(addr >> PAGE_SHIFT) & page_mask), left)
+/// pages at once (the kernel's try_grab_folio of 1 here and of
+/// page_increm - 1 in __get_user_pages, in one: the same references and
+/// NR_FOLL_PIN_ACQUIRED, one atomic per count instead of two).
 @inline(__always)
-func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlags,
+func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlags, _ left: Int,
                     _ pageMask: inout UInt64, _ err: inout Int32) -> Page? {
     let k = mm.pointee.kernel!
     let write = flags.contains(.write)
@@ -241,13 +282,13 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
     let pud = entryTable(pgde) + pudIndex(addr)
     let pude = dax_load_u64(pud)
     if entryLeaf(pude) {
-        return followHuge(k, vma, pud, pudLockptr(mm), addr, UInt64(pudSize), write, flags, &pageMask, &err)
+        return followHuge(k, vma, pud, pudLockptr(mm), addr, UInt64(pudSize), write, flags, left, &pageMask, &err)
     }
     guard entryPresent(pude) else { return nil }
     let pmd = entryTable(pude) + pmdIndex(addr)
     let pmde = dax_load_u64(pmd)
     if entryLeaf(pmde) {
-        return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, &pageMask, &err)
+        return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, left, &pageMask, &err)
     }
     guard entryPresent(pmde) else { return nil }
     let pte = entryTable(pmde) + pteIndex(addr)
@@ -281,10 +322,11 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
 /// falls back here. A pfn without a struct page is refused with -EFAULT
 /// instead of reading a record that does not exist (VM_PFNMAP mappings,
 /// where such pfns live, never get here: check_vma_flags turns them away).
-/// After the grab, ctx->page_mask = HPAGE_PMD_NR - 1 (HPAGE_PUD_NR - 1).
+/// After the grab (of page_increm pages, see followPageMask),
+/// ctx->page_mask = HPAGE_PMD_NR - 1 (HPAGE_PUD_NR - 1).
 @inline(__always)
 func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: UnsafeMutablePointer<UInt32>,
-                _ addr: UInt64, _ size: UInt64, _ write: Bool, _ flags: GupFlags,
+                _ addr: UInt64, _ size: UInt64, _ write: Bool, _ flags: GupFlags, _ left: Int,
                 _ pageMask: inout UInt64, _ err: inout Int32) -> Page? {
     dax_spin_lock(lock)
     defer { dax_spin_unlock(lock) }
@@ -294,10 +336,23 @@ func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: Unsafe
     let pfn = entryPfn(e) + ((addr & (size - 1)) >> UInt64(pageShift))
     guard pfnValid(k, pfn) else { err = -EFAULT; return nil }
     let page = pfnToPage(k, pfn)
-    let rc = tryGrabFolio(k, page.folio, 1, flags)
+    let mask = (size >> UInt64(pageShift)) &- 1
+    let increm = min(1 &+ Int(truncatingIfNeeded: ~(addr >> UInt64(pageShift)) & mask), left)
+    let rc = tryGrabFolio(k, page.folio, Int32(truncatingIfNeeded: increm), flags)
     if rc != 0 { err = rc; return nil }
-    pageMask = (size >> UInt64(pageShift)) - 1
+    pageMask = mask
     return page
+}
+
+/// record_subpages: dst[0..<n] = first, first + 1, ... (the pages of one
+/// folio; n >= 1, dst has room for n entries).
+@inline(__always)
+func recordSubpages(_ dst: PageArray, _ first: UnsafeMutablePointer<dax_page>, _ n: Int) {
+    var j = 0
+    while j < n {
+        dst[j] = first + j
+        j &+= 1
+    }
 }
 
 /// The errno for a failed fault-in (faultin_page / vm_fault_to_errno).
@@ -311,11 +366,10 @@ func vmFaultToErrno(_ ret: UInt32) -> Int32 {
 /// __get_user_pages with mmap_lock held for read. Returns the number of
 /// pages grabbed, or -errno if none was. One walk per huge leaf: after
 /// follow_page_mask returns a page of a PMD/PUD leaf (ctx.page_mask set),
-/// page_increm covers the rest of the leaf (capped at the pages left), the
-/// folio is grabbed once more for those pages, and pages[i + j] are filled
-/// with the consecutive pages.
+/// page_increm covers the rest of the leaf (capped at the pages left),
+/// whose references follow_page_mask took with the first page's, and
+/// pages[i + j] are filled with the consecutive pages.
 func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
-    let k = mm.pointee.kernel!
     var i = 0
     var addr = roundDown(start, UInt64(pageSize))
     var vma: VMARef? = nil
@@ -331,7 +385,7 @@ func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: G
         var page: Page? = nil
         while true {
             var err: Int32 = 0
-            if let p = followPageMask(mm, vma!, addr, flags, &pageMask, &err) {
+            if let p = followPageMask(mm, vma!, addr, flags, nrPages &- i, &pageMask, &err) {
                 page = p
                 break
             }
@@ -350,22 +404,10 @@ func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: G
             tries += 1
         }
         // next_page: page_increm = 1 + (~(start >> PAGE_SHIFT) & ctx.page_mask)
-        let increm = min(1 + Int(~(addr >> UInt64(pageShift)) & pageMask), nrPages - i)
-        if let pages, let page {
-            if increm > 1 {
-                // The folio is already held: this grab should never fail.
-                // If it does, the first page's reference goes and the call
-                // fails hard.
-                let folio = page.folio
-                if tryGrabFolio(k, folio, Int32(increm - 1), flags) != 0 {
-                    gupPutFolio(k, folio, 1, flags)
-                    return i > 0 ? i : Int(-EFAULT)
-                }
-            }
-            for j in 0..<increm { pages[i + j] = page.raw + j }
-        }
-        i += increm
-        addr += UInt64(increm) << UInt64(pageShift)
+        let increm = min(1 &+ Int(truncatingIfNeeded: ~(addr >> UInt64(pageShift)) & pageMask), nrPages &- i)
+        if let pages, let page { recordSubpages(pages + i, page.raw, increm) }
+        i &+= increm
+        addr &+= UInt64(truncatingIfNeeded: increm) << UInt64(pageShift)
     }
     return i
 }
@@ -379,18 +421,17 @@ func gupLongtermLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: Gu
     guard flags.contains(.longterm), rc > 0, let pages else { return rc }
     let k = mm.pointee.kernel!
     // collect_longterm_unpinnable_folios: each folio once (a run of pages
-    // of one folio is checked at its first page).
-    var prev: UnsafeMutablePointer<dax_page>? = nil
-    for i in 0..<rc {
-        guard let raw = pages[i] else { continue }
-        let folio = Page(raw).folio
-        if folio.raw == prev { continue }
-        prev = folio.raw
+    // of one folio is checked at its first page, gup_folio_next).
+    var i = 0
+    while i < rc {
+        guard let raw = pages[i] else { i &+= 1; continue }
+        let (folio, run) = gupFolioNext(pages, i, rc, raw)
         if folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_COHERENT.rawValue) {
             unpinUserPages(k, pages, rc)
             for j in 0..<rc { pages[j] = nil }
             return Int(-EBUSY)
         }
+        i &+= run
     }
     return rc
 }
@@ -478,10 +519,7 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
             gupPutFolio(k, folio, Int32(refs), flags)
             return i
         }
-        // record_subpages
-        let dst = pages + i
-        let first = page.raw
-        for j in 0..<refs { dst[j] = first + j }
+        recordSubpages(pages + i, page.raw, refs)
         i += refs
     }
     return i

@@ -91,6 +91,42 @@ struct GupFolioStepTests {
         rig.check(Self.ledger(rig, []))
     }
 
+    @Test("unpin_user_pages (gup_folio_next, gup_put_folio) over an array mixing two PMD/PUD folios: runs broken by nil, by an out-of-order page and by the pointer-contiguous step from one folio's last page to the next folio's head put exactly each folio's pages, NR_FOLL_PIN_RELEASED +pages",
+          arguments: [pmdOrder, pudOrder])
+    func unpinMixedRuns(order: Int) throws {
+        let (rig, a, size) = try Self.faulted(order)
+        let nr = Int(size >> 12)
+        let f = rig.folio(pgoff: 0), g = rig.folio(pgoff: UInt64(nr))
+        let bf = VMAKit.counters(rig, f), bg = VMAKit.counters(rig, g)
+        // Pin the last 8 pages of f and the first 8 of g: f+nr-8 ..< g+8.
+        let pinned = VMAKit.pages(16)
+        defer { pinned.deallocate() }
+        #expect(pinUserPages(rig.mm.ref, a + UInt64(nr - 8) * 4096, 16, [.write], pinned) == 16)
+        #expect(f.pincount == bf.pincount + 8 && g.pincount == bg.pincount + 8)
+        // f's last page and g's head are consecutive records of two folios.
+        #expect(pinned[8] == pinned[7]! + 1)
+        // First call: f-8, f-7, nil, f-6, f-4, f-5 (out of order), f-1, g+0,
+        // g+1 (contiguous across the boundary), g+3, g+2: 6 of f, 4 of g.
+        let order1: [Int?] = [0, 1, nil, 2, 4, 3, 7, 8, 9, 11, 10]
+        // Second call: g+4, f-3, f-2 (f between runs of g), g+5, g+6, g+7:
+        // 2 of f, 4 of g. 10 + 6 = 16 pins, each once.
+        let order2: [Int?] = [12, 5, 6, 13, nil, 14, 15]
+        for (ord, inF, inG) in [(order1, 6, 4), (order2, 2, 4)] {
+            let arr = VMAKit.pages(ord.count)
+            defer { arr.deallocate() }
+            for (i, o) in ord.enumerated() { arr[i] = o.map { pinned[$0]! } }
+            let rf = f.refCount, pf = f.pincount, rg = g.refCount, pg = g.pincount
+            let rel = rig.kernel.stat(DAX_NR_FOLL_PIN_RELEASED)
+            unpinUserPages(rig.kernel.ref, arr, ord.count)
+            #expect(f.refCount == rf - Int32(inF) && f.pincount == pf - Int32(inF))
+            #expect(g.refCount == rg - Int32(inG) && g.pincount == pg - Int32(inG))
+            #expect(rig.kernel.stat(DAX_NR_FOLL_PIN_RELEASED) == rel + Int64(inF + inG))
+        }
+        #expect(f.refCount == bf.ref && f.pincount == bf.pincount && !f.maybeDmaPinned)
+        #expect(g.refCount == bg.ref && g.pincount == bg.pincount && !g.maybeDmaPinned)
+        rig.check(Self.ledger(rig, []))
+    }
+
     @Test("the slow path faults an unfaulted PMD range in, then steps per leaf: 1024 pages in one call, one pin per page, pages in order")
     func faultsThenSteps() throws {
         let (rig, a) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20)
