@@ -92,9 +92,8 @@ static inline void rwsem_read_release(struct dax_rwsem *s, int32_t slot)
 		rwsem_release(s);
 }
 
-bool dax_down_read_trylock(struct dax_rwsem *s)
+static inline bool rwsem_down_read_trylock(struct dax_rwsem *s, int32_t slot)
 {
-	int32_t slot = dax_this_slot();
 	(void)__atomic_add_fetch(&s->slot[slot].readers, 1, __ATOMIC_SEQ_CST);
 	if (__builtin_expect(__atomic_load_n(&s->writer, __ATOMIC_SEQ_CST) == 0, 1))
 		return true;
@@ -102,10 +101,15 @@ bool dax_down_read_trylock(struct dax_rwsem *s)
 	return false;
 }
 
-void dax_down_read(struct dax_rwsem *s)
+bool dax_down_read_trylock(struct dax_rwsem *s)
+{
+	return rwsem_down_read_trylock(s, dax_this_slot());
+}
+
+void dax_down_read_slot(struct dax_rwsem *s, int32_t slot)
 {
 	for (unsigned spins = 0;; spins++) {
-		if (dax_down_read_trylock(s))
+		if (rwsem_down_read_trylock(s, slot))
 			return;
 		if (spins < 64) {
 			dax_cpu_relax();
@@ -118,6 +122,16 @@ void dax_down_read(struct dax_rwsem *s)
 		if (__atomic_load_n(&s->writer, __ATOMIC_SEQ_CST) != 0)
 			rwsem_wait(s, seq);
 	}
+}
+
+void dax_down_read(struct dax_rwsem *s)
+{
+	dax_down_read_slot(s, dax_this_slot());
+}
+
+void dax_up_read_slot(struct dax_rwsem *s, int32_t slot)
+{
+	rwsem_read_release(s, slot);
 }
 
 void dax_up_read(struct dax_rwsem *s)

@@ -218,10 +218,17 @@ func devDaxState(_ vma: VMARef) -> UnsafeMutablePointer<DevDaxState>? {
 @inline(__always)
 public func checkVma(_ vma: VMARef) -> Int32 {
     guard let st = devDaxState(vma) else { return -EINVAL }
+    return checkVmaState(st, vma)
+}
+
+/// check_vma past the file check: `st` is the device state behind `vma`
+/// (devDaxState(vma)), which the fault handlers have already looked up.
+@inline(__always)
+func checkVmaState(_ st: UnsafeMutablePointer<DevDaxState>, _ vma: VMARef) -> Int32 {
     // dax_alive: seq_cst, after the fault's dax_read_lock (see killDax).
     if dax_load_u32_seq_cst(devDaxAlive(st)) == 0 { return -ENXIO }
     if vma.pointee.vm_flags & DAX_VM_MAYSHARE == 0 { return -EINVAL }   // private mapping
-    let mask = st.pointee.align - 1
+    let mask = st.pointee.align &- 1   // align is 4K, 2M or 1G (init)
     if (vma.pointee.vm_start | vma.pointee.vm_end) & mask != 0 { return -EINVAL }
     if !vmaIsDax(vma) { return -EINVAL }
     return 0
@@ -231,49 +238,57 @@ public func checkVma(_ vma: VMARef) -> Int32 {
 /// decides; the whole [phys, phys+size) must fit in it.
 @inline(__always)
 func devDaxPgoffToPhys(_ st: UnsafeMutablePointer<DevDaxState>, _ pgoff: UInt64, _ size: UInt64) -> UInt64? {
-    for i in 0..<st.pointee.nrRange {
-        let r = st.pointee.ranges[i]
-        guard pgoff >= r.pgoff, pgoff < r.pgoff + r.pages else { continue }
-        let phys = r.range.start + (pgoff - r.pgoff) * 4096
-        return phys + size - 1 <= r.range.end ? phys : nil
-    }
+    let ranges = st.pointee.ranges
+    let n = st.pointee.nrRange
+    // A device has at least one range (init), so a one-range device makes
+    // one pass and no loop test before it.
+    var i = 0
+    repeat {
+        let r = ranges[i]
+        // pgoff in [r.pgoff, r.pgoff + pages): `rel` wraps past every window
+        // when pgoff < r.pgoff (r.pgoff + pages is at most the device's page
+        // count, far below 2^64).
+        let rel = pgoff &- r.pgoff
+        if rel < r.pages {
+            let phys = r.range.start &+ (rel &<< 12)   // inside the range: rel < pages
+            return phys + size - 1 <= r.range.end ? phys : nil
+        }
+        i &+= 1
+    } while i < n
     return nil
 }
 
 /// dax_set_mapping: mapping/index on the covered folios that have none
 /// (only the head when the pages are compound).
+/// `page` is pfn_to_page(pfn), which the caller maps next. Every fault
+/// covers one folio: a PTE fault one page of an order-0 device (align 4K),
+/// a PMD or PUD fault the head of a folio of the fault's order (align ==
+/// fault size), so the loop of the kernel makes one pass.
 @inline(__always)
-func devDaxSetMapping(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaultRef, _ pfn: UInt64, _ faultSize: UInt64) {
-    let k = st.pointee.kernel
-    let compound = st.pointee.align > 4096
-    let nr = compound ? 1 : Int(faultSize >> 12)
-    let pgoff = linearPageIndex(vmf.pointee.vma, vmf.pointee.address & ~(faultSize - 1))
-    for i in 0..<nr {
-        let folio = pfnToPage(k, pfn + UInt64(i)).folio
-        if folio.mapping != 0 { continue }
-        folio.mapping = st.pointee.mapping
-        folio.index = pgoff + UInt64(i)
-    }
+func devDaxSetMapping(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaultRef, _ page: Page, _ faultSize: UInt64) {
+    let folio = page.folio
+    if folio.mapping != 0 { return }
+    folio.mapping = st.pointee.mapping
+    folio.index = linearPageIndex(vmf.pointee.vma, vmf.pointee.address & ~(faultSize &- 1))
 }
 
 /// __dev_dax_pte_fault
 @inline(__always)
 func devDaxPteFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaultRef) -> UInt32 {
     let vma = vmf.pointee.vma!
-    if checkVma(vma) != 0 { return DAX_VM_FAULT_SIGBUS }
+    if checkVmaState(st, vma) != 0 { return DAX_VM_FAULT_SIGBUS }
     if st.pointee.align > 4096 { return DAX_VM_FAULT_SIGBUS }
     guard let phys = devDaxPgoffToPhys(st, vmf.pointee.pgoff, 4096) else { return DAX_VM_FAULT_SIGBUS }
-    let pfn = phys >> 12
-    devDaxSetMapping(st, vmf, pfn, 4096)
-    return vmfInsertPageMkwrite(vmf, pfnToPage(st.pointee.kernel, pfn),
-                                write: vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0)
+    let page = pfnToPage(st.pointee.kernel, phys >> 12)
+    devDaxSetMapping(st, vmf, page, 4096)
+    return vmfInsertPageMkwrite(vmf, page, write: vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0)
 }
 
 /// __dev_dax_pmd_fault / __dev_dax_pud_fault
 @inline(__always)
 func devDaxHugeLevelFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaultRef, faultSize: UInt64) -> UInt32 {
     let vma = vmf.pointee.vma!
-    if checkVma(vma) != 0 { return DAX_VM_FAULT_SIGBUS }
+    if checkVmaState(st, vma) != 0 { return DAX_VM_FAULT_SIGBUS }
     let align = st.pointee.align
     if align > faultSize && faultSize == UInt64(pmdSize) { return DAX_VM_FAULT_SIGBUS }   // align > PMD_SIZE
     if faultSize < align { return DAX_VM_FAULT_SIGBUS }
@@ -282,9 +297,9 @@ func devDaxHugeLevelFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaul
     if start < vma.pointee.vm_start || start + faultSize > vma.pointee.vm_end { return DAX_VM_FAULT_SIGBUS }
     let pgoff = linearPageIndex(vma, start)
     guard let phys = devDaxPgoffToPhys(st, pgoff, faultSize) else { return DAX_VM_FAULT_SIGBUS }
-    let pfn = phys >> 12
-    devDaxSetMapping(st, vmf, pfn, faultSize)
-    let folio = pfnToPage(st.pointee.kernel, pfn).folio
+    let page = pfnToPage(st.pointee.kernel, phys >> 12)
+    devDaxSetMapping(st, vmf, page, faultSize)
+    let folio = page.folio
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
     return faultSize == UInt64(pmdSize) ? vmfInsertFolioPmd(vmf, folio, write: write)
                                         : vmfInsertFolioPud(vmf, folio, write: write)
@@ -298,7 +313,7 @@ func devDaxHugeLevelFault(_ st: UnsafeMutablePointer<DevDaxState>, _ vmf: VMFaul
 func devDaxHugeFaultImpl(_ vmf: VMFaultRef, _ order: UInt32) -> UInt32 {
     guard let st = devDaxState(vmf.pointee.vma) else { return DAX_VM_FAULT_SIGBUS }
     let srcu = devDaxSrcu(st)
-    let id = dax_srcu_read_lock(srcu)
+    let id = dax_srcu_read_lock_slot(srcu, vmfSlot(vmf))
     defer { dax_srcu_read_unlock(srcu, id) }
     switch Int(order) {
     case 0: return devDaxPteFault(st, vmf)

@@ -17,10 +17,21 @@ func vmaAllowsHuge(_ vma: VMARef) -> Bool {
     return vmaIsDax(vma) || vma.pointee.vm_flags & DAX_VM_HUGEPAGE != 0
 }
 
-/// handle_mm_fault with mmap_lock held for read by the caller (as in
-/// do_user_addr_fault). Returns VM_FAULT_* bits; 0 means handled.
+/// The faulting thread's per-thread slot (dax_this_slot), as handle_mm_fault
+/// recorded it in the vmf, so the per-thread counters and locks of one fault
+/// look it up once; a vmf made elsewhere (slot 0) looks it up here.
 @inline(__always)
-public func handleMMFault(_ mm: MMRef, _ address: UInt64, _ flags: UInt32) -> UInt32 {
+public func vmfSlot(_ vmf: VMFaultRef) -> Int32 {
+    let s = vmf.pointee.slot
+    return s != 0 ? s &- 1 : dax_this_slot()
+}
+
+/// handle_mm_fault with mmap_lock held for read by the caller (as in
+/// do_user_addr_fault). Returns VM_FAULT_* bits; 0 means handled. `slot`:
+/// the calling thread's dax_this_slot(), if the caller has it.
+@inline(__always)
+public func handleMMFault(_ mm: MMRef, _ address: UInt64, _ flags: UInt32,
+                          slot: Int32 = dax_this_slot()) -> UInt32 {
     guard let vma = vmaLookup(mm, address) else { return DAX_VM_FAULT_SIGSEGV }
     let write = flags & DAX_FAULT_FLAG_WRITE != 0
     let vmFlags = vma.pointee.vm_flags
@@ -34,6 +45,7 @@ public func handleMMFault(_ mm: MMRef, _ address: UInt64, _ flags: UInt32) -> UI
     vmf.real_address = address
     vmf.pgoff = linearPageIndex(vma, vmf.address)
     vmf.flags = flags
+    vmf.slot = slot &+ 1   // in [1, DAX_NR_SLOTS + 1]
     return withUnsafeMutablePointer(to: &vmf) { handleMMFaultVmf(mm, $0) }
 }
 
@@ -256,8 +268,11 @@ extension MM {
     /// handle_mm_fault taking mmap_lock for read around it, as a user fault
     /// does. Returns the VM_FAULT_* bits.
     public func handleFault(_ address: UInt64, write: Bool) -> UInt32 {
-        lockRead()
-        defer { unlockRead() }
-        return handleMMFault(ref, address, (write ? DAX_FAULT_FLAG_WRITE : 0) | DAX_FAULT_FLAG_USER)
+        // lockRead/unlockRead with the thread's slot looked up once for the fault.
+        let slot = dax_this_slot()
+        let lock = dax_mm_mmap_lock(ref)
+        dax_down_read_slot(lock, slot)
+        defer { dax_up_read_slot(lock, slot) }
+        return handleMMFault(ref, address, (write ? DAX_FAULT_FLAG_WRITE : 0) | DAX_FAULT_FLAG_USER, slot: slot)
     }
 }

@@ -40,7 +40,7 @@ func vmfPud(_ vmf: VMFaultRef) -> EntryPtr? {
 /// there: at most upgraded in place).
 @inline(__always)
 func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ addr: UInt64, _ folio: Folio,
-                           write: Bool, level: RmapLevel) -> Int32 {
+                           write: Bool, level: RmapLevel, slot: Int32 = dax_this_slot()) -> Int32 {
     let old = dax_load_u64(entry)
     let pfn = pageToPfn(k, folio.head)
     if !entryNone(old) {
@@ -69,13 +69,13 @@ func insertHugeFolioLocked(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ a
     guard folioGet(k, folio) else { return -EINVAL }
     let mm = vma.pointee.vm_mm!
     if level == .pmd {
-        folioAddFileRmapPmd(k, folio, folio.head)
-        addMMCounter(mm, DAX_MM_FILEPAGES, Int64(hpagePmdNr))
+        folioAddFileRmapPmd(k, folio, folio.head, slot: slot)
+        addMMCounter(mm, DAX_MM_FILEPAGES, Int64(hpagePmdNr), slot: slot)
         if write { e = maybePmdMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
         setPmdAt(mm, addr, entry, e)
     } else {
-        folioAddFileRmapPud(k, folio, folio.head)
-        addMMCounter(mm, DAX_MM_FILEPAGES, Int64(hpagePudNr))
+        folioAddFileRmapPud(k, folio, folio.head, slot: slot)
+        addMMCounter(mm, DAX_MM_FILEPAGES, Int64(hpagePudNr), slot: slot)
         if write { e = maybePudMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
         setPudAt(mm, addr, entry, e)
     }
@@ -98,7 +98,7 @@ public func vmfInsertFolioPmd(_ vmf: VMFaultRef, _ folio: Folio, write: Bool) ->
     guard let pmd = vmfPmd(vmf) else { return DAX_VM_FAULT_OOM }
     let ptl = pmdLockptr(k, pmd)
     dax_spin_lock(ptl)
-    let rc = insertHugeFolioLocked(k, vma, pmd, addr, folio, write: write, level: .pmd)
+    let rc = insertHugeFolioLocked(k, vma, pmd, addr, folio, write: write, level: .pmd, slot: vmfSlot(vmf))
     dax_spin_unlock(ptl)
     // -EEXIST is swallowed; a refused folio_get (the seed's BUG) is SIGBUS.
     return rc == -EINVAL ? DAX_VM_FAULT_SIGBUS : DAX_VM_FAULT_NOPAGE
@@ -120,7 +120,7 @@ public func vmfInsertFolioPud(_ vmf: VMFaultRef, _ folio: Folio, write: Bool) ->
     guard let pud = vmfPud(vmf) else { return DAX_VM_FAULT_OOM }
     let ptl = pudLockptr(mm)
     dax_spin_lock(ptl)
-    let rc = insertHugeFolioLocked(k, vma, pud, addr, folio, write: write, level: .pud)
+    let rc = insertHugeFolioLocked(k, vma, pud, addr, folio, write: write, level: .pud, slot: vmfSlot(vmf))
     dax_spin_unlock(ptl)
     return rc == -EINVAL ? DAX_VM_FAULT_SIGBUS : DAX_VM_FAULT_NOPAGE
 }

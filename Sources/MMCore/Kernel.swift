@@ -459,8 +459,8 @@ public func pageToPfn(_ k: KernelRef, _ page: Page) -> UInt64 {
 /// mod_node_page_state: the calling thread's slot of the counter (vmstat's
 /// per-cpu diff; readers sum the slots, see Kernel.stat).
 @inline(__always)
-func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64) {
-    dax_pcpu_counter_add(dax_kernel_stats(k), Int32(item.rawValue), delta)
+func modNodeStat(_ k: KernelRef, _ item: dax_node_stat, _ delta: Int64, slot: Int32 = dax_this_slot()) {
+    dax_pcpu_counter_add_slot(dax_kernel_stats(k), slot, Int32(item.rawValue), delta)
 }
 
 /// The lookups memremap needs: which pgmap covers a pfn (pgmap_array, an

@@ -56,7 +56,8 @@ public func validatePageBeforeInsert(_ k: KernelRef, _ vma: VMARef, _ page: Page
 /// insert_page_into_pte_locked: the PTE lock is held.
 @inline(__always)
 public func insertPageIntoPteLocked(_ k: KernelRef, _ vma: VMARef, _ pte: EntryPtr, _ addr: UInt64,
-                                    _ page: Page, _ prot: UInt64, mkwrite: Bool) -> Int32 {
+                                    _ page: Page, _ prot: UInt64, mkwrite: Bool,
+                                    slot: Int32 = dax_this_slot()) -> Int32 {
     let old = dax_load_u64(pte)
     let pfn = pageToPfn(k, page)
     if !entryNone(old) {
@@ -78,8 +79,8 @@ public func insertPageIntoPteLocked(_ k: KernelRef, _ vma: VMARef, _ pte: EntryP
     } else {
         let folio = page.folio
         guard folioGet(k, folio) else { return -EINVAL }
-        addMMCounter(vma.pointee.vm_mm, DAX_MM_FILEPAGES, 1)
-        folioAddFileRmapPte(k, folio, page)
+        addMMCounter(vma.pointee.vm_mm, DAX_MM_FILEPAGES, 1, slot: slot)
+        folioAddFileRmapPte(k, folio, page, slot: slot)
         // Only a refcounted page becomes young/dirty/writable: the shared zero
         // page stays a read-only special entry.
         if mkwrite { e = maybeMkwrite(entryMkdirty(entryMkyoung(e)), vma) }
@@ -102,13 +103,14 @@ func getLockedPte(_ mm: MMRef, _ addr: UInt64) -> (EntryPtr, UnsafeMutablePointe
 
 /// insert_page
 @inline(__always)
-public func insertPage(_ vma: VMARef, _ addr: UInt64, _ page: Page, _ prot: UInt64, mkwrite: Bool) -> Int32 {
+public func insertPage(_ vma: VMARef, _ addr: UInt64, _ page: Page, _ prot: UInt64, mkwrite: Bool,
+                       slot: Int32 = dax_this_slot()) -> Int32 {
     let mm = vma.pointee.vm_mm!
     let k = mm.pointee.kernel!
     let rc = validatePageBeforeInsert(k, vma, page)
     if rc != 0 { return rc }
     guard let (pte, ptl) = getLockedPte(mm, addr) else { return -ENOMEM }
-    let r = insertPageIntoPteLocked(k, vma, pte, addr, page, prot, mkwrite: mkwrite)
+    let r = insertPageIntoPteLocked(k, vma, pte, addr, page, prot, mkwrite: mkwrite, slot: slot)
     dax_spin_unlock(ptl)
     return r
 }
@@ -130,7 +132,7 @@ public func vmfInsertPageMkwrite(_ vmf: VMFaultRef, _ page: Page, write: Bool) -
     let vma = vmf.pointee.vma!
     let addr = vmf.pointee.address
     guard addr >= vma.pointee.vm_start, addr < vma.pointee.vm_end else { return DAX_VM_FAULT_SIGBUS }
-    return vmfError(insertPage(vma, addr, page, vma.pointee.vm_page_prot, mkwrite: write))
+    return vmfError(insertPage(vma, addr, page, vma.pointee.vm_page_prot, mkwrite: write, slot: vmfSlot(vmf)))
 }
 
 /// vmf_error: -ENOMEM is VM_FAULT_OOM, -EHWPOISON VM_FAULT_HWPOISON, any

@@ -270,8 +270,8 @@ public func walk(_ mm: MMRef, _ addr: UInt64) -> PageWalk {
 // get_mm_counter (the exact percpu_counter_sum, not the approximate read).
 
 @inline(__always)
-public func addMMCounter(_ mm: MMRef, _ counter: dax_mm_counter, _ delta: Int64) {
-    dax_pcpu_counter_add(dax_mm_rss(mm), Int32(counter.rawValue), delta)
+public func addMMCounter(_ mm: MMRef, _ counter: dax_mm_counter, _ delta: Int64, slot: Int32 = dax_this_slot()) {
+    dax_pcpu_counter_add_slot(dax_mm_rss(mm), slot, Int32(counter.rawValue), delta)
 }
 
 @inline(__always)

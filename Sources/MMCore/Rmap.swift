@@ -139,19 +139,20 @@ func folioRemoveRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nrPages: In
 
 /// __folio_mod_stat for file folios.
 @inline(__always)
-func folioModStat(_ k: KernelRef, _ nr: Int32, _ nrPmdmapped: Int32) {
-    if nr != 0 { modNodeStat(k, DAX_NR_FILE_MAPPED, Int64(nr)) }
-    if nrPmdmapped != 0 { modNodeStat(k, DAX_NR_FILE_PMDMAPPED, Int64(nrPmdmapped)) }
+func folioModStat(_ k: KernelRef, _ nr: Int32, _ nrPmdmapped: Int32, slot: Int32 = dax_this_slot()) {
+    if nr != 0 { modNodeStat(k, DAX_NR_FILE_MAPPED, Int64(nr), slot: slot) }
+    if nrPmdmapped != 0 { modNodeStat(k, DAX_NR_FILE_PMDMAPPED, Int64(nrPmdmapped), slot: slot) }
 }
 
 // MARK: the file rmap API
 
 /// __folio_add_file_rmap: sanity checks, the counters, the node stats.
 @inline(__always)
-func folioAddFileRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _ level: RmapLevel) -> Bool {
+func folioAddFileRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _ level: RmapLevel,
+                      slot: Int32 = dax_this_slot()) -> Bool {
     guard folioRmapSanityChecks(k, folio, page, nr, level) else { return false }
     let (n, pmd) = folioAddRmap(k, folio, page, nr, level)
-    folioModStat(k, n, pmd)
+    folioModStat(k, n, pmd, slot: slot)
     return true
 }
 
@@ -172,20 +173,20 @@ public func folioAddFileRmapPtes(_ k: KernelRef, _ folio: Folio, _ page: Page, _
 
 /// folio_add_file_rmap_pte
 @inline(__always) @discardableResult
-public func folioAddFileRmapPte(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    folioAddFileRmap(k, folio, page, 1, .pte)
+public func folioAddFileRmapPte(_ k: KernelRef, _ folio: Folio, _ page: Page, slot: Int32 = dax_this_slot()) -> Bool {
+    folioAddFileRmap(k, folio, page, 1, .pte, slot: slot)
 }
 
 /// folio_add_file_rmap_pmd
 @inline(__always) @discardableResult
-public func folioAddFileRmapPmd(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    folioAddFileRmap(k, folio, page, hpagePmdNr, .pmd)
+public func folioAddFileRmapPmd(_ k: KernelRef, _ folio: Folio, _ page: Page, slot: Int32 = dax_this_slot()) -> Bool {
+    folioAddFileRmap(k, folio, page, hpagePmdNr, .pmd, slot: slot)
 }
 
 /// folio_add_file_rmap_pud
 @inline(__always) @discardableResult
-public func folioAddFileRmapPud(_ k: KernelRef, _ folio: Folio, _ page: Page) -> Bool {
-    folioAddFileRmap(k, folio, page, hpagePudNr, .pud)
+public func folioAddFileRmapPud(_ k: KernelRef, _ folio: Folio, _ page: Page, slot: Int32 = dax_this_slot()) -> Bool {
+    folioAddFileRmap(k, folio, page, hpagePudNr, .pud, slot: slot)
 }
 
 /// folio_remove_rmap_ptes

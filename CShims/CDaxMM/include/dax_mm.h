@@ -132,11 +132,17 @@ struct dax_pcpu_counters {
 	struct dax_counter_slot slot[DAX_NR_SLOTS + 1];
 };
 
+/* add_mm_counter / __mod_node_page_state on slot `slot`, which must be the
+ * calling thread's (dax_this_slot(), looked up once by the caller). */
+DAX_MM_INLINE void dax_pcpu_counter_add_slot(struct dax_pcpu_counters *c, int32_t slot, int item, int64_t delta)
+{
+	dax_slot_add64(&c->slot[slot].v[item], slot, delta);
+}
+
 /* add_mm_counter / __mod_node_page_state: the caller's slot only. */
 DAX_MM_INLINE void dax_pcpu_counter_add(struct dax_pcpu_counters *c, int item, int64_t delta)
 {
-	int32_t s = dax_this_slot();
-	dax_slot_add64(&c->slot[s].v[item], s, delta);
+	dax_pcpu_counter_add_slot(c, dax_this_slot(), item, delta);
 }
 
 /* percpu_counter_sum / node_page_state: every slot summed (exact once the
@@ -182,13 +188,18 @@ struct dax_srcu {
 	struct dax_srcu_slot slot[DAX_NR_SLOTS + 1];
 };
 
-/* The reader's side and slot, packed (side in bit 0, slot above). */
-DAX_MM_INLINE uint32_t dax_srcu_read_lock(struct dax_srcu *s)
+/* The reader's side and slot, packed (side in bit 0, slot above). `slot`
+ * must be the calling thread's (dax_this_slot()). */
+DAX_MM_INLINE uint32_t dax_srcu_read_lock_slot(struct dax_srcu *s, int32_t slot)
 {
 	uint32_t i = __atomic_load_n(&s->idx, __ATOMIC_RELAXED) & 1;
-	int32_t slot = dax_this_slot();
 	(void)__atomic_fetch_add(&s->slot[slot].readers[i], 1, __ATOMIC_SEQ_CST);
 	return i | ((uint32_t)slot << 1);
+}
+
+DAX_MM_INLINE uint32_t dax_srcu_read_lock(struct dax_srcu *s)
+{
+	return dax_srcu_read_lock_slot(s, dax_this_slot());
 }
 
 DAX_MM_INLINE void dax_srcu_read_unlock(struct dax_srcu *s, uint32_t token)
@@ -257,6 +268,10 @@ struct dax_rwsem {
 bool dax_down_read_trylock(struct dax_rwsem *s);
 void dax_down_read(struct dax_rwsem *s);
 void dax_up_read(struct dax_rwsem *s);
+/* dax_down_read / dax_up_read with the calling thread's slot looked up once
+ * by the caller (`slot` must be dax_this_slot() of the calling thread). */
+void dax_down_read_slot(struct dax_rwsem *s, int32_t slot);
+void dax_up_read_slot(struct dax_rwsem *s, int32_t slot);
 bool dax_down_write_trylock(struct dax_rwsem *s);
 void dax_down_write(struct dax_rwsem *s);
 void dax_up_write(struct dax_rwsem *s);
@@ -542,7 +557,7 @@ struct dax_vm_fault {
 	uint64_t real_address;
 	uint64_t pgoff;                /* logical page offset in the file */
 	uint32_t flags;                /* FAULT_FLAG_* */
-	uint32_t _pad;
+	int32_t slot;                  /* the faulting thread's per-thread slot + 1; 0: not looked up (dax_vmf_slot) */
 	uint64_t *pud;
 	uint64_t *pmd;
 	uint64_t *pte;                 /* set while a PTE table is mapped */
