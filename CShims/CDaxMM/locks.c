@@ -106,11 +106,31 @@ bool dax_down_read_trylock(struct dax_rwsem *s)
 	return rwsem_down_read_trylock(s, dax_this_slot());
 }
 
+/* The first reader in after a write release that handed off: writers may
+ * go again. */
+static void rwsem_reader_entered(struct dax_rwsem *s)
+{
+	__atomic_sub_fetch(&s->readers_waiting, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&s->handoff, __ATOMIC_SEQ_CST)) {
+		__atomic_store_n(&s->handoff, 0, __ATOMIC_SEQ_CST);
+		rwsem_release(s);
+	}
+}
+
 void dax_down_read_slot(struct dax_rwsem *s, int32_t slot)
 {
+	if (__builtin_expect(rwsem_down_read_trylock(s, slot), 1))
+		return;
+	/* A writer holds the lock or waits for readers to drain: count
+	 * ourselves as waiting, so that its release hands the next turn to
+	 * the readers (a writer re-taking the lock at once would otherwise
+	 * starve them: the kernel's rwsem queues them and hands off too). */
+	__atomic_add_fetch(&s->readers_waiting, 1, __ATOMIC_SEQ_CST);
 	for (unsigned spins = 0;; spins++) {
-		if (rwsem_down_read_trylock(s, slot))
+		if (rwsem_down_read_trylock(s, slot)) {
+			rwsem_reader_entered(s);
 			return;
+		}
 		if (spins < 64) {
 			dax_cpu_relax();
 			continue;
@@ -163,6 +183,19 @@ bool dax_down_write_trylock(struct dax_rwsem *s)
 
 void dax_down_write(struct dax_rwsem *s)
 {
+	/* A release handed the turn to waiting readers: wait until one got in
+	 * (it clears handoff and wakes us), at most one 1 ms recheck, after
+	 * which the readers are taken to have gone and the writer goes. */
+	for (unsigned waits = 0; __atomic_load_n(&s->handoff, __ATOMIC_SEQ_CST) != 0;) {
+		uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&s->handoff, __ATOMIC_SEQ_CST))
+			break;
+		if (waits++ > 0) {
+			__atomic_store_n(&s->handoff, 0, __ATOMIC_SEQ_CST);
+			break;
+		}
+		rwsem_wait(s, seq);
+	}
 	/* Exclude other writers, then wait for the readers to drain (new
 	 * readers see `writer` and back off). */
 	for (unsigned spins = 0;; spins++) {
@@ -192,6 +225,8 @@ void dax_down_write(struct dax_rwsem *s)
 void dax_up_write(struct dax_rwsem *s)
 {
 	__atomic_store_n(&s->owner, 0, __ATOMIC_RELAXED);
+	if (__atomic_load_n(&s->readers_waiting, __ATOMIC_SEQ_CST))
+		__atomic_store_n(&s->handoff, 1, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&s->writer, 0, __ATOMIC_SEQ_CST);
 	rwsem_release(s);
 }

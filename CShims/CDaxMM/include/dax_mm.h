@@ -261,7 +261,10 @@ struct dax_rwsem {
 	uint32_t seq;     /* futex word, bumped by the releases above */
 	uint32_t waiters; /* sleepers: a release makes a futex call only if > 0 */
 	uint32_t owner;   /* thread id of the writer while held for write, else 0 */
-	int64_t _lead[8]; /* slot 0's count shares no line with `writer` */
+	uint32_t readers_waiting; /* readers that found a writer and wait for it */
+	uint32_t handoff; /* 1: a write release left the next turn to the waiting
+	                   * readers; writers wait until one of them got in */
+	int64_t _lead[7]; /* slot 0's count shares no line with `writer` */
 	struct dax_rwsem_slot slot[DAX_NR_SLOTS + 1];
 };
 
