@@ -68,13 +68,15 @@ struct PerSlotTests {
     @Test func rwsemWriterWaitingForReadersFinishesAndExcludes() {
         let sem = UnsafeMutablePointer<dax_rwsem>.allocate(capacity: 1)
         sem.initialize(to: dax_rwsem())
-        // words: 0 stop, 1 readers inside, 2 writer inside, 3 violations, 4 read sections
+        // words: 0 stop, 1 readers inside, 2 writer inside, 3 violations, 4 read sections,
+        // 5 readers started
         let w = UnsafeMutablePointer<UInt32>.allocate(capacity: 8)
         w.initialize(repeating: 0, count: 8)
         defer { sem.deallocate(); w.deallocate() }
         let s = SendablePtr(sem), ws = SendablePtr(w)
         let readers = (0..<2).map { _ in
             TestThread {
+                _ = dax_inc_u32(ws.p + 5)
                 while dax_load_u32(ws.p) == 0 {
                     dax_down_read(s.p)
                     _ = dax_inc_u32(ws.p + 1)
@@ -86,6 +88,9 @@ struct PerSlotTests {
                 }
             }
         }
+        // Both readers run before the first write (on a loaded machine a
+        // thread may start only after 2000 uncontended writes are over).
+        while dax_load_u32(w + 5) < 2 { sched_yield() }
         let start = monotonicNanos()
         var writes = 0
         while writes < 2000 {
@@ -129,19 +134,21 @@ struct PerSlotTests {
     @Test func rwsemWriterInALoopDoesNotStarveReaders() {
         let sem = UnsafeMutablePointer<dax_rwsem>.allocate(capacity: 1)
         sem.initialize(to: dax_rwsem())
-        // words: 0 stop, 1 read sections
+        // words: 0 stop, 1 read sections, 2 reader started
         let w = UnsafeMutablePointer<UInt32>.allocate(capacity: 4)
         w.initialize(repeating: 0, count: 4)
         defer { sem.deallocate(); w.deallocate() }
         let s = SendablePtr(sem), ws = SendablePtr(w)
         dax_down_write(sem)
         let reader = TestThread {
+            _ = dax_inc_u32(ws.p + 2)
             while dax_load_u32(ws.p) == 0 {
                 dax_down_read(s.p)
                 _ = dax_inc_u32(ws.p + 1)
                 dax_up_read(s.p)
             }
         }
+        while dax_load_u32(w + 2) == 0 { sched_yield() }   // the reader runs
         let writes = 400
         for _ in 0..<writes {
             // Hold the lock long enough for the reader to find it taken.
