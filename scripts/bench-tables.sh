@@ -7,7 +7,8 @@
 set -euo pipefail
 for f in "$@"; do
     jq -r '
-      def r2: if . == null then "-" else (. * 100 | round / 100 | tostring) end;
+      def r2: if . == null then "-" elif (. | fabs) < 0.1 then (. * 10000 | round / 10000 | tostring)
+              else (. * 100 | round / 100 | tostring) end;
       def ns: if . == null then "-" elif . >= 1000000 then ((. / 1000000 * 100 | round / 100 | tostring) + " ms")
               elif . >= 1000 then ((. / 1000 * 100 | round / 100 | tostring) + " µs")
               else ((. * 100 | round / 100 | tostring) + " ns") end;
