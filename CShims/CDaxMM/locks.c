@@ -181,25 +181,44 @@ bool dax_down_write_trylock(struct dax_rwsem *s)
 	return true;
 }
 
+/* A write release handed the turn to waiting readers (handoff): a writer
+ * does not take the lock until one of them got in (it clears handoff and
+ * wakes us), no reader waits any more, or 2 ms passed (the readers are
+ * taken to be gone). Returns true when the writer may try. */
+static bool rwsem_writer_may_go(struct dax_rwsem *s, int64_t *deadline)
+{
+	if (__builtin_expect(!__atomic_load_n(&s->handoff, __ATOMIC_SEQ_CST), 1))
+		return true;
+	if (!__atomic_load_n(&s->readers_waiting, __ATOMIC_SEQ_CST)) {
+		__atomic_store_n(&s->handoff, 0, __ATOMIC_SEQ_CST);
+		return true;
+	}
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);   /* vDSO: async-signal-safe */
+	int64_t now = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+	if (*deadline == 0)
+		*deadline = now + 2000000;
+	if (now >= *deadline) {
+		__atomic_store_n(&s->handoff, 0, __ATOMIC_SEQ_CST);
+		return true;
+	}
+	uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&s->handoff, __ATOMIC_SEQ_CST))
+		rwsem_wait(s, seq);
+	return false;
+}
+
 void dax_down_write(struct dax_rwsem *s)
 {
-	/* A release handed the turn to waiting readers: wait until one got in
-	 * (it clears handoff and wakes us), at most one 1 ms recheck, after
-	 * which the readers are taken to have gone and the writer goes. */
-	for (unsigned waits = 0; __atomic_load_n(&s->handoff, __ATOMIC_SEQ_CST) != 0;) {
-		uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST);
-		if (!__atomic_load_n(&s->handoff, __ATOMIC_SEQ_CST))
-			break;
-		if (waits++ > 0) {
-			__atomic_store_n(&s->handoff, 0, __ATOMIC_SEQ_CST);
-			break;
-		}
-		rwsem_wait(s, seq);
-	}
+	int64_t deadline = 0;
 	/* Exclude other writers, then wait for the readers to drain (new
 	 * readers see `writer` and back off). */
 	for (unsigned spins = 0;; spins++) {
 		uint32_t z = 0;
+		/* Checked before every attempt, so that a writer already waiting
+		 * here when the handoff was made respects it too. */
+		if (!rwsem_writer_may_go(s, &deadline))
+			continue;
 		if (__atomic_compare_exchange_n(&s->writer, &z, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
 			break;
 		if (spins < 64) {

@@ -1,9 +1,14 @@
 /*
  * CDaxBench: the floors the port's hot paths are measured against.
  *
- * A floor does only the work a path cannot avoid, on the port's own record
- * types and locks, so that "port / floor" says how much the port adds on top
- * of the atomics and stores the kernel's version of the path also does:
+ * A floor does a subset of the work the kernel's version of a path also
+ * does: the locks, the folio counters and the entry store that no
+ * implementation of the path can avoid, on the port's own record types and
+ * locks. It leaves out work the kernel's path does as well but that is not
+ * in this minimum: the VMA lookup and the page-table walk, device-dax's SRCU
+ * read section, the rss and vmstat counters, NR_FOLL_PIN_*. So
+ * "port / floor" says how much the port adds on top of that minimum, and a
+ * kernel's own path would not read 1.0 either:
  *
  *   fault   mmap_lock for read (the port keeps one; the same lock functions
  *           the port's fault entry uses), the entry's page-table spinlock,
@@ -67,7 +72,8 @@ void dax_floor_mkwrite(const struct dax_floor *f, uint64_t n);
 /* n zaps of entries a dax_floor_fault(f, n) installed (puts counters back). */
 void dax_floor_zap(const struct dax_floor *f, uint64_t n);
 /* Pins (or gets, with `get`) npages consecutive pages starting at the first
- * page of pages[0]: one atomic per small folio, one per large folio. */
+ * page of pages[0]: one atomic per small folio, refcount and _pincount (get:
+ * refcount) once per large folio, one array store per page when `out` is set. */
 void dax_floor_pin(const struct dax_floor *f, uint64_t npages, bool get);
 /* The inverse of dax_floor_pin(f, npages, get). */
 void dax_floor_unpin(const struct dax_floor *f, uint64_t npages, bool get);

@@ -250,7 +250,20 @@ DAX_MM_INLINE void dax_store_u32_seq_cst(uint32_t *w, uint32_t v) { __atomic_sto
  * unblock someone (a write release, a downgrade, a read release while a
  * writer is pending) bumps `seq` and makes a futex call only if it sees
  * waiters. An uncontended read release is the slot decrement and a load of
- * `writer`: no shared write. Sleeps are capped at 1 ms (a recheck). */
+ * `writer`: no shared write. Sleeps are capped at 1 ms (a recheck).
+ *
+ * Fairness: a write release that finds readers waiting (readers_waiting)
+ * hands the next turn to them (handoff); writers, including those already
+ * waiting, do not take the lock until one of the readers got in, none
+ * waits any more, or 2 ms passed.
+ *
+ * Rules, as the kernel's rwsem: a thread must not take the read lock it
+ * already holds (with a writer pending, the inner down_read waits for the
+ * writer, which waits for the outer read section: a deadlock); the CPU
+ * fault window's handler therefore must not run on a thread that holds
+ * mmap_lock. The *_slot variants take the calling thread's own slot
+ * (dax_this_slot()) and nothing else: an own-slot update is not
+ * lock-prefixed, so another thread's slot would lose counts. */
 struct dax_rwsem_slot {
 	int64_t readers;
 	int64_t _pad[DAX_SLOT_BYTES / 8 - 1];
