@@ -126,21 +126,21 @@ struct PerSlotTests {
         dax_up_read(sem)
     }
 
-    /// A writer that takes the lock again as soon as it released it does
-    /// not starve the readers waiting for it: the release hands the next
-    /// turn to them (dax_up_write sets handoff when readers wait; the next
-    /// down_write waits until one of them got in), as the kernel's rwsem
-    /// queues waiting readers and hands off to them.
-    @Test func rwsemWriterInALoopDoesNotStarveReaders() {
+    /// A free semaphore and four zeroed control words for the starvation
+    /// tests: 0 stop, 1 read sections, 2 threads started.
+    private func newRwsem() -> (UnsafeMutablePointer<dax_rwsem>, UnsafeMutablePointer<UInt32>) {
         let sem = UnsafeMutablePointer<dax_rwsem>.allocate(capacity: 1)
         sem.initialize(to: dax_rwsem())
-        // words: 0 stop, 1 read sections, 2 reader started
         let w = UnsafeMutablePointer<UInt32>.allocate(capacity: 4)
         w.initialize(repeating: 0, count: 4)
-        defer { sem.deallocate(); w.deallocate() }
+        return (sem, w)
+    }
+
+    /// A thread that marks itself started (w[2]) and counts read sections
+    /// (w[1]) until w[0] is set.
+    private func countingReader(_ sem: UnsafeMutablePointer<dax_rwsem>, _ w: UnsafeMutablePointer<UInt32>) -> TestThread {
         let s = SendablePtr(sem), ws = SendablePtr(w)
-        dax_down_write(sem)
-        let reader = TestThread {
+        return TestThread {
             _ = dax_inc_u32(ws.p + 2)
             while dax_load_u32(ws.p) == 0 {
                 dax_down_read(s.p)
@@ -148,6 +148,18 @@ struct PerSlotTests {
                 dax_up_read(s.p)
             }
         }
+    }
+
+    /// A writer that takes the lock again as soon as it released it does
+    /// not starve the readers waiting for it: the release hands the next
+    /// turn to them (dax_up_write sets handoff when readers wait; the next
+    /// down_write waits until one of them got in), as the kernel's rwsem
+    /// queues waiting readers and hands off to them.
+    @Test func rwsemWriterInALoopDoesNotStarveReaders() {
+        let (sem, w) = newRwsem()
+        defer { sem.deallocate(); w.deallocate() }
+        dax_down_write(sem)
+        let reader = countingReader(sem, w)
         while dax_load_u32(w + 2) == 0 { sched_yield() }   // the reader runs
         let writes = 400
         for _ in 0..<writes {
@@ -171,11 +183,7 @@ struct PerSlotTests {
     /// writer already waiting when the other released respects the
     /// handoff too, rwsem_writer_may_go before every attempt).
     @Test func rwsemTwoWritersDoNotStarveAReader() {
-        let sem = UnsafeMutablePointer<dax_rwsem>.allocate(capacity: 1)
-        sem.initialize(to: dax_rwsem())
-        // words: 0 stop, 1 read sections, 2 threads started
-        let w = UnsafeMutablePointer<UInt32>.allocate(capacity: 4)
-        w.initialize(repeating: 0, count: 4)
+        let (sem, w) = newRwsem()
         defer { sem.deallocate(); w.deallocate() }
         let s = SendablePtr(sem), ws = SendablePtr(w)
         let cycles = 300
@@ -190,14 +198,7 @@ struct PerSlotTests {
                 }
             }
         }
-        let reader = TestThread {
-            _ = dax_inc_u32(ws.p + 2)
-            while dax_load_u32(ws.p) == 0 {
-                dax_down_read(s.p)
-                _ = dax_inc_u32(ws.p + 1)
-                dax_up_read(s.p)
-            }
-        }
+        let reader = countingReader(sem, w)
         for t in writers { t.join() }
         dax_store_u32(w, 1)
         reader.join()
