@@ -499,12 +499,7 @@ let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, 
             return
         }
         if first == 0 {
-            guard write else { return }
-            guard let start = allocBlocks(fs, pages) else { map.pointee.error = -ENOSPC; return }
-            for i in 0..<pages { blocks[Int(index + i)] = start + i + 1 }
-            updateRuns(fc, index, index + pages)
-            map.pointee = DaxIomap(kind: .mapped, block: start, pages: pages, new: true, shared: false,
-                                   dirty: fs.pointee.metaDirty != 0, error: 0)
+            if write { extentAllocateHole(fc, index, pages, map) }
             return
         }
         let start = first - 1
@@ -548,6 +543,19 @@ let extentIomapBegin: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt64, 
                            dirty: fs.pointee.metaDirty != 0, error: 0)
 }
 
+/// A write to a hole of `pages` pages: allocate them together and map the
+/// new extent (IOMAP_F_NEW), or -ENOSPC. Lock held.
+func extentAllocateHole(_ fc: UnsafeMutablePointer<DaxFileCore>, _ index: UInt64, _ pages: UInt64,
+                        _ map: UnsafeMutablePointer<DaxIomap>) {
+    let fs = fc.pointee.fs
+    guard let start = allocBlocks(fs, pages) else { map.pointee.error = -ENOSPC; return }
+    let blocks = fc.pointee.blocks
+    for i in 0..<pages { blocks[Int(index + i)] = start + i + 1 }
+    updateRuns(fc, index, index + pages)
+    map.pointee = DaxIomap(kind: .mapped, block: start, pages: pages, new: true, shared: false,
+                           dirty: fs.pointee.metaDirty != 0, error: 0)
+}
+
 /// A multi-page request that is not one aligned 2 MiB window: block by
 /// block (no fault asks for one; kept so any shape gets the same answer).
 /// Lock held.
@@ -564,12 +572,7 @@ func extentIomapScan(_ fc: UnsafeMutablePointer<DaxFileCore>, _ index: UInt64, _
         if first == 0 || b != first + i { contiguous = false }
     }
     if holes == pages {
-        guard write else { return }
-        guard let start = allocBlocks(fs, pages) else { map.pointee.error = -ENOSPC; return }
-        for i in 0..<pages { blocks[Int(index + i)] = start + i + 1 }
-        updateRuns(fc, index, index + pages)
-        map.pointee = DaxIomap(kind: .mapped, block: start, pages: pages, new: true, shared: false,
-                               dirty: fs.pointee.metaDirty != 0, error: 0)
+        if write { extentAllocateHole(fc, index, pages, map) }
         return
     }
     if holes == 0 && contiguous && (first - 1) % pages == 0 && !(shared && write) {
