@@ -17,6 +17,9 @@ _Static_assert(offsetof(struct dax_page, entire_mapcount) == 52, "entire_mapcoun
 _Static_assert(offsetof(struct dax_page, pincount) == 56, "pincount at 56");
 _Static_assert(offsetof(struct dax_page, nr_pages_mapped) == 60, "nr_pages_mapped at 60");
 _Static_assert(DAX_PG_head < 64 && DAX_PG_reserved < 64 && DAX_PG_zone_device < 64, "flag bits fit");
+/* Flags a tail page carries (PG_anon_exclusive) or page[1] keeps
+ * (PG_partially_mapped) sit above the order byte. */
+_Static_assert(DAX_PG_anon_exclusive >= 8 && DAX_PG_partially_mapped >= 8 && DAX_PG_swapbacked < 64, "tail flags above the order byte");
 /* The order lives in the low byte of page[1].flags: no flag bit may sit there
  * that page[1] needs. Only DAX_PG_* bits below 8 would collide, and page[1]
  * (a tail) never carries them. */

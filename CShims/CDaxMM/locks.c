@@ -257,3 +257,15 @@ void dax_downgrade_write(struct dax_rwsem *s)
 	__atomic_store_n(&s->writer, 0, __ATOMIC_SEQ_CST);
 	rwsem_release(s);
 }
+
+int dax_mm_memfd_create(const char *name)
+{
+	int fd = (int)syscall(SYS_memfd_create, name, 1u /* MFD_CLOEXEC */);
+	return fd < 0 ? -errno : fd;
+}
+
+int dax_punch_hole(int fd, int64_t offset, int64_t len)
+{
+	/* FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE */
+	return syscall(SYS_fallocate, fd, 0x01 | 0x02, (off_t)offset, (off_t)len) == 0 ? 0 : -errno;
+}

@@ -175,7 +175,7 @@ public func vmfInsertPfnHuge(_ vmf: VMFaultRef, pfn: UInt64, write: Bool, pud: B
 func hugeEntryFolio(_ k: KernelRef, _ vma: VMARef, _ e: PTEntry) -> Folio? {
     if entrySpecial(e) && !vmaIsDax(vma) { return nil }
     let pfn = entryPfn(e)
-    if isZeroPfn(pfn) || !pfnValid(k, pfn) { return nil }
+    if isZeroPfn(pfn) || isHugeZeroPfn(k, pfn) || !pfnValid(k, pfn) { return nil }
     return pfnToPage(k, pfn).folio
 }
 
@@ -209,10 +209,10 @@ func removeHugeEntry(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ addr: U
         if entryYoung(e) { folio.markAccessed() }
         if level == .pmd {
             folioRemoveRmapPmd(k, folio, folio.head)
-            addMMCounter(mm, DAX_MM_FILEPAGES, -Int64(hpagePmdNr))
+            addMMCounter(mm, mmCounter(folio), -Int64(hpagePmdNr))
         } else {
             folioRemoveRmapPud(k, folio, folio.head)
-            addMMCounter(mm, DAX_MM_FILEPAGES, -Int64(hpagePudNr))
+            addMMCounter(mm, mmCounter(folio), -Int64(hpagePudNr))
         }
         put = folio
     }
@@ -236,13 +236,98 @@ public func zapHugePud(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: U
     removeHugeEntry(k, vma, pud, addr, pudLockptr(vma.pointee.vm_mm), level: .pud, split: false)
 }
 
-/// __split_huge_pmd_locked for a file VMA: the mapping is dropped, not
-/// converted to PTEs; later faults refault at a smaller size.
+/// __split_huge_pmd: raises MMU_NOTIFY_CLEAR over the PMD's range around
+/// __split_huge_pmd_locked. For a file VMA the mapping is dropped, not
+/// converted to PTEs (later faults refault at a smaller size); an anon THP
+/// is remapped by PTEs (splitHugePmdAnonLocked).
 public func splitHugePmd(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64) {
-    removeHugeEntry(k, vma, pmd, addr, pmdLockptr(k, pmd), level: .pmd, split: true)
+    let haddr = roundDown(addr, UInt64(pmdSize))
+    withMMUNotifierRange(.clear, vma.pointee.vm_mm, haddr, haddr + UInt64(pmdSize)) {
+        if vmaIsAnonymousOrPrivateAnonPmd(k, vma, pmd) {
+            splitHugePmdAnon(k, vma, pmd, haddr)
+        } else {
+            removeHugeEntry(k, vma, pmd, addr, pmdLockptr(k, pmd), level: .pmd, split: true)
+        }
+    }
 }
 
-/// __split_huge_pud_locked: likewise unmaps.
+/// __split_huge_pud (MMU_NOTIFY_CLEAR) around __split_huge_pud_locked, which
+/// likewise unmaps: the port's PUD leaves are DAX file mappings only.
 public func splitHugePud(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64) {
-    removeHugeEntry(k, vma, pud, addr, pudLockptr(vma.pointee.vm_mm), level: .pud, split: true)
+    let haddr = roundDown(addr, UInt64(pudSize))
+    withMMUNotifierRange(.clear, vma.pointee.vm_mm, haddr, haddr + UInt64(pudSize)) {
+        removeHugeEntry(k, vma, pud, addr, pudLockptr(vma.pointee.vm_mm), level: .pud, split: true)
+    }
+}
+
+// MARK: anon THP split (mm/huge_memory.c: __split_huge_pmd_locked for anon VMAs)
+
+/// Whether __split_huge_pmd_locked takes the anon path: the VMA is
+/// anonymous (vma_is_anonymous: no vm_ops), where a PMD maps an anon THP
+/// or the huge zero folio.
+@inline(__always)
+func vmaIsAnonymousOrPrivateAnonPmd(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr) -> Bool {
+    vmaIsAnonymous(vma)
+}
+
+/// __split_huge_pmd_locked (anon, not freezing) and
+/// __split_huge_zero_page_pmd: the PMD mapping of an anon THP becomes
+/// HPAGE_PMD_NR PTEs mapping its pages with the PMD's write, young, dirty,
+/// soft-dirty and uffd-wp bits; every page inherits the head's
+/// PageAnonExclusive (folio_add_anon_rmap_ptes with RMAP_EXCLUSIVE), the
+/// PTEs take HPAGE_PMD_NR - 1 more references (the PMD's becomes the first
+/// PTE's), the PMD's rmap goes (folio_remove_rmap_pmd: NR_ANON_THPS falls,
+/// NR_ANON_MAPPED and MM_ANONPAGES stay). A huge zero PMD becomes 512
+/// special PTEs of the small zero page. The PTE table comes from the pool
+/// before the PMD lock is taken (the kernel withdraws the table it deposited
+/// at fault time); with the pool exhausted the PMD stays and a report says
+/// so. The caller raises the MMU_NOTIFY_CLEAR range (splitHugePmd).
+func splitHugePmdAnon(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ haddr: UInt64) {
+    let mm = vma.pointee.vm_mm!
+    guard let table = ptAllocTable(k) else {
+        let e = dax_load_u64(pmd)
+        if entryLeaf(e), pfnValid(k, entryPfn(e)) {
+            vmReport(k, pfnToPage(k, entryPfn(e)), rule: "pgtable_trans_huge_withdraw: no page table for the split",
+                     function: "__split_huge_pmd_locked")
+        }
+        return
+    }
+    let ptl = pmdLockptr(k, pmd)
+    dax_spin_lock(ptl)
+    let old = dax_load_u64(pmd)
+    guard entryLeaf(old) else {
+        dax_spin_unlock(ptl)
+        ptFreeTable(k, table)
+        return
+    }
+    let pfn = entryPfn(old)
+    // The PMD goes first (pmdp_invalidate + the flush); the new table is
+    // filled while nobody can see it, then published (pmd_populate).
+    _ = pmdpHugeClearFlush(vma, haddr, pmd)
+    if isHugeZeroPfn(k, pfn) {
+        let zero = entryMkspecial(entryWrprotect(pfnEntry(0, vma.pointee.vm_page_prot)))
+        for i in 0..<hpagePmdNr { setPteAt(mm, haddr + UInt64(i << pageShift), table + i, zero) }
+        pmdPopulate(mm, pmd, table)
+        dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))
+        dax_spin_unlock(ptl)
+        return
+    }
+    let folio = pfnToPage(k, pfn).folio
+    let head = folio.head
+    let anonExclusive = head.isAnonExclusive
+    folio.refAdd(Int32(hpagePmdNr - 1))
+    folioAddAnonRmapPtes(k, folio, head, hpagePmdNr, vma, haddr, anonExclusive ? .exclusive : [])
+    var bits = vma.pointee.vm_page_prot & ~PT.rw
+    if entryWrite(old) { bits |= PT.rw }
+    if entryYoung(old) { bits |= PT.accessed }
+    if entryDirty(old) { bits |= PT.dirty; folio.markDirty() }
+    if pteSoftDirty(old) { bits |= PT.softDirty }
+    if pteUffdWp(old) { bits |= PT.uffdWp }
+    for i in 0..<hpagePmdNr {
+        setPteAt(mm, haddr + UInt64(i << pageShift), table + i, pfnEntry(pfn + UInt64(i), bits))
+    }
+    pmdPopulate(mm, pmd, table)
+    dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))
+    folioRemoveRmapPmd(k, folio, head)
+    dax_spin_unlock(ptl)
 }

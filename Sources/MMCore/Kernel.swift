@@ -53,6 +53,8 @@ public let pagesPerSection = 1 << (sectionShift - pageShift)
 /// The largest physical address space a `Kernel` covers (MAX_PHYSMEM_BITS
 /// with 5-level paging on x86-64).
 public let maxPhysBits = 52
+/// The page allocator's default zone: 4 MiB .. 128 MiB (section 0).
+public let defaultRAMPages = pagesPerSection - 2 * (1 << 9)
 
 /// A section's state byte (enum dax_section_state).
 @usableFromInline let sectionAbsent = UInt8(DAX_SECTION_ABSENT.rawValue)
@@ -92,6 +94,8 @@ public final class Kernel: @unchecked Sendable {
     private let ptLockBytes: Int
     /// pgmap_array and the iomem "System RAM" resources.
     let registry = Registry()
+    /// Every anon_vma of this kernel (freed with it: AnonRmap.swift).
+    let anonVMAs = Locked<[AnonVMARef]>([])
 
     /// - Parameters:
     ///   - physBits: physical address space covered (30 to 52); the vmemmap
@@ -105,7 +109,13 @@ public final class Kernel: @unchecked Sendable {
     ///     range accessible but initialises its struct pages only when a
     ///     pfn of their section is first looked up (pfn_to_page). Off:
     ///     every struct page is initialised by memremap_pages.
-    public init(physBits: Int = 44, pageTablePages: Int = 1 << 16, deferStructPageInit: Bool = true) throws(MMError) {
+    ///   - ramPages: pages of ordinary memory for the page allocator (anon
+    ///     and copy-on-write folios), rounded up to 4 MiB blocks, at 4 MiB;
+    ///     address space only until allocated (PageAlloc.swift). The default
+    ///     fills the rest of section 0 (124 MiB), which the zero pages
+    ///     already populate. 0: none.
+    public init(physBits: Int = 44, pageTablePages: Int = 1 << 16, deferStructPageInit: Bool = true,
+                ramPages: Int = defaultRAMPages) throws(MMError) {
         precondition(physBits >= 30 && physBits <= maxPhysBits, "physBits out of range")
         self.physBits = physBits
         self.deferStructPageInit = deferStructPageInit
@@ -164,9 +174,20 @@ public final class Kernel: @unchecked Sendable {
         zero.pointee.mapcount = -1
         zero.pointee.flags = 1 << UInt64(DAX_PG_reserved.rawValue)
         registry.addSystemRAM(0...UInt64(pmdSize - 1))
+        do { try setUpRAM(pages: ramPages) } catch {
+            tearDownRAM()
+            munmap(vm, vmemmapBytes)
+            munmap(sections, sectionBytes)
+            munmap(pool, ptPoolBytes)
+            munmap(locks, ptLockBytes)
+            k.deallocate()
+            throw error
+        }
     }
 
     deinit {
+        tearDownRAM()
+        for a in anonVMAs.withLock({ $0 }) { freeAnonVMARecord(a) }
         munmap(ref.pointee.vmemmap, vmemmapBytes)
         munmap(ref.pointee.pt_pool, ptPoolBytes)
         munmap(ref.pointee.section_present, sectionBytes)

@@ -90,6 +90,10 @@ public final class MM: @unchecked Sendable {
     @usableFromInline package let ref: MMRef
     /// Swift objects the VMAs point into (files, ops), per VMA record.
     private(set) var retained: [VMARef: [AnyObject]] = [:]
+    /// The anon_vmas each private VMA is chained to (its anon_vma_chain):
+    /// its own first, then, after fork, its ancestors'. Changed under
+    /// mmap_lock for write.
+    private(set) var anonChains: [VMARef: [AnonVMARef]] = [:]
     private static let ids = Atomic<UInt64>(1)
 
     /// The user address range get_unmapped_area searches (top down).
@@ -115,11 +119,16 @@ public final class MM: @unchecked Sendable {
     }
 
     deinit {
-        // exit_mmap: unmap everything, free every table.
+        // exit_mmap: the subscribers hear ->release, then one
+        // MMU_NOTIFY_UNMAP range covers the unmap of everything
+        // (unmap_vmas), then every table is freed.
         lockWrite()
+        mmuNotifierRelease(ref)
         let all = vmaList()
-        for v in all {
-            zapVMARange(ref, v, v.pointee.vm_start, v.pointee.vm_end)
+        withMMUNotifierRange(.unmap, ref, 0, MM.taskSize) {
+            for v in all {
+                zapVMARange(ref, v, v.pointee.vm_start, v.pointee.vm_end)
+            }
         }
         removeVMAs(all)
         freePgtables(ref, 0, 1 << 48)
@@ -149,6 +158,8 @@ public final class MM: @unchecked Sendable {
 
     /// get_mm_counter(mm, MM_FILEPAGES)
     public var rssFilePages: Int64 { getMMCounter(ref, DAX_MM_FILEPAGES) }
+    /// get_mm_counter(mm, MM_ANONPAGES)
+    public var rssAnonPages: Int64 { getMMCounter(ref, DAX_MM_ANONPAGES) }
     public func rss(_ c: dax_mm_counter) -> Int64 { getMMCounter(ref, c) }
 
     // MARK: VMA queries
@@ -217,13 +228,18 @@ public final class MM: @unchecked Sendable {
             }
         }
         if shared { flags |= DAX_VM_SHARED | DAX_VM_MAYSHARE }
+        // A shared anonymous mapping is shmem in the kernel (a file with its
+        // own vm_ops); the port does not model shmem: such a VMA maps
+        // nothing and its faults SIGBUS.
 
         let vma = VMARef.allocate(capacity: 1)
         vma.initialize(to: dax_vma())
         vma.pointee.vm_start = addr
         vma.pointee.vm_end = addr + len
         vma.pointee.vm_flags = flags
-        vma.pointee.vm_pgoff = req.pgoff
+        // An anonymous VMA's pgoff is its start page (do_mmap), so anon
+        // folio->index values stay unique across mremap.
+        vma.pointee.vm_pgoff = req.file == nil && !shared ? addr >> UInt64(pageShift) : req.pgoff
         vma.pointee.vm_mm = ref
         vma.pointee.vm_file = req.file?.ref
         vma.pointee.vm_ops = req.ops.map { UnsafePointer($0.ref) }
@@ -242,6 +258,14 @@ public final class MM: @unchecked Sendable {
                 vma.deallocate()
                 throw error
             }
+        }
+        if !shared {
+            // Private VMAs get anon folios (anon memory, COW copies): the
+            // anon_vma is prepared now, published by the first anon fault.
+            let av = kernel.anonVMAAlloc()
+            vma.pointee.anon_vma_reserve = av
+            anonVMAChainLink(av, vma)
+            anonChains[vma] = [av]
         }
         insertVMA(vma, retain: [req.file as AnyObject?, req.ops as AnyObject?, req.owner].compactMap { $0 })
         return addr
@@ -291,7 +315,12 @@ public final class MM: @unchecked Sendable {
         let end = start + roundUp(length, UInt64(pageSize))
         try splitEdges(start, end)
         let victims = vmaList().filter { $0.pointee.vm_start >= start && $0.pointee.vm_end <= end }
-        for v in victims { zapVMARange(ref, v, v.pointee.vm_start, v.pointee.vm_end) }
+        // unmap_vmas: one MMU_NOTIFY_UNMAP range over the whole unmap.
+        if !victims.isEmpty {
+            withMMUNotifierRange(.unmap, ref, start, end) {
+                for v in victims { zapVMARange(ref, v, v.pointee.vm_start, v.pointee.vm_end) }
+            }
+        }
         removeVMAs(victims)
         freePgtables(ref, start, end)
     }
@@ -334,8 +363,49 @@ public final class MM: @unchecked Sendable {
             vmaLinkFileLocked(file, new)
             iMmapUnlockWrite(file)
         }
+        cloneAnonChains(from: vma, to: new)
         insertVMA(new, retain: retained[vma] ?? [], linkFile: false)
     }
+
+    /// anon_vma_clone: `new` (a split half or a moved copy of `src`, sharing
+    /// its anon_vma) is chained to every anon_vma `src` is.
+    func cloneAnonChains(from src: VMARef, to new: VMARef) {
+        guard let chain = anonChains[src] else { return }
+        for av in chain { anonVMAChainLink(av, new) }
+        anonChains[new] = chain
+        if let own = vmaAnonVMA(new) { own.pointee.num_active_vmas += 1 }
+    }
+
+    /// anon_vma_fork's chaining: `child` (the fork of `parent`) is chained to
+    /// every anon_vma of the parent's chain, then gets an anon_vma of its
+    /// own whose parent is the parent VMA's, published at once when the
+    /// parent had one (the kernel allocates it in anon_vma_fork), else kept
+    /// as the reserve its first anon fault publishes.
+    func forkAnonChains(parent: VMARef, parentChain: [AnonVMARef], child: VMARef) {
+        child.pointee.anon_vma = nil
+        child.pointee.anon_vma_reserve = nil
+        guard parent.pointee.anon_vma_reserve != nil || vmaAnonVMA(parent) != nil else { return }
+        var chain: [AnonVMARef] = []
+        let parentAV = vmaAnonVMA(parent)
+        if parentAV != nil {
+            for av in parentChain {
+                anonVMAChainLink(av, child)
+                chain.append(av)
+            }
+        }
+        let own = kernel.anonVMAAlloc(parent: parentAV)
+        anonVMAChainLink(own, child)
+        chain.insert(own, at: 0)
+        child.pointee.anon_vma_reserve = own
+        if parentAV != nil {
+            __atomic_publish_anon_vma(child, own)
+            own.pointee.num_active_vmas += 1
+        }
+        anonChains[child] = chain
+    }
+
+    /// The anon_vmas `vma` is chained to (mmap_lock held).
+    func anonChain(of vma: VMARef) -> [AnonVMARef] { anonChains[vma] ?? [] }
 
     // MARK: VMA array maintenance (under mmap_lock for write)
 
@@ -377,6 +447,12 @@ public final class MM: @unchecked Sendable {
         m.pointee.nr_vmas = Int64(j)
         for v in victims {
             unlinkFileVMA(v)
+            // unlink_anon_vmas
+            for av in anonChains[v] ?? [] {
+                anonVMAChainUnlink(av, v)
+                if vmaAnonVMA(v) == av { av.pointee.num_active_vmas -= 1 }
+            }
+            anonChains[v] = nil
             v.pointee.vm_ops?.pointee.close?(v)
             retained[v] = nil
             v.deallocate()

@@ -195,8 +195,18 @@ public func vmfInsertPfn(_ vma: VMARef, _ addr: UInt64, _ pfn: UInt64) -> UInt32
 /// `mmuGatherBatch` at a time, from a stack buffer.
 let mmuGatherBatch = 64
 
+/// mm_counter: the rss counter a folio's mappings count in (MM_ANONPAGES
+/// for anon folios, MM_FILEPAGES otherwise; the port has no shmem).
+@inline(__always)
+public func mmCounter(_ folio: Folio) -> dax_mm_counter { folio.isAnon ? DAX_MM_ANONPAGES : DAX_MM_FILEPAGES }
+
 /// zap_pte_range over [addr, end) inside one PTE table. Empty entries are
 /// skipped; each batch's cleared range is flushed before its folio puts.
+/// Non-present entries (zap_nonpresent_ptes): a device-private or
+/// device-exclusive entry holds a mapping and a reference like a present
+/// PTE, so it loses its rmap, rss and reference; a migration entry only its
+/// rss (the migration holds the rest); hwpoison and marker entries are just
+/// cleared.
 @inline(__always)
 func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64, _ end: UInt64) {
     let mm = vma.pointee.vm_mm!
@@ -207,7 +217,7 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
         var a = addr
         while a < end {
             var n = 0
-            var rss: Int64 = 0
+            var rssFile: Int64 = 0, rssAnon: Int64 = 0
             var tlb = TLBGather()
             dax_spin_lock(ptl)
             while a < end && n < mmuGatherBatch {
@@ -217,20 +227,34 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
                     continue
                 }
                 let e = ptepGetAndClear(mm, a, pte)
-                tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // tlb_remove_tlb_entry
-                if entryPresent(e), let page = vmNormalPage(k, vma, e) {
-                    let folio = page.folio
-                    if entryDirty(e) { folio.markDirty() }
-                    if entryYoung(e) { folio.markAccessed() }
-                    folioRemoveRmapPte(k, folio, page)
-                    rss -= 1
-                    batch[n] = folio.raw
-                    n += 1
+                if entryPresent(e) {
+                    tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // tlb_remove_tlb_entry
+                    if let page = vmNormalPage(k, vma, e) {
+                        let folio = page.folio
+                        if entryDirty(e) { folio.markDirty() }
+                        if entryYoung(e) { folio.markAccessed() }
+                        folioRemoveRmapPte(k, folio, page)
+                        if folio.isAnon { rssAnon -= 1 } else { rssFile -= 1 }
+                        batch[n] = folio.raw
+                        n += 1
+                    }
+                } else {
+                    let entry = pteToSwpEntry(e)
+                    if let page = pfnSwapEntryToPage(k, entry), isMigrationEntry(entry) || swapEntryHoldsMapping(entry) {
+                        let folio = page.folio
+                        if folio.isAnon { rssAnon -= 1 } else { rssFile -= 1 }
+                        if swapEntryHoldsMapping(entry) {
+                            folioRemoveRmapPte(k, folio, page)
+                            batch[n] = folio.raw
+                            n += 1
+                        }
+                    }
                 }
                 a += UInt64(pageSize)
             }
             dax_spin_unlock(ptl)
-            if rss != 0 { addMMCounter(mm, DAX_MM_FILEPAGES, rss) }
+            if rssFile != 0 { addMMCounter(mm, DAX_MM_FILEPAGES, rssFile) }
+            if rssAnon != 0 { addMMCounter(mm, DAX_MM_ANONPAGES, rssAnon) }
             // tlb_flush_mmu: the references go after the flush.
             tlb.flush(vma)
             for i in 0..<n { folioPut(k, Folio(batch[i])) }
@@ -249,10 +273,15 @@ func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64,
         if entryLeaf(e) {
             if a % UInt64(pmdSize) == 0 && next - a == UInt64(pmdSize) {
                 zapHugePmd(k, vma, pmd, a)
-            } else {
-                splitHugePmd(k, vma, pmd, a)
+                a = next
+                continue
             }
-        } else if entryPresent(e) {
+            // Part of a huge entry: split it (a DAX entry is unmapped; an
+            // anon THP becomes PTEs, whose part in range goes below).
+            splitHugePmd(k, vma, pmd, a)
+        }
+        let e2 = dax_load_u64(pmd)
+        if entryPresent(e2) && !entryLeaf(e2) {
             zapPteRange(k, vma, pmd, a, next)
         }
         a = next
@@ -284,13 +313,22 @@ public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt
     }
 }
 
-/// zap_page_range_single / zap_vma_ptes: the caller holds mmap_lock.
+/// zap_page_range_single / zap_vma_ptes: the caller holds mmap_lock. Each
+/// VMA's part is one MMU_NOTIFY_CLEAR range.
 public func zapPageRange(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
     var a = start
     while a < end, let v = findVMA(mm, a), v.pointee.vm_start < end {
-        zapVMARange(mm, v, max(a, v.pointee.vm_start), min(end, v.pointee.vm_end))
+        zapPageRangeSingle(v, max(a, v.pointee.vm_start), min(end, v.pointee.vm_end))
         a = v.pointee.vm_end
     }
+}
+
+/// zap_page_range_single for one VMA: unmap_page_range inside an
+/// MMU_NOTIFY_CLEAR range.
+@inline(__always)
+public func zapPageRangeSingle(_ vma: VMARef, _ start: UInt64, _ end: UInt64) {
+    let mm = vma.pointee.vm_mm!
+    withMMUNotifierRange(.clear, mm, start, end) { zapVMARange(mm, vma, start, end) }
 }
 
 /// Splits (for DAX: unmaps) a huge PUD or PMD entry that straddles `addr`

@@ -15,8 +15,26 @@ import DAXBase
 /// like the kernel's pte_protnone ones: references, mapcounts and rss do
 /// not change, and the VMA's missing VM_READ keeps faults and GUP out. The
 /// entries that changed are flushed once at the end (the mmu_gather of
-/// mprotect_fixup). The caller holds mmap_lock for write.
+/// mprotect_fixup). Non-present entries: a writable migration entry
+/// becomes a readable one (exclusive for an anon folio), a writable
+/// device-private entry a readable one; device-exclusive entries keep
+/// their bits (their writability is recomputed when a CPU fault restores
+/// them). One MMU_NOTIFY_PROTECTION_VMA range covers the change, from the
+/// first populated PUD on (change_pud_range). The caller holds mmap_lock
+/// for write.
 func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, clear: UInt64, set: UInt64) {
+    var first = start
+    while first < end && walk(mm, first).pud.map({ entryNone(dax_load_u64($0)) }) ?? true {
+        first = roundDown(first, UInt64(pudSize)) + UInt64(pudSize)
+    }
+    guard first < end else { return }
+    withMMUNotifierRange(.protectionVMA, mm, first, end) {
+        changeProtectionRange(mm, vma, first, end, clear: clear, set: set)
+    }
+}
+
+private func changeProtectionRange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64,
+                                   clear: UInt64, set: UInt64) {
     let k = mm.pointee.kernel!
     var tlb = TLBGather()
     var a = start
@@ -58,10 +76,15 @@ func changeProtection(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64
             let l = pteLockptr(k, dax_load_u64(pmd))
             dax_spin_lock(l)
             let old = ptepModifyProtStart(vma, a, pte)
-            let new = (old & ~clear) | set
-            if entryPresent(old) && new != old {
-                ptepModifyProtCommit(vma, a, pte, old, new)
-                tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // pte_needs_flush
+            if entryPresent(old) {
+                let new = (old & ~clear) | set
+                if new != old {
+                    ptepModifyProtCommit(vma, a, pte, old, new)
+                    tlb.adjust(a, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE)   // pte_needs_flush
+                }
+            } else if isSwapPte(old) {
+                let new = changeSwapPte(k, old)
+                if new != old { setPteAt(mm, a, pte, new) }
             }
             dax_spin_unlock(l)
         }
@@ -97,6 +120,7 @@ extension MM {
             if prot.contains(.read) { f |= DAX_VM_READ }
             if prot.contains(.write) { f |= DAX_VM_WRITE }
             if prot.contains(.exec) { f |= DAX_VM_EXEC }
+            let oldFlags = v.pointee.vm_flags
             let losingWrite = v.pointee.vm_flags & DAX_VM_WRITE != 0 && f & DAX_VM_WRITE == 0
             let regainingRead = v.pointee.vm_flags & DAX_VM_READ == 0 && f & DAX_VM_READ != 0
             v.pointee.vm_flags = f
@@ -104,9 +128,33 @@ extension MM {
             var clear: UInt64 = losingWrite ? PT.rw : 0
             if !prot.contains(.read) { clear |= PT.rw | PT.user }
             let set: UInt64 = regainingRead ? PT.user : 0
-            if clear | set != 0 {
+            // mprotect_fixup: any change of the flags walks the range
+            // (non-present entries are rewritten whatever the new bits).
+            if f != oldFlags {
                 changeProtection(ref, v, v.pointee.vm_start, v.pointee.vm_end, clear: clear, set: set)
             }
         }
     }
+}
+
+/// change_pte_range's non-present case: the entry a swap PTE becomes.
+@inline(__always)
+func changeSwapPte(_ k: KernelRef, _ old: PTEntry) -> PTEntry {
+    let entry = pteToSwpEntry(old)
+    if isWritableMigrationEntry(entry) {
+        // "A protection check is difficult so just be safe and disable write."
+        let anon = pfnSwapEntryFolio(k, entry)?.isAnon ?? false
+        let pfn = entry.offset
+        var new = swpEntryToPte(anon ? makeReadableExclusiveMigrationEntry(pfn) : makeReadableMigrationEntry(pfn))
+        if pteSwpSoftDirty(old) { new = pteSwpMksoftDirty(new) }
+        if pteSwpUffdWp(old) { new = pteSwpMkuffdWp(new) }
+        return new
+    }
+    if isWritableDevicePrivateEntry(entry) {
+        // Soft-dirty is not kept (copy_nonpresent_pte explains why); uffd-wp is.
+        var new = swpEntryToPte(makeReadableDevicePrivateEntry(entry.offset))
+        if pteSwpUffdWp(old) { new = pteSwpMkuffdWp(new) }
+        return new
+    }
+    return old
 }

@@ -5,12 +5,23 @@ import CDaxMM
 import DAXBase
 
 /// move_page_tables: moves the entries of [old, old+len) in `src` to
-/// [new, ...) in `dstVMA`. References and rmap travel with the entries. Huge
+/// [new, ...) in `dstVMA`, inside one MMU_NOTIFY_UNMAP range over the old
+/// addresses. References and rmap travel with the entries (an anon folio's
+/// index is its VMA's pgoff-relative page, which the move keeps). Huge
 /// entries move whole when both addresses are aligned to their size;
-/// otherwise they are split (unmapped) and refault. The old addresses of the
-/// entries moved are flushed once at the end. The caller holds mmap_lock for
-/// write.
+/// otherwise they are split (a DAX entry is unmapped and refaults, an anon
+/// THP becomes PTEs that move). Non-present entries (device-exclusive,
+/// device-private, migration) move as they are (move_ptes), soft-dirty set
+/// on every moved entry (move_soft_dirty_pte). The old addresses of the
+/// present entries moved are flushed once at the end. The caller holds
+/// mmap_lock for write.
 func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef, _ new: UInt64, _ len: UInt64) {
+    withMMUNotifierRange(.unmap, mm, old, old + len) {
+        movePageTablesLocked(mm, src, old, dstVMA, new, len)
+    }
+}
+
+private func movePageTablesLocked(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef, _ new: UInt64, _ len: UInt64) {
     let k = mm.pointee.kernel!
     var tlb = TLBGather()
     var off: UInt64 = 0
@@ -42,7 +53,7 @@ func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef,
                 dax_spin_lock(l1)
                 if l2 != l1 { dax_spin_lock(l2) }
                 let e = pmdpHugeGetAndClear(mm, oa, pmd)
-                setPmdAt(mm, na, npmd, e)
+                setPmdAt(mm, na, npmd, entryNone(e) ? e : moveSoftDirtyPte(e))   // move_soft_dirty_pmd
                 if l2 != l1 { dax_spin_unlock(l2) }
                 dax_spin_unlock(l1)
                 if !entryNone(e) { tlb.adjust(oa, UInt64(pmdSize), DAX_PGTABLE_LEVEL_PMD) }
@@ -52,22 +63,29 @@ func movePageTables(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ dstVMA: VMARef,
             }
             continue
         }
-        if let pte = w.pte, let pmd = w.pmd, entryPresent(dax_load_u64(pte)) {
+        if let pte = w.pte, let pmd = w.pmd, !entryNone(dax_load_u64(pte)) {
             if let npud = pudAlloc(mm, na), let npmd = pmdAlloc(mm, npud, na), let npte = pteAlloc(mm, npmd, na) {
                 // move_ptes: the old table's lock, then the new one nested.
                 let ol = pteLockptr(k, dax_load_u64(pmd)), nl = pteLockptr(k, dax_load_u64(npmd))
                 dax_spin_lock(ol)
                 if nl != ol { dax_spin_lock(nl) }
                 let e = ptepGetAndClear(mm, oa, pte)
-                setPteAt(mm, na, npte, e)
+                if !entryNone(e) { setPteAt(mm, na, npte, moveSoftDirtyPte(e)) }
                 if nl != ol { dax_spin_unlock(nl) }
                 dax_spin_unlock(ol)
-                if !entryNone(e) { tlb.adjust(oa, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE) }
+                if entryPresent(e) { tlb.adjust(oa, UInt64(pageSize), DAX_PGTABLE_LEVEL_PTE) }
             }
         }
         off += UInt64(pageSize)
     }
     tlb.flush(src)
+}
+
+/// move_soft_dirty_pte: a moved entry is soft-dirty (the move is a write to
+/// the new address as far as soft-dirty tracking knows), present or not.
+@inline(__always)
+func moveSoftDirtyPte(_ e: PTEntry) -> PTEntry {
+    entryPresent(e) ? pteMksoftDirty(e) : pteSwpMksoftDirty(e)
 }
 
 /// move_huge_pmd / move_huge_pud refuse a destination that is not empty
@@ -127,6 +145,7 @@ extension MM {
         new.initialize(to: src.pointee)
         new.pointee.vm_start = dst
         new.pointee.vm_end = dst + newLen
+        cloneAnonChains(from: src, to: new)
         insertVMA(new, retain: retained[src] ?? [])
         // take_rmap_locks: an unmap_mapping_range walk of the file must not
         // visit the new VMA before the entries arrive and the old one after

@@ -33,6 +33,9 @@ public struct Page: Hashable, @unchecked Sendable {
     /// PageTail: compound_head has bit 0 set.
     @inline(__always) public var isTail: Bool { dax_load_u64(dax_page_compound_head(raw)) & DAX_COMPOUND_TAIL != 0 }
     @inline(__always) public var isReserved: Bool { test(DAX_PG_reserved) }
+    /// PageAnonExclusive: this page of an anon folio is mapped by exactly
+    /// one process that may write it without copying.
+    @inline(__always) public var isAnonExclusive: Bool { test(DAX_PG_anon_exclusive) }
     @inline(__always) public var isZoneDevice: Bool { test(DAX_PG_zone_device) }
 
     /// compound_head(page).
@@ -154,6 +157,21 @@ public struct Folio: Hashable, @unchecked Sendable {
         get { raw.pointee.index }
         nonmutating set { raw.pointee.index = newValue }
     }
+    /// folio_test_anon: folio->mapping carries PAGE_MAPPING_ANON.
+    @inline(__always) public var isAnon: Bool { raw.pointee.mapping & DAX_PAGE_MAPPING_ANON != 0 }
+    /// folio_anon_vma: the anon_vma an anon folio's mapping names (nil for
+    /// a file folio).
+    @inline(__always) public var anonVMA: AnonVMARef? {
+        let m = raw.pointee.mapping
+        guard m & DAX_PAGE_MAPPING_ANON != 0 else { return nil }
+        return AnonVMARef(bitPattern: UInt(m & ~DAX_PAGE_MAPPING_ANON))
+    }
+    /// folio_test_partially_mapped (page[1]'s flag; false for a small folio)
+    @inline(__always) public var isPartiallyMapped: Bool {
+        isLarge && dax_test_bit(Int32(DAX_PG_partially_mapped.rawValue), dax_page_flags(second))
+    }
+    /// folio_test_locked
+    @inline(__always) public var isLocked: Bool { head.test(DAX_PG_locked) }
     /// folio_test_dirty / set
     @inline(__always) public var isDirty: Bool { head.test(DAX_PG_dirty) }
     @inline(__always) public func markDirty() { head.set(DAX_PG_dirty) }

@@ -42,13 +42,16 @@ public func folioPutRefs(_ k: KernelRef, _ folio: Folio, _ refs: Int32) {
     }
 }
 
-/// __folio_put: every folio the port sees is ZONE_DEVICE memory.
+/// __folio_put: a ZONE_DEVICE folio goes to free_zone_device_folio, a folio
+/// of ordinary memory back to the page allocator.
 @inline(__always)
 func folioFree(_ k: KernelRef, _ folio: Folio) {
     if folio.isZoneDevice {
         freeZoneDeviceFolio(k, folio)
+    } else if pfnInRAM(k, UInt64(folio.raw - k.pointee.vmemmap)) {
+        freeRAMFolio(k, folio)
     } else {
-        vmReport(k, folio.head, rule: "__folio_put of a folio that is not ZONE_DEVICE", function: "__folio_put")
+        vmReport(k, folio.head, rule: "__folio_put of a page that is neither ZONE_DEVICE nor in the page allocator's zone", function: "__folio_put")
     }
 }
 
@@ -112,4 +115,43 @@ public func waitVarEvent(_ k: KernelRef, _ addr: UnsafeRawPointer, timeoutNanos:
         _ = dax_futex_wait(w, seq, Int64(slice))
         dax_dec_u32(sleepers)
     }
+}
+
+// MARK: the folio lock (mm/filemap.c: folio_lock, __folio_lock, folio_unlock)
+
+/// folio_trylock: takes PG_locked if it is free.
+@inline(__always)
+public func folioTrylock(_ folio: Folio) -> Bool {
+    !dax_test_and_set_bit_lock(Int32(DAX_PG_locked.rawValue), dax_page_flags(folio.raw))
+}
+
+/// folio_lock: takes PG_locked, sleeping until its holder unlocks
+/// (__folio_lock's wait on the folio's bit waitqueue, here the wait table
+/// bucket of the head's flags word). `timeoutNanos` < 0 waits for ever
+/// (TASK_UNINTERRUPTIBLE); otherwise false when it passed first (the
+/// fatal-signal return of folio_lock_killable, -EINTR to callers).
+@inline(__always) @discardableResult
+public func folioLock(_ k: KernelRef, _ folio: Folio, timeoutNanos: Int64 = -1) -> Bool {
+    if folioTrylock(folio) { return true }
+    return waitVarEvent(k, UnsafeRawPointer(dax_page_flags(folio.raw)), timeoutNanos: timeoutNanos) {
+        folioTrylock(folio)
+    }
+}
+
+/// folio_unlock: releases PG_locked and wakes its waiters (folio_wake_bit);
+/// without waiters the wake is a counter bump and a load.
+@inline(__always)
+public func folioUnlock(_ k: KernelRef, _ folio: Folio) {
+    if !folio.isLocked {
+        vmReport(k, folio.head, rule: "VM_BUG_ON_FOLIO(!folio_test_locked(folio))", function: "folio_unlock")
+        return
+    }
+    dax_clear_bit_unlock(Int32(DAX_PG_locked.rawValue), dax_page_flags(folio.raw))
+    wakeUpVar(k, UnsafeRawPointer(dax_page_flags(folio.raw)))
+}
+
+/// folio_wait_locked: waits until nobody holds the folio lock, without
+/// taking it (migration_entry_wait's folio_put_wait_locked).
+public func folioWaitLocked(_ k: KernelRef, _ folio: Folio, timeoutNanos: Int64 = -1) -> Bool {
+    waitVarEvent(k, UnsafeRawPointer(dax_page_flags(folio.raw)), timeoutNanos: timeoutNanos) { !folio.isLocked }
 }

@@ -137,11 +137,12 @@ func folioRemoveRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nrPages: In
     return (nr, nrPmdmapped)
 }
 
-/// __folio_mod_stat for file folios.
+/// __folio_mod_stat: NR_ANON_MAPPED / NR_ANON_THPS for anon folios,
+/// NR_FILE_MAPPED / NR_FILE_PMDMAPPED for file folios.
 @inline(__always)
-func folioModStat(_ k: KernelRef, _ nr: Int32, _ nrPmdmapped: Int32, slot: Int32 = dax_this_slot()) {
-    if nr != 0 { modNodeStat(k, DAX_NR_FILE_MAPPED, Int64(nr), slot: slot) }
-    if nrPmdmapped != 0 { modNodeStat(k, DAX_NR_FILE_PMDMAPPED, Int64(nrPmdmapped), slot: slot) }
+func folioModStat(_ k: KernelRef, _ nr: Int32, _ nrPmdmapped: Int32, anon: Bool = false, slot: Int32 = dax_this_slot()) {
+    if nr != 0 { modNodeStat(k, anon ? DAX_NR_ANON_MAPPED : DAX_NR_FILE_MAPPED, Int64(nr), slot: slot) }
+    if nrPmdmapped != 0 { modNodeStat(k, anon ? DAX_NR_ANON_THPS : DAX_NR_FILE_PMDMAPPED, Int64(nrPmdmapped), slot: slot) }
 }
 
 // MARK: the file rmap API
@@ -156,12 +157,19 @@ func folioAddFileRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _
     return true
 }
 
-/// __folio_remove_rmap for file folios.
+/// __folio_remove_rmap with its caller's stat update: file or anon by the
+/// folio's mapping. An anon folio left partially mapped by a PTE-level
+/// removal (some pages still mapped, none by a PMD) is queued for deferred
+/// split (deferred_split_folio: PG_partially_mapped on page[1]).
 @inline(__always)
 func folioRemoveFileRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _ level: RmapLevel) -> Bool {
     guard folioRmapSanityChecks(k, folio, page, nr, level) else { return false }
     let (n, pmd) = folioRemoveRmap(k, folio, page, nr, level)
-    folioModStat(k, -n, -pmd)
+    let anon = folio.isAnon
+    folioModStat(k, -n, -pmd, anon: anon)
+    if anon && folio.isLarge && n > 0 && folio.isMapped && folio.entireMapcount == 0 {
+        deferredSplitFolio(k, folio, partiallyMapped: true)
+    }
     return true
 }
 

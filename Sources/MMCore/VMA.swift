@@ -200,7 +200,7 @@ public func unmapMappingPages(_ file: FileRef, _ start: UInt64, _ nr: UInt64) {
         guard zba <= zea else { continue }
         let a0 = vma.pointee.vm_start + ((zba - vba) << UInt64(pageShift))
         let a1 = vma.pointee.vm_start + ((zea - vba + 1) << UInt64(pageShift))
-        zapVMARange(vma.pointee.vm_mm, vma, a0, a1)
+        zapPageRangeSingle(vma, a0, a1)
     }
 }
 

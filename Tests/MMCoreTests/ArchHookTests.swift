@@ -318,11 +318,12 @@ struct ArchHookTests {
         var expected: [ArchEvent] = []
         for (i, old) in zip(mapped, e) {
             expected.append(.set(a + i * size, lvl, old, 0))
-            expected.append(.set(d + i * size, lvl, 0, old))
+            // move_soft_dirty_pte / move_soft_dirty_pmd: the moved entry is soft-dirty.
+            expected.append(.set(d + i * size, lvl, 0, old | PT.softDirty))
         }
         expected.append(.flush(a + mapped.first! * size, a + (mapped.last! + 1) * size, lvl))
         #expect(rec.take(rig.mm) == expected)
-        #expect(zip(mapped, e).allSatisfy { Self.entry(rig.mm, d + $0 * size, order: order) == $1 })
+        #expect(zip(mapped, e).allSatisfy { Self.entry(rig.mm, d + $0 * size, order: order) == $1 | PT.softDirty })
         #expect(VMAKit.counters(rig, f) == before, "references and rmap travel with the entries")
         rig.check()
     }

@@ -46,7 +46,24 @@ enum dax_page_flag_bits {
 	DAX_PG_head = 6,
 	DAX_PG_reserved = 10,
 	DAX_PG_zone_device = 16,   /* stands for page_zonenum() == ZONE_DEVICE */
+	/* PG_anon_exclusive (aliased to PG_mappedtodisk in the kernel): per
+	 * page, tails included, so it sits above the order byte of page[1]. */
+	DAX_PG_anon_exclusive = 17,
+	/* PG_partially_mapped, in page[1] of a large anon folio (folio->_flags_1):
+	 * queued for deferred split because some of its pages are unmapped. */
+	DAX_PG_partially_mapped = 18,
+	/* PG_swapbacked: anon folios (backed by swap, not by a file). */
+	DAX_PG_swapbacked = 19,
 };
+
+/* folio->mapping's low bit for anon folios: the rest is the anon_vma
+ * (PAGE_MAPPING_ANON). */
+#define DAX_PAGE_MAPPING_ANON 1ull
+
+/* page_type (the union with _mapcount): a free page of the buddy allocator
+ * carries PGTY_buddy in the top byte of the mapcount word instead of a
+ * -1 biased mapcount. */
+#define DAX_PAGE_TYPE_BUDDY ((int32_t)0xf0000000u)
 
 /* In page[1] of a large folio, the low byte of flags holds the folio order,
  * as the kernel keeps it in folio->_flags_1. */

@@ -292,6 +292,11 @@ bool dax_down_write_trylock(struct dax_rwsem *s);
 void dax_down_write(struct dax_rwsem *s);
 void dax_up_write(struct dax_rwsem *s);
 void dax_downgrade_write(struct dax_rwsem *s);
+/* memfd_create(name, MFD_CLOEXEC) and fallocate(PUNCH_HOLE|KEEP_SIZE): the
+ * page allocator's backing (Glibc's module does not show them to Swift).
+ * Both return 0/fd or -errno. */
+int dax_mm_memfd_create(const char *name);
+int dax_punch_hole(int fd, int64_t offset, int64_t len);
 /* The calling thread's id (gettid, cached per thread; async-signal-safe). */
 uint32_t dax_current_tid(void);
 /* The thread holding `s` for write, or 0 (a racy hint, exact for the
@@ -337,6 +342,8 @@ enum dax_node_stat {
 	DAX_NR_FOLL_PIN_ACQUIRED,
 	DAX_NR_FOLL_PIN_RELEASED,
 	DAX_NR_PAGETABLE,
+	DAX_NR_ANON_MAPPED,       /* NR_ANON_MAPPED: anon pages mapped */
+	DAX_NR_ANON_THPS,         /* NR_ANON_THPS: anon pages PMD-mapped */
 	DAX_NR_STATS,
 };
 
@@ -368,6 +375,49 @@ enum dax_kernel_mode {
 	/* Pre-series fs-dax: the PMD insert path calls folio_get on an idle
 	 * (refcount 0) folio. Only the seed-bug scenario sets it. */
 	DAX_MODE_LEGACY_PRE_SERIES = 1u << 1,
+};
+
+/* The page allocator's zone of ordinary memory (mm/page_alloc.c): a buddy
+ * allocator over [start_pfn, end_pfn), orders 0..DAX_MAX_PAGE_ORDER. A free
+ * block's head page carries DAX_PAGE_TYPE_BUDDY in its mapcount word and
+ * its order in page->index (page->private in the kernel); the free lists
+ * are doubly linked through `links` (two pfn+1 words per page: next, prev;
+ * 0 ends a list), the kernel's page->lru. The zone grows a max-order block
+ * at a time (`grown_pfn`): struct pages are initialised when their block
+ * first reaches the free lists (deferred memmap init), so an unused zone
+ * costs no resident memory. `lock` is zone->lock, a spinlock taken on the
+ * fault path (possibly in a signal handler); no holder touches anything a
+ * window fault could be raised on. */
+#define DAX_MAX_PAGE_ORDER 10
+#define DAX_NR_PAGE_ORDERS (DAX_MAX_PAGE_ORDER + 1)
+struct dax_free_area {
+	uint64_t head;             /* pfn + 1 of the first free block, 0: empty */
+	int64_t nr_free;           /* blocks on this list */
+};
+struct dax_ram {
+	uint32_t lock;             /* zone->lock */
+	int32_t memfd;             /* backs `direct_map` (-1: none) */
+	uint64_t start_pfn;
+	uint64_t end_pfn;          /* exclusive; (end - start) a multiple of the max-order block */
+	uint64_t grown_pfn;        /* [start_pfn, grown_pfn) initialised and given to the lists */
+	struct dax_free_area free_area[DAX_NR_PAGE_ORDERS];
+	uint64_t *links;           /* 2 words per page: next pfn + 1, prev pfn + 1 */
+	uint8_t *direct_map;       /* the zone's memory, page_address() of its pfns */
+	int64_t nr_free;           /* NR_FREE_PAGES */
+	int64_t nr_allocated;      /* pages handed out and not yet freed */
+	int64_t nr_alloc_failed;   /* allocations refused (zone exhausted) */
+};
+
+/* The direct map of device memory: a runtime that has a device's range
+ * mapped registers it here so page_address() (kmap_local_page) finds the
+ * bytes of a device pfn, as the kernel's direct map does for pmem. A slot
+ * is free while `addr` is NULL; slots are published with a release store of
+ * addr and read without a lock. */
+#define DAX_DIRECT_MAPS 16
+struct dax_direct_map {
+	uint64_t start_pfn;
+	uint64_t end_pfn;          /* exclusive */
+	uint8_t *addr;             /* host address of start_pfn's bytes */
 };
 
 struct dax_kernel {
@@ -402,6 +452,14 @@ struct dax_kernel {
 	uint64_t pt_free;              /* free-list head: table address, 0 empty; ABA tag in low 12 bits */
 	uint32_t *pt_locks;            /* one split ptlock per pool page */
 	int64_t pt_in_use;
+	/* Ordinary memory (NULL: the kernel has none; every anon allocation
+	 * fails with VM_FAULT_OOM). */
+	struct dax_ram *ram;
+	/* The huge zero folio: a reserved PMD-order folio of zeroes (pfn 0 is
+	 * the small zero page). 0: none. */
+	uint64_t huge_zero_pfn;
+	struct dax_direct_map direct_map[DAX_DIRECT_MAPS];
+	uint32_t direct_map_lock;      /* writers only */
 };
 
 /* ------------------------------------------------------------------ */
@@ -532,6 +590,26 @@ struct dax_vm_operations {
 
 struct dax_mm;
 
+/* struct anon_vma with its anon_vma_chain folded in: the VMAs that may map
+ * folios whose folio->mapping names this anon_vma. A VMA is chained to its
+ * own anon_vma and, after fork, to every ancestor's (anon_vma_fork), so an
+ * rmap walk of a folio visits every VMA that can map it. Changed under
+ * `rwsem` for write (with mmap_lock for write), walked under it for read;
+ * the array grows at mmap, split, mremap and fork, never on a fault. The
+ * record lives as long as its kernel (the kernel's anon_vma is
+ * SLAB_TYPESAFE_BY_RCU; the port never reuses one), so folio->mapping of an
+ * unmapped folio never points at freed memory. */
+struct dax_anon_vma {
+	struct dax_rwsem rwsem;        /* anon_vma->root->rwsem */
+	struct dax_vma **vmas;
+	int64_t nr_vmas;
+	int64_t cap;
+	struct dax_anon_vma *parent;   /* the anon_vma it was forked from */
+	uint64_t id;                   /* for reports */
+	int64_t num_children;
+	int64_t num_active_vmas;       /* VMAs whose own anon_vma this is */
+};
+
 struct dax_vma {
 	uint64_t vm_start;
 	uint64_t vm_end;
@@ -542,6 +620,14 @@ struct dax_vma {
 	struct dax_file *vm_file;      /* NULL: anonymous */
 	const struct dax_vm_operations *vm_ops;
 	void *vm_private_data;
+	/* The anon_vma new anon folios of this VMA get (private VMAs; the port
+	 * prepares it at mmap instead of at the first anon fault, since a fault
+	 * may run in a signal handler and cannot allocate). */
+	struct dax_anon_vma *anon_vma;
+	/* The anon_vma mmap prepared and chained for this VMA; the first anon
+	 * fault publishes it as anon_vma (anon_vma_prepare). NULL for shared
+	 * VMAs, which never get anon folios. */
+	struct dax_anon_vma *anon_vma_reserve;
 };
 
 /* FAULT_FLAG_* */
@@ -551,6 +637,10 @@ struct dax_vma {
 #define DAX_FAULT_FLAG_REMOTE     0x080u
 #define DAX_FAULT_FLAG_INSTRUCTION 0x100u
 #define DAX_FAULT_FLAG_USER       0x040u
+#define DAX_FAULT_FLAG_KILLABLE   0x010u
+#define DAX_FAULT_FLAG_TRIED      0x020u
+#define DAX_FAULT_FLAG_UNSHARE    0x400u
+#define DAX_FAULT_FLAG_ORIG_PTE_VALID 0x800u
 
 /* VM_FAULT_* */
 #define DAX_VM_FAULT_OOM          0x000001u
@@ -583,6 +673,9 @@ struct dax_vm_fault {
 	struct dax_page *page;
 	uint64_t pfn;                  /* out: pfn inserted by a DAX handler (for sync) */
 	void *driver_data;             /* handler scratch */
+	/* do_cow_fault: the anon page a private write fault copies into; a
+	 * handler that fills it itself returns VM_FAULT_DONE_COW. */
+	struct dax_page *cow_page;
 };
 
 /* mm_struct rss counters */
@@ -626,6 +719,49 @@ struct dax_arch_ops {
 				enum dax_pgtable_level level);
 };
 
+/* mmu notifiers (include/linux/mmu_notifier.h): a secondary MMU (a device
+ * that mirrors the page tables) hears every invalidation of a range of
+ * this address space, with the reason (event) and who caused it (owner),
+ * before and after the change. */
+enum dax_mmu_notifier_event {
+	DAX_MMU_NOTIFY_UNMAP = 0,
+	DAX_MMU_NOTIFY_CLEAR,
+	DAX_MMU_NOTIFY_PROTECTION_VMA,
+	DAX_MMU_NOTIFY_PROTECTION_PAGE,
+	DAX_MMU_NOTIFY_SOFT_DIRTY,
+	DAX_MMU_NOTIFY_RELEASE,
+	DAX_MMU_NOTIFY_MIGRATE,
+	DAX_MMU_NOTIFY_EXCLUSIVE,
+};
+#define DAX_MMU_NOTIFIER_RANGE_BLOCKABLE 1u
+
+struct dax_mmu_notifier_range {
+	struct dax_mm *mm;
+	uint64_t start;
+	uint64_t end;
+	uint32_t flags;                /* DAX_MMU_NOTIFIER_RANGE_BLOCKABLE */
+	uint32_t event;                /* enum dax_mmu_notifier_event */
+	void *owner;                   /* mmu_notifier_range_init_owner's owner, or NULL */
+};
+
+/* struct mmu_notifier_ops, the parts the port raises. Every callback is
+ * optional. They run on the fault, zap and GUP paths, possibly in a signal
+ * handler and possibly with mmap_lock held: they must be async-signal-safe,
+ * must not allocate through the MM and must not call back into it.
+ * invalidate_range_start returns 0 or, for a non-blockable range only,
+ * -EAGAIN. */
+struct dax_mmu_notifier_ops {
+	void (*release)(void *ctx, struct dax_mm *mm);
+	int (*invalidate_range_start)(void *ctx, const struct dax_mmu_notifier_range *range);
+	void (*invalidate_range_end)(void *ctx, const struct dax_mmu_notifier_range *range);
+};
+
+#define DAX_MMU_NOTIFIERS 8
+struct dax_mmu_subscription {
+	const struct dax_mmu_notifier_ops *ops;
+	void *ctx;
+};
+
 struct dax_mm {
 	struct dax_kernel *kernel;
 	uint64_t *pgd;                 /* top-level table */
@@ -645,6 +781,15 @@ struct dax_mm {
 	const struct dax_arch_ops *arch;
 	void *arch_ctx;
 	int64_t arch_users;
+	/* mmu notifier subscriptions (mm->notifier_subscriptions): slot i is
+	 * live while bit i of notifier_mask is set; a slot is filled before its
+	 * bit is published (release) and reused only after the unregister saw
+	 * notifier_users drain (callers inside a callback). Changed under
+	 * mmap_lock for write. */
+	uint32_t notifier_mask;
+	uint32_t _pad2;
+	int64_t notifier_users;
+	struct dax_mmu_subscription notifiers[DAX_MMU_NOTIFIERS];
 	/* rss counters (mm->rss_stat, percpu counters), item enum dax_mm_counter */
 	struct dax_pcpu_counters rss;
 };
@@ -762,6 +907,21 @@ DAX_MM_INLINE uint32_t *dax_mm_page_table_lock(struct dax_mm *p) { return &p->pa
 DAX_MM_INLINE const struct dax_arch_ops *dax_mm_arch_ops(struct dax_mm *p) { return __atomic_load_n(&p->arch, __ATOMIC_ACQUIRE); }
 DAX_MM_INLINE void dax_mm_set_arch_ops(struct dax_mm *p, const struct dax_arch_ops *ops) { __atomic_store_n(&p->arch, ops, __ATOMIC_SEQ_CST); }
 DAX_MM_INLINE int64_t *dax_mm_arch_users(struct dax_mm *p) { return &p->arch_users; }
+DAX_MM_INLINE uint32_t *dax_mm_notifier_mask(struct dax_mm *p) { return &p->notifier_mask; }
+DAX_MM_INLINE int64_t *dax_mm_notifier_users(struct dax_mm *p) { return &p->notifier_users; }
+DAX_MM_INLINE struct dax_mmu_subscription *dax_mm_notifiers(struct dax_mm *p) { return &p->notifiers[0]; }
+DAX_MM_INLINE struct dax_rwsem *dax_anon_vma_rwsem(struct dax_anon_vma *p) { return &p->rwsem; }
+/* vma->anon_vma as a word, for the acquire load / release store of its
+ * publication by anon_vma_prepare. */
+DAX_MM_INLINE uint64_t *dax_vma_anon_vma_word(struct dax_vma *v) { return (uint64_t *)(void *)&v->anon_vma; }
+DAX_MM_INLINE uint32_t *dax_ram_lock(struct dax_ram *p) { return &p->lock; }
+DAX_MM_INLINE struct dax_free_area *dax_ram_free_area(struct dax_ram *p) { return &p->free_area[0]; }
+DAX_MM_INLINE int64_t *dax_ram_nr_free(struct dax_ram *p) { return &p->nr_free; }
+DAX_MM_INLINE int64_t *dax_ram_nr_allocated(struct dax_ram *p) { return &p->nr_allocated; }
+DAX_MM_INLINE struct dax_direct_map *dax_kernel_direct_map(struct dax_kernel *p) { return &p->direct_map[0]; }
+DAX_MM_INLINE uint32_t *dax_kernel_direct_map_lock(struct dax_kernel *p) { return &p->direct_map_lock; }
+DAX_MM_INLINE uint8_t *dax_load_ptr_u8(uint8_t *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+DAX_MM_INLINE void dax_store_ptr_u8(uint8_t **p, uint8_t *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 DAX_MM_INLINE int64_t *dax_pgmap_ref(struct dax_pgmap *p) { return &p->ref; }
 DAX_MM_INLINE int64_t *dax_pgmap_lookups(struct dax_pgmap *p) { return &p->lookups; }
 DAX_MM_INLINE uint32_t *dax_pgmap_done(struct dax_pgmap *p) { return &p->done; }
