@@ -36,3 +36,10 @@ public enum MMError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// A kernel errno as a typed error for the raw-record API's Result returns
+/// (an ERR_PTR): positive, no text, nothing allocated.
+public struct MMErrno: Error, Equatable, Hashable, Sendable {
+    public let code: Int32
+    @inline(__always) public init(_ code: Int32) { self.code = code }
+}

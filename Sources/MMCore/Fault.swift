@@ -136,6 +136,9 @@ func handlePteFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     if entryNone(entry) {
         return doFault(mm, vmf)
     }
+    if !entryPresent(entry) {
+        return doSwapPage(mm, vmf)
+    }
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
     let ptl = pteLockptr(k, dax_load_u64(pmd))
     dax_spin_lock(ptl)

@@ -19,6 +19,7 @@ public struct GupFlags: OptionSet, Sendable {
     public static let longterm = GupFlags(rawValue: 1 << 3)     // FOLL_LONGTERM
     public static let pciP2PDMA = GupFlags(rawValue: 1 << 4)    // FOLL_PCI_P2PDMA
     public static let nofault = GupFlags(rawValue: 1 << 5)      // FOLL_NOFAULT
+    public static let splitPmd = GupFlags(rawValue: 1 << 6)     // FOLL_SPLIT_PMD
     // Internal flags (callers may not pass them: is_valid_gup_args).
     public static let get = GupFlags(rawValue: 1 << 16)         // FOLL_GET
     public static let pin = GupFlags(rawValue: 1 << 17)         // FOLL_PIN
@@ -286,11 +287,19 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
     }
     guard entryPresent(pude) else { return nil }
     let pmd = entryTable(pude) + pmdIndex(addr)
-    let pmde = dax_load_u64(pmd)
+    var pmde = dax_load_u64(pmd)
     if entryLeaf(pmde) {
-        return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, left, &pageMask, &err)
+        guard flags.contains(.splitPmd) else {
+            return followHuge(k, vma, pmd, pmdLockptr(k, pmd), addr, UInt64(pmdSize), write, flags, left, &pageMask, &err)
+        }
+        // follow_pmd_mask with FOLL_SPLIT_PMD: the PMD mapping is split (an
+        // anon THP becomes PTEs, a DAX entry goes), and an emptied PMD gets
+        // a PTE table at once so the fault that follows maps a PTE.
+        splitHugePmd(k, vma, pmd, addr)
+        guard pteAlloc(mm, pmd, addr) != nil else { err = -ENOMEM; return nil }
+        pmde = dax_load_u64(pmd)
     }
-    guard entryPresent(pmde) else { return nil }
+    guard entryPresent(pmde), !entryLeaf(pmde) else { return nil }
     let pte = entryTable(pmde) + pteIndex(addr)
     let ptl = pteLockptr(k, pmde)
     dax_spin_lock(ptl)
@@ -434,6 +443,24 @@ func gupLongtermLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: Gu
         i &+= run
     }
     return rc
+}
+
+/// get_user_page_vma_remote: one page of `mm` at `addr` with FOLL_GET
+/// (`flags` must include .get) and the VMA holding it. The caller holds
+/// mmap_lock. The error is GUP's, or -EIO when no page came back.
+public func getUserPageVmaRemote(_ mm: MMRef, _ addr: UInt64, _ flags: GupFlags,
+                                 _ vma: inout VMARef?) -> Result<Page, MMErrno> {
+    let rc0 = isValidGupArgs(nil, flags.subtracting(.internal), toSet: .get)
+    if rc0 != 0 { return .failure(MMErrno(-rc0)) }
+    var slot: UnsafeMutablePointer<dax_page>? = nil
+    let rc = withUnsafeMutablePointer(to: &slot) { gupLongtermLocked(mm, addr, 1, flags.union(.get), $0) }
+    guard rc == 1, let raw = slot else { return .failure(MMErrno(rc < 0 ? Int32(-rc) : EIO)) }
+    guard let v = vmaLookup(mm, addr) else {
+        folioPut(mm.pointee.kernel, Page(raw).folio)
+        return .failure(MMErrno(EFAULT))
+    }
+    vma = v
+    return .success(Page(raw))
 }
 
 /// get_user_pages (takes mmap_lock for read).
