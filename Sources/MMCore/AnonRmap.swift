@@ -255,6 +255,14 @@ public func folioTryShareAnonRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, 
     return 0
 }
 
+/// folio_move_anon_rmap: an exclusively owned anon folio moves to `vma`'s
+/// own anon_vma (so rmap walks stop visiting the ancestors it came from).
+@inline(__always)
+public func folioMoveAnonRmap(_ folio: Folio, _ vma: VMARef) {
+    guard let av = vmaAnonVMA(vma) else { return }
+    dax_store_u64(&folio.raw.pointee.mapping, UInt64(UInt(bitPattern: av)) | DAX_PAGE_MAPPING_ANON)
+}
+
 /// deferred_split_folio: an anon THP some of whose pages are unmapped is
 /// queued for a later split (its unmapped pages cannot be freed before).
 /// The port records the queueing (PG_partially_mapped, the kernel's

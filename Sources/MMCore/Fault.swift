@@ -93,18 +93,30 @@ func handleMMFaultVmf(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     }
     vmf.pointee.pmd = pmd
     var pmde = dax_load_u64(pmd)
-    if entryNone(pmde) && huge {
+    let anon = vmaIsAnonymous(vma)
+    let unshare = vmf.pointee.flags & DAX_FAULT_FLAG_UNSHARE != 0
+    if entryNone(pmde) && (anon ? thpVmaAllowablePmd(k, vma, addr) : huge) {
         // create_huge_pmd
-        let ret = vma.pointee.vm_ops.pointee.huge_fault(vmf, UInt32(pmdOrder))
+        let ret = anon ? doHugePmdAnonymousPage(mm, vmf)
+                       : vma.pointee.vm_ops.pointee.huge_fault(vmf, UInt32(pmdOrder))
         if ret & DAX_VM_FAULT_FALLBACK == 0 { return ret }
     } else if entryLeaf(pmde) {
-        if write && !entryWrite(pmde) {
-            // wp_huge_pmd
-            if huge {
-                let ret = vma.pointee.vm_ops.pointee.huge_fault(vmf, UInt32(pmdOrder))
+        if (write || unshare) && !entryWrite(pmde) {
+            // wp_huge_pmd: an anon THP is reused or split by
+            // do_huge_pmd_wp_page; a file PMD goes back to its huge_fault
+            // only in a shared mapping, and is split (for DAX: unmapped)
+            // otherwise, so the PTE fault below copies it.
+            vmf.pointee.orig_pmd = pmde
+            if anon {
+                let ret = doHugePmdWpPage(mm, vmf)
                 if ret & DAX_VM_FAULT_FALLBACK == 0 { return ret }
+            } else {
+                if huge && vma.pointee.vm_flags & (DAX_VM_SHARED | DAX_VM_MAYSHARE) != 0 {
+                    let ret = vma.pointee.vm_ops.pointee.huge_fault(vmf, UInt32(pmdOrder))
+                    if ret & DAX_VM_FAULT_FALLBACK == 0 { return ret }
+                }
+                splitHugePmd(k, vma, pmd, addr)
             }
-            splitHugePmd(k, vma, pmd, addr)
         } else {
             // huge_pmd_set_accessed
             let l = pmdLockptr(k, pmd)
@@ -134,7 +146,8 @@ func handlePteFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     let entry = dax_load_u64(pte)
     vmf.pointee.orig_pte = entry
     if entryNone(entry) {
-        return doFault(mm, vmf)
+        // do_pte_missing
+        return vmaIsAnonymous(vmf.pointee.vma) ? doAnonymousPage(mm, vmf) : doFault(mm, vmf)
     }
     if !entryPresent(entry) {
         return doSwapPage(mm, vmf)
@@ -151,6 +164,48 @@ func handlePteFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
         return doWpPage(mm, vmf, ptl)   // drops ptl
     }
     ptepSetAccessFlags(vmf.pointee.vma, addr, pte, write ? entryMkdirty(entryMkyoung(cur)) : entryMkyoung(cur))
+    dax_spin_unlock(ptl)
+    return 0
+}
+
+/// do_anonymous_page: a missing PTE of an anonymous VMA. A read maps the
+/// shared zero page (a special, read-only PTE: no reference, no rmap, no
+/// rss). A write takes a new zeroed order-0 folio from the page allocator
+/// (VM_FAULT_OOM when there is none), maps it young, dirty and writable
+/// (maybe_mkwrite), PageAnonExclusive through folio_add_new_anon_rmap with
+/// RMAP_EXCLUSIVE, MM_ANONPAGES + 1. A PTE someone filled meanwhile wins:
+/// the new folio is put back and the access retried. A shared anonymous VMA
+/// would be shmem, which the port does not model: VM_FAULT_SIGBUS.
+@inline(__always)
+func doAnonymousPage(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let k = mm.pointee.kernel!
+    if vma.pointee.vm_flags & DAX_VM_SHARED != 0 { return DAX_VM_FAULT_SIGBUS }
+    guard let pmd = vmf.pointee.pmd, let pte = vmf.pointee.pte else { return DAX_VM_FAULT_OOM }
+    let addr = vmf.pointee.address
+    let ptl = pteLockptr(k, dax_load_u64(pmd))
+    if vmf.pointee.flags & DAX_FAULT_FLAG_WRITE == 0 {
+        let e = entryMkspecial(entryWrprotect(pfnEntry(0, vma.pointee.vm_page_prot))) | PT.accessed
+        dax_spin_lock(ptl)
+        if entryNone(dax_load_u64(pte)) { setPteAt(mm, addr, pte, e) }
+        dax_spin_unlock(ptl)
+        return 0
+    }
+    // vmf_anon_prepare, alloc_anon_folio
+    guard anonVMAPrepare(vma) != nil else { return DAX_VM_FAULT_OOM }
+    guard let folio = folioAlloc(k, order: 0, zero: true) else { return DAX_VM_FAULT_OOM }
+    let slot = vmfSlot(vmf)
+    var e = pfnEntry(pageToPfn(k, folio.head), vma.pointee.vm_page_prot) | PT.accessed
+    if vma.pointee.vm_flags & DAX_VM_WRITE != 0 { e = entryMkwrite(entryMkdirty(e)) }
+    dax_spin_lock(ptl)
+    guard entryNone(dax_load_u64(pte)) else {
+        dax_spin_unlock(ptl)
+        folioPut(k, folio)
+        return 0
+    }
+    addMMCounter(mm, DAX_MM_ANONPAGES, 1, slot: slot)
+    folioAddNewAnonRmap(k, folio, vma, addr, .exclusive, slot: slot)
+    setPteAt(mm, addr, pte, e)
     dax_spin_unlock(ptl)
     return 0
 }

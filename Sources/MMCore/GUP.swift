@@ -450,10 +450,12 @@ func gupLongtermLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: Gu
 /// mmap_lock. The error is GUP's, or -EIO when no page came back.
 public func getUserPageVmaRemote(_ mm: MMRef, _ addr: UInt64, _ flags: GupFlags,
                                  _ vma: inout VMARef?) -> Result<Page, MMErrno> {
-    let rc0 = isValidGupArgs(nil, flags.subtracting(.internal), toSet: .get)
-    if rc0 != 0 { return .failure(MMErrno(-rc0)) }
     var slot: UnsafeMutablePointer<dax_page>? = nil
-    let rc = withUnsafeMutablePointer(to: &slot) { gupLongtermLocked(mm, addr, 1, flags.union(.get), $0) }
+    let rc = withUnsafeMutablePointer(to: &slot) { pages -> Int in
+        let rc0 = isValidGupArgs(pages, flags.subtracting(.get), toSet: .get)
+        if rc0 != 0 { return Int(rc0) }
+        return gupLongtermLocked(mm, addr, 1, flags.union(.get), pages)
+    }
     guard rc == 1, let raw = slot else { return .failure(MMErrno(rc < 0 ? Int32(-rc) : EIO)) }
     guard let v = vmaLookup(mm, addr) else {
         folioPut(mm.pointee.kernel, Page(raw).folio)

@@ -331,3 +331,110 @@ func splitHugePmdAnon(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ haddr: U
     folioRemoveRmapPmd(k, folio, head)
     dax_spin_unlock(ptl)
 }
+
+// MARK: anon THP faults (mm/huge_memory.c)
+
+/// thp_vma_allowable_order(vma, PMD_ORDER) at fault time for an anonymous
+/// VMA, with thp_vma_suitable_order: THP enabled for it (always, unless
+/// VM_NOHUGEPAGE; madvise, with VM_HUGEPAGE), a private VMA, and the
+/// aligned PMD around `addr` inside the VMA.
+@inline(__always)
+func thpVmaAllowablePmd(_ k: KernelRef, _ vma: VMARef, _ addr: UInt64) -> Bool {
+    let f = vma.pointee.vm_flags
+    guard f & DAX_VM_SHARED == 0, f & DAX_VM_NOHUGEPAGE == 0 else { return false }
+    switch k.pointee.thp_enabled {
+    case DAX_THP_ALWAYS.rawValue: break
+    case DAX_THP_MADVISE.rawValue: guard f & DAX_VM_HUGEPAGE != 0 else { return false }
+    default: return false
+    }
+    let haddr = roundDown(addr, UInt64(pmdSize))
+    return haddr >= vma.pointee.vm_start && haddr + UInt64(pmdSize) <= vma.pointee.vm_end
+}
+
+/// do_huge_pmd_anonymous_page. A read, with use_zero_page, maps the huge
+/// zero folio (set_huge_zero_folio: a read-only PMD, no rss, no rmap; the
+/// port keeps no per-mm reference on it). A write takes a new zeroed
+/// PMD-order folio (none free: VM_FAULT_FALLBACK, and the PTE path maps a
+/// small page), folio_add_new_anon_rmap with RMAP_EXCLUSIVE (PageAnonExclusive
+/// on the head, NR_ANON_MAPPED and NR_ANON_THPS + HPAGE_PMD_NR), a dirty
+/// young PMD, writable with VM_WRITE, MM_ANONPAGES + HPAGE_PMD_NR. A PMD
+/// filled meanwhile wins.
+func doHugePmdAnonymousPage(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let k = mm.pointee.kernel!
+    guard let pmd = vmf.pointee.pmd else { return DAX_VM_FAULT_FALLBACK }
+    let haddr = roundDown(vmf.pointee.address, UInt64(pmdSize))
+    let ptl = pmdLockptr(k, pmd)
+    if vmf.pointee.flags & DAX_FAULT_FLAG_WRITE == 0 && k.pointee.thp_use_zero_page != 0 && k.pointee.huge_zero_pfn != 0 {
+        let e = entryMkhuge(entryWrprotect(pfnEntry(k.pointee.huge_zero_pfn, vma.pointee.vm_page_prot))) | PT.accessed
+        dax_spin_lock(ptl)
+        if entryNone(dax_load_u64(pmd)) { setPmdAt(mm, haddr, pmd, e) }
+        dax_spin_unlock(ptl)
+        return 0
+    }
+    guard anonVMAPrepare(vma) != nil else { return DAX_VM_FAULT_OOM }
+    guard let folio = folioAlloc(k, order: pmdOrder, zero: true) else { return DAX_VM_FAULT_FALLBACK }
+    let slot = vmfSlot(vmf)
+    var e = entryMkhuge(pfnEntry(pageToPfn(k, folio.head), vma.pointee.vm_page_prot)) | PT.accessed
+    e = maybePmdMkwrite(entryMkdirty(e), vma)
+    dax_spin_lock(ptl)
+    guard entryNone(dax_load_u64(pmd)) else {
+        dax_spin_unlock(ptl)
+        folioPut(k, folio)
+        return 0
+    }
+    folioAddNewAnonRmap(k, folio, vma, haddr, .exclusive, slot: slot)
+    addMMCounter(mm, DAX_MM_ANONPAGES, Int64(hpagePmdNr), slot: slot)
+    setPmdAt(mm, haddr, pmd, e)
+    dax_spin_unlock(ptl)
+    return 0
+}
+
+/// do_huge_pmd_wp_page: a write (or unshare) fault on a read-only anon PMD.
+/// The huge zero PMD is split (to zero-page PTEs) and the fault falls back
+/// to PTEs. A head that is PageAnonExclusive is reused in place (young,
+/// dirty, writable with VM_WRITE); otherwise, if the folio lock is free at
+/// once and the PMD's is the only reference, the folio becomes exclusive
+/// (folio_move_anon_rmap, SetPageAnonExclusive) and is reused. Anything
+/// else splits the PMD and falls back to the PTE fault, which copies.
+func doHugePmdWpPage(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let k = mm.pointee.kernel!
+    guard let pmd = vmf.pointee.pmd else { return DAX_VM_FAULT_FALLBACK }
+    let orig = vmf.pointee.orig_pmd
+    let haddr = roundDown(vmf.pointee.address, UInt64(pmdSize))
+    let unshare = vmf.pointee.flags & DAX_FAULT_FLAG_UNSHARE != 0
+    if isHugeZeroPfn(k, entryPfn(orig)) {
+        splitHugePmd(k, vma, pmd, haddr)
+        return DAX_VM_FAULT_FALLBACK
+    }
+    let ptl = pmdLockptr(k, pmd)
+    dax_spin_lock(ptl)
+    guard dax_load_u64(pmd) == orig, pfnValid(k, entryPfn(orig)) else {
+        dax_spin_unlock(ptl)
+        return 0
+    }
+    let folio = pfnToPage(k, entryPfn(orig)).folio
+    var reuse = folio.head.isAnonExclusive
+    if !reuse && folioTrylock(folio) {
+        if folio.refCount == 1 {
+            folioMoveAnonRmap(folio, vma)
+            folio.head.set(DAX_PG_anon_exclusive)
+            reuse = true
+        }
+        folioUnlock(k, folio)
+    }
+    if reuse {
+        if unshare {
+            dax_spin_unlock(ptl)
+            return 0
+        }
+        let e = maybePmdMkwrite(entryMkdirty(entryMkyoung(orig)), vma)
+        pmdpSetAccessFlags(vma, haddr, pmd, e)
+        dax_spin_unlock(ptl)
+        return 0
+    }
+    dax_spin_unlock(ptl)
+    splitHugePmd(k, vma, pmd, haddr)
+    return DAX_VM_FAULT_FALLBACK
+}

@@ -460,6 +460,16 @@ struct dax_kernel {
 	uint64_t huge_zero_pfn;
 	struct dax_direct_map direct_map[DAX_DIRECT_MAPS];
 	uint32_t direct_map_lock;      /* writers only */
+	/* /sys/kernel/mm/transparent_hugepage: enabled (enum dax_thp_enabled)
+	 * and use_zero_page, for anonymous VMAs. */
+	uint32_t thp_enabled;
+	uint32_t thp_use_zero_page;
+};
+
+enum dax_thp_enabled {
+	DAX_THP_MADVISE = 0,   /* the default: VMAs with VM_HUGEPAGE */
+	DAX_THP_ALWAYS = 1,    /* every anon VMA without VM_NOHUGEPAGE */
+	DAX_THP_NEVER = 2,
 };
 
 /* ------------------------------------------------------------------ */
@@ -543,6 +553,7 @@ DAX_MM_INLINE void dax_pgmap_put_many(struct dax_pgmap *p, int64_t n)
 #define DAX_VM_SYNC      0x00800000ull
 #define DAX_VM_MIXEDMAP  0x10000000ull
 #define DAX_VM_HUGEPAGE  0x20000000ull
+#define DAX_VM_NOHUGEPAGE 0x40000000ull
 
 /* The file behind a VMA: what vma_is_dax/vma_is_fsdax look at. */
 #define DAX_S_DAX 0x2000u            /* inode->i_flags & S_DAX */
