@@ -466,7 +466,10 @@ static void mirror_apply(struct dax_host_mirror *m, int lv, uint64_t size, void 
 			return;
 		}
 		void *q;
-		if (pfn == 0) {
+		uint64_t phys = pfn << 12;
+		bool huge_zero = m->huge_zero_phys != 0 && phys >= m->huge_zero_phys &&
+				 phys + size <= m->huge_zero_phys + m->zero_size;
+		if (pfn == 0 || huge_zero) {
 			/* The shared zero page: read-only, never the device. */
 			if (m->zero_fd < 0 || size > m->zero_size) {
 				mirror_fail(m, EINVAL, lv, addr, new);
@@ -480,6 +483,15 @@ static void mirror_apply(struct dax_host_mirror *m, int lv, uint64_t size, void 
 			return;
 		}
 		uint64_t off;
+		if (m->ram_fd >= 0 && phys >= m->ram_phys_start && phys + size <= m->ram_phys_end) {
+			/* An anon or copy-on-write page of the port's ordinary memory. */
+			q = mmap(p, size, prot, MAP_SHARED | MAP_FIXED, m->ram_fd, (off_t)(phys - m->ram_phys_start));
+			if (q == MAP_FAILED)
+				mirror_fail(m, errno, lv, addr, new);
+			else
+				__atomic_add_fetch(&m->stats.ram_maps[lv], 1, __ATOMIC_RELAXED);
+			return;
+		}
 		if (!file_offset(m, pfn << 12, size, &off)) {
 			dax_window_report(DAX_WIN_REPORT_BAD_ENTRY, ERANGE, 0, lv, addr, new);
 			mirror_fail(m, ERANGE, lv, addr, new);

@@ -78,7 +78,14 @@ public final class Binding: @unchecked Sendable {
     let mirror: UnsafeMutablePointer<dax_host_mirror>
     private let zeroFD: Int32
     private let lock = Locked(State())
-    private struct State { var windows: [ObjectIdentifier: Window] = [:]; var gone = false }
+    private struct State {
+        var windows: [ObjectIdentifier: Window] = [:]
+        var gone = false
+        /// The device mapped whole for the port's direct map (page_address
+        /// of a device pfn): made with the first private or anonymous window,
+        /// whose copy-on-write faults read the device's bytes through it.
+        var directMap: DeviceMapping? = nil
+    }
 
     /// The bytes a window can map: the device in devdax mode, the file in
     /// fs-dax mode.
@@ -157,6 +164,15 @@ public final class Binding: @unchecked Sendable {
         mirror.pointee.fd = device.mappingFileDescriptor
         mirror.pointee.zero_fd = zfd
         mirror.pointee.zero_size = UInt64(pmdSize)
+        // The port's ordinary memory: anon and copy-on-write pages map from
+        // the page allocator's memfd, the huge zero folio from the zero file.
+        mirror.pointee.ram_fd = -1
+        if let ram = kernel.ramRange, let (fd, _) = kernel.ramFileOffset(pfn: ram.startPfn) {
+            mirror.pointee.ram_fd = fd
+            mirror.pointee.ram_phys_start = ram.start
+            mirror.pointee.ram_phys_end = ram.start + ram.size
+        }
+        mirror.pointee.huge_zero_phys = hugeZeroPfn << UInt64(pageShift)
         let n = min(device.ranges.count, Int(DAX_WIN_MAX_RANGES))
         mirror.pointee.nr_range = UInt32(n)
         withUnsafeMutableBytes(of: &mirror.pointee.ranges) { raw in
@@ -180,8 +196,31 @@ public final class Binding: @unchecked Sendable {
         let ws = lock.withLock { $0.windows.values.map { $0 } }
         for w in ws { w.closeWindow() }
         mm.removeArchHook()
+        if let dm = lock.withLock({ $0.directMap }) {
+            for r in device.ranges { kernel.unregisterDirectMap(range: r.range) }
+            dm.unmap()
+        }
         mirror.deallocate()
         close(zeroFD)
+    }
+
+    /// Maps the device once and registers each of its ranges as the port's
+    /// direct map, so copies out of device pages (copy-on-write) read real
+    /// bytes.
+    private func ensureDirectMap() throws(RuntimeError) {
+        if lock.withLock({ $0.directMap != nil }) { return }
+        let m: DeviceMapping
+        do { m = try device.map() } catch {
+            throw .host(call: "mmap", errno: EIO, detail: "\(device.name): mapping the device for the port's direct map: \(error)")
+        }
+        for r in device.ranges {
+            guard let base = UnsafeMutableRawPointer(bitPattern: m.address) else { break }
+            do { try kernel.registerDirectMap(range: r.range, bytes: base + Int(r.offset)) } catch {
+                m.unmap()
+                throw .port("\(device.name): direct map: \(error)")
+            }
+        }
+        lock.withLock { $0.directMap = m }
     }
 
     /// The widest physical address space the port's vmemmap covers.
@@ -196,8 +235,32 @@ public final class Binding: @unchecked Sendable {
     ///   device (or file), as mmap allows: the port's faults there return
     ///   VM_FAULT_SIGBUS (dax_pgoff_to_phys finds no range), as the kernel's do.
     public func openWindow(length: UInt64, offset: UInt64 = 0, pastTheEnd: Bool = false) throws(RuntimeError) -> Window {
+        try openWindow(length: length, offset: offset, pastTheEnd: pastTheEnd, kind: .shared)
+    }
+
+    /// Opens a MAP_PRIVATE window over [offset, offset + length) of the
+    /// file (fs-dax mode): reads map the file's pages read-only, the first
+    /// write of a page copies it into an anon page of the port's ordinary
+    /// memory (do_cow_fault, wp_page_copy), so the file keeps its bytes.
+    /// Device-dax refuses private mappings as the kernel does (check_vma:
+    /// -EINVAL), and so does this in devdax mode.
+    public func openPrivateWindow(length: UInt64, offset: UInt64 = 0) throws(RuntimeError) -> Window {
+        try ensureDirectMap()
+        return try openWindow(length: length, offset: offset, pastTheEnd: false, kind: .privateFile)
+    }
+
+    /// Opens a window of anonymous private memory of the port (any mode):
+    /// reads map the zero page (the huge zero folio with `hugepage`), writes
+    /// new pages of the port's ordinary memory; with `hugepage`
+    /// (MADV_HUGEPAGE) PMD-aligned parts fault transparent huge pages.
+    public func openAnonymousWindow(length: UInt64, hugepage: Bool = false) throws(RuntimeError) -> Window {
+        guard kernel.ramRange != nil else { throw .invalid("the port's kernel has no ordinary memory") }
+        return try openWindow(length: length, offset: 0, pastTheEnd: false, kind: hugepage ? .anonymousHuge : .anonymous)
+    }
+
+    private func openWindow(length: UInt64, offset: UInt64, pastTheEnd: Bool, kind: Window.Kind) throws(RuntimeError) -> Window {
         if lock.withLock({ $0.gone }) { throw .deviceGone("\(device.name): the device is gone") }
-        let w = try Window(binding: self, length: length, offset: offset, pastTheEnd: pastTheEnd)
+        let w = try Window(binding: self, length: length, offset: offset, pastTheEnd: pastTheEnd, kind: kind)
         lock.withLock { $0.windows[ObjectIdentifier(w)] = w }
         return w
     }
@@ -214,6 +277,9 @@ public final class Binding: @unchecked Sendable {
     public struct MirrorStats: Sendable, Equatable {
         /// Indexed by level: 0 PTE, 1 PMD, 2 PUD.
         public var maps: [Int64], zeroMaps: [Int64], protects: [Int64], unmaps: [Int64]
+        /// Extents mapped from the port's ordinary memory (anon and
+        /// copy-on-write pages), by level.
+        public var ramMaps: [Int64] = [0, 0, 0]
         public var flushes: Int64, errors: Int64
         /// Time spent in the host's mmap/mprotect calls (part of the port's
         /// fault time: the hook runs inside the insert).
@@ -227,6 +293,7 @@ public final class Binding: @unchecked Sendable {
             }
             return MirrorStats(maps: lv(&s.pointee.maps), zeroMaps: lv(&s.pointee.zero_maps),
                                protects: lv(&s.pointee.protects), unmaps: lv(&s.pointee.unmaps),
+                               ramMaps: lv(&s.pointee.ram_maps),
                                flushes: dax_window_stat(&s.pointee.flushes), errors: dax_window_stat(&s.pointee.errors),
                                nanos: dax_window_stat(&s.pointee.nanos))
         }

@@ -38,8 +38,20 @@ public final class Window: @unchecked Sendable {
     private let reservation: (address: UnsafeMutableRawPointer, length: Int)
     private let lock = Locked(false)
 
-    init(binding b: Binding, length: UInt64, offset: UInt64, pastTheEnd: Bool = false) throws(RuntimeError) {
-        let align = b.align
+    /// What the window maps.
+    public enum Kind: Sendable, Equatable {
+        /// MAP_SHARED of the device (devdax) or the file (fsdax).
+        case shared
+        /// MAP_PRIVATE of the file: copy-on-write into the port's ordinary memory.
+        case privateFile
+        /// Anonymous private memory of the port, with or without MADV_HUGEPAGE.
+        case anonymous, anonymousHuge
+    }
+    public let kind: Kind
+
+    init(binding b: Binding, length: UInt64, offset: UInt64, pastTheEnd: Bool = false, kind: Kind = .shared) throws(RuntimeError) {
+        let anon = kind == .anonymous || kind == .anonymousHuge
+        let align = anon ? UInt64(pageSize) : b.align
         let what = b.mode == .devdax ? "device" : "file"
         guard length > 0 else { throw .invalid("\(b.device.name): window size 0") }
         guard length % align == 0 else {
@@ -48,10 +60,11 @@ public final class Window: @unchecked Sendable {
         guard offset % align == 0 else {
             throw .invalid("\(b.device.name): window offset \(hex(offset)) is not aligned to the device alignment \(formatSize(align))")
         }
-        guard offset <= b.mappableSize, pastTheEnd || length <= b.mappableSize - offset else {
+        guard anon || offset <= b.mappableSize, anon || pastTheEnd || length <= b.mappableSize - offset else {
             throw .invalid("\(b.device.name): a window of \(formatSize(length)) at offset \(hex(offset)) does not fit the \(what) (\(formatSize(b.mappableSize)))")
         }
         self.binding = b
+        self.kind = kind
         self.mm = b.mm
         self.deviceName = b.device.name
         self.length = length
@@ -75,18 +88,33 @@ public final class Window: @unchecked Sendable {
 
         // The port's VMA at the same address.
         let pgoff = offset >> UInt64(pageShift)
-        let req: MMapRequest
-        if let d = b.devdax {
+        var req: MMapRequest
+        if anon {
+            req = MMapRequest(length: length)
+            req.shared = false
+            req.fixedAddress = aligned
+        } else if let d = b.devdax {
             req = d.mmapRequest(length: length, pgoff: pgoff, fixedAddress: aligned)
         } else {
-            var r = b.file!.mmapRequest(length: length, pgoff: pgoff)
-            r.fixedAddress = aligned
-            req = r
+            req = b.file!.mmapRequest(length: length, pgoff: pgoff)
+            req.fixedAddress = aligned
+        }
+        if kind == .privateFile {
+            // mmap(MAP_PRIVATE): the request's MAP_* flags say private.
+            req.shared = false
+            req.mapFlags = MapFlag.private
         }
         let got: UInt64
         do { got = try b.mm.mmap(req) } catch {
             Glibc.munmap(reservation.address, reservation.length)
             throw .port("\(b.device.name): mmap of the window in the port: \(error)")
+        }
+        if kind == .anonymousHuge {
+            do { try b.mm.madvise(aligned, length, .hugepage) } catch {
+                try? b.mm.munmap(got, length)
+                Glibc.munmap(reservation.address, reservation.length)
+                throw .port("madvise(MADV_HUGEPAGE) of the window: \(error)")
+            }
         }
         guard got == aligned else {
             try? b.mm.munmap(got, length)

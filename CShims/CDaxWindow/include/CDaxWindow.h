@@ -44,6 +44,7 @@ struct dax_host_range {
 struct dax_mirror_stats {
 	int64_t maps[3];        /* extents mapped from the device */
 	int64_t zero_maps[3];   /* extents mapped from the zero page */
+	int64_t ram_maps[3];    /* extents mapped from the port's ordinary memory */
 	int64_t protects[3];    /* write permission changed in place */
 	int64_t unmaps[3];      /* extents returned to PROT_NONE */
 	int64_t flushes;
@@ -60,8 +61,13 @@ struct dax_host_mirror {
 	int32_t zero_fd;         /* a file of zeroes: the shared zero page */
 	uint64_t zero_size;      /* its size (a PMD) */
 	uint32_t nr_range;
-	uint32_t _pad;
+	int32_t ram_fd;          /* the port's page allocator memfd (-1: none) */
 	struct dax_host_range ranges[DAX_WIN_MAX_RANGES];
+	/* The port's ordinary memory [ram_phys_start, ram_phys_end) lives at
+	 * offset 0 of ram_fd; the huge zero folio's pfns map the zero file. */
+	uint64_t ram_phys_start;
+	uint64_t ram_phys_end;
+	uint64_t huge_zero_phys;     /* 0: none */
 	struct dax_mirror_stats stats;
 	/* Set by a failed host call, read by the fault handler after the port
 	 * returns (so a fault whose mirror failed is reported, not retried). */
