@@ -11,7 +11,9 @@ public enum THPMode: Sendable, Equatable {
 
 extension Kernel {
     /// transparent_hugepage/enabled: which anonymous VMAs may fault a PMD
-    /// THP (madvise by default: those with MADV_HUGEPAGE).
+    /// THP. `.always` by default, as CONFIG_TRANSPARENT_HUGEPAGE_ALWAYS
+    /// (Kconfig's default, and Debian's kernels') sets it: every anon VMA
+    /// without MADV_NOHUGEPAGE, where a whole aligned PMD fits.
     public var transparentHugepage: THPMode {
         get {
             switch ref.pointee.thp_enabled {

@@ -376,7 +376,7 @@ extension Kernel {
         prepCompoundPage(hz, order: pmdOrder)
         Folio(hz.raw).setCount(1)   // the huge zero folio's permanent reference
         k.pointee.huge_zero_pfn = hugeZeroPfn
-        k.pointee.thp_enabled = DAX_THP_MADVISE.rawValue
+        k.pointee.thp_enabled = DAX_THP_ALWAYS.rawValue   // Kconfig's default, and Debian's
         k.pointee.thp_use_zero_page = 1
         registry.addSystemRAM(0...(ramStartPfn << UInt64(pageShift)) - 1)
         guard pages > 0 else { return }

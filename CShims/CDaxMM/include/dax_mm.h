@@ -467,8 +467,8 @@ struct dax_kernel {
 };
 
 enum dax_thp_enabled {
-	DAX_THP_MADVISE = 0,   /* the default: VMAs with VM_HUGEPAGE */
-	DAX_THP_ALWAYS = 1,    /* every anon VMA without VM_NOHUGEPAGE */
+	DAX_THP_MADVISE = 0,   /* VMAs with VM_HUGEPAGE */
+	DAX_THP_ALWAYS = 1,    /* every anon VMA without VM_NOHUGEPAGE (the default) */
 	DAX_THP_NEVER = 2,
 };
 
