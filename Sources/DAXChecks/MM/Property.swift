@@ -219,7 +219,11 @@ func mmPropertyScenario(_ t: TestContext, run: PropertyRun, rules: KernelRules =
                 regions[r].writable = true
                 regions[r].holes = []
             } catch { unexpected("\(error)") }
-            if let p = check() { fail(step, what, p); break stepping }
+            if run.leakAtStep == step {
+                pfnToPage(k, dev2m.ranges[0].range.startPfn).folio.refInc()
+                what += " (and a reference nobody accounts for)"
+            }
+            if let p = problem ?? check() { fail(step, what, p); break stepping }
             continue
         }
         let region = regions[r]
@@ -270,6 +274,10 @@ func mmPropertyScenario(_ t: TestContext, run: PropertyRun, rules: KernelRules =
                 handled = false
             }
             if handled {
+                if run.leakAtStep == step {
+                    pfnToPage(k, dev2m.ranges[0].range.startPfn).folio.refInc()
+                    what += " (and a reference nobody accounts for)"
+                }
                 if run.trace { t.log("step \(step): \(what)") }
                 if let p = problem ?? check() {
                     fail(step, what, p)
