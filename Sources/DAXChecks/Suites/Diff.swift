@@ -45,5 +45,17 @@ enum DiffSuite {
                   "O_DIRECT read into and write from a device-dax window: the kernel's transfer succeeds, the port's FOLL_PIN counters are try_grab_folio's") { t in
             try DiffPins.odirect(t)
         },
+        CheckTest("diff-anon-zero-page", suite: .diff, gates: [.root], anchor: "new",
+                  "a read fault of a private anonymous page maps the zero page on both sides (kpageflags ZERO_PAGE / the port's special PTE of the zero pfn, no Rss); a write maps an anon page mapped once (pagemap bit 56, kpagecount 1 / do_anonymous_page's mapcount 1)") { t in
+            try DiffAnon.zeroPage(t)
+        },
+        CheckTest("diff-anon-thp", suite: .diff, gates: [.root], anchor: "new",
+                  "with MADV_HUGEPAGE and the kernel's transparent_hugepage settings: a write maps a PMD THP on both sides (AnonHugePages 2048 kB / do_huge_pmd_anonymous_page), a read the huge zero folio when use_zero_page is 1; SKIP when THP is off or no order-9 page was free") { t in
+            try DiffAnon.thp(t)
+        },
+        CheckTest("diff-anon-thp-split", suite: .diff, gates: [.root], anchor: "new",
+                  "munmap of one 4K page of a THP: 511 pages stay mapped with their pfns, the THP is PTE-mapped (AnonHugePages 0 / __split_huge_pmd_locked), every remaining page exclusively mapped on both sides") { t in
+            try DiffAnon.thpSplit(t)
+        },
     ]
 }

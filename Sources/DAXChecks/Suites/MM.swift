@@ -71,6 +71,34 @@ enum MMSuite {
                   "munmap of a partially populated range (do_vmi_munmap): only the faulted pages inside it lose their reference and rss, the VMA splits with the right pgoff; off the device alignment it is -EINVAL with nothing changed") { t in
             try munmapPartialScenario(t)
         },
+        CheckTest("mm-anon-fault", suite: .mm, anchor: "new", timeout: 60,
+                  "do_anonymous_page: a read maps the zero page (special, read-only, no rss, nothing allocated); a write maps a new exclusive folio (refcount 1, mapcount 1, PageAnonExclusive, MM_ANONPAGES and NR_ANON_MAPPED +1, one page from the allocator); MADV_DONTNEED and munmap free it to the allocator") { t in
+            try anonFaultScenario(t)
+        },
+        CheckTest("mm-anon-thp", suite: .mm, anchor: "new", timeout: 60,
+                  "do_huge_pmd_anonymous_page with MADV_HUGEPAGE: the huge zero folio on a read, a PMD THP on a write (NR_ANON_THPS +512, head PageAnonExclusive); enabled=never or no advice maps PTEs; a 4K munmap splits the PMD (__split_huge_pmd_locked: AnonExclusive on every page, 511 mappings, deferred split flag)") { t in
+            try anonThpScenario(t)
+        },
+        CheckTest("mm-page-alloc", suite: .mm, anchor: "new", timeout: 60,
+                  "the buddy allocator (expand's split, __free_one_page's merge, aligned order-9 folios); an exhausted zone makes an anon write fault VM_FAULT_OOM with nothing mapped; a THP fault with no order-9 block falls back to a PTE") { t in
+            try pageAllocScenario(t)
+        },
+        CheckTest("mm-folio-lock", suite: .mm, anchor: "new", timeout: 60,
+                  "folio_lock: a second locker sleeps until folio_unlock wakes it, folio_trylock fails while held, a bounded lock times out, folio_wait_locked waits without locking, folio_unlock of a free lock is VM_BUG_ON_FOLIO") { t in
+            try folioLockScenario(t)
+        },
+        CheckTest("mm-nonpresent-entries", suite: .mm, anchor: "new", timeout: 60,
+                  "device-exclusive, migration and device-private entries through zap_nonpresent_ptes, change_pte_range, move_ptes, GUP and the CPU fault: which drop the reference, mapcount and MM_ANONPAGES, which are rewritten read-only, soft-dirty on a move, migration_entry_wait") { t in
+            try nonpresentEntriesScenario(t)
+        },
+        CheckTest("mm-mmu-notifier", suite: .mm, anchor: "new", timeout: 60,
+                  "a subscribed recorder hears exactly the kernel's ranges: munmap UNMAP, MADV_DONTNEED CLEAR, mprotect PROTECTION_VMA, mremap UNMAP, __split_huge_pmd CLEAR, make_device_exclusive EXCLUSIVE with the owner (filtered by that owner), the restore CLEAR without one, exit_mmap ->release then UNMAP") { t in
+            try mmuNotifierScenario(t)
+        },
+        CheckTest("mm-device-exclusive", suite: .mm, anchor: "new (seed: make_device_exclusive / page_make_device_exclusive_one discussion); selftest: hmm-tests (exclusive_*)", timeout: 60,
+                  "make_device_exclusive on a THP: FOLL_SPLIT_PMD PTE-maps it first, the entry carries the subpage's pfn and soft-dirty, a tail page never reaches rmap_walk, reference/mapcount/rss/PageAnonExclusive kept, the CPU fault restores after MMU_NOTIFY_CLEAR (read-only after mprotect), zap drops the reference, non-anon -EOPNOTSUPP") { t in
+            try deviceExclusiveScenario(t)
+        },
         CheckTest("mm-property", suite: .mm, anchor: "new", timeout: PropertyRun.timeout,
                   "seeded random sequences of faults, pins, unpins, zaps, mprotect, munmap, truncate, break_layout and hole punch over device-dax and fs-dax, with the port's invariants after every step (DAXMM_PROPERTY_STEPS steps, DAXMM_PROPERTY_SEED; a failure names seed and step)") { t in
             try mmPropertyScenario(t, run: PropertyRun(variables: t.environment.variables))
