@@ -293,7 +293,7 @@ func anonFaultScenario(_ t: TestContext) throws {
 /// split), and a full munmap frees the 512 pages.
 func anonThpScenario(_ t: TestContext) throws {
     let m = try t.must("a port kernel with ordinary memory") { try AnonMachine() }
-    t.expectEqual(m.kernel.transparentHugepage, .madvise, "transparent_hugepage/enabled default")
+    t.expectEqual(m.kernel.transparentHugepage, .always, "transparent_hugepage/enabled default (CONFIG_TRANSPARENT_HUGEPAGE_ALWAYS, Kconfig's and Debian's)")
     t.expect(m.kernel.thpUseZeroPage, "transparent_hugepage/use_zero_page default 1")
     let len = UInt64(4 * pmdSize)
     let a = try t.must("mmap 8 MiB private anonymous, MADV_HUGEPAGE") { try m.map(len, hugepage: true) }
