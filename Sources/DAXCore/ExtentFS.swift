@@ -304,7 +304,7 @@ public final class DaxFile: @unchecked Sendable {
     public func truncateWithoutBreakingLayouts(to bytes: UInt64) {
         let newPages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
         inode.pointee.sizePages = newPages
-        unmapMappingPages(mapping, newPages, maxPages - newPages)
+        unmapMappingPages(mapping, newPages, maxPages - newPages, evenCows: true)   // truncate_pagecache
         truncatePagecache(from: newPages)
         freeBlocks(from: newPages, to: maxPages)
     }
