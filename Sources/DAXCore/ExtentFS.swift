@@ -277,6 +277,9 @@ public final class DaxFile: @unchecked Sendable {
         defer { dax_up_write(&mapping.pointee.invalidateLock) }
         try breakLayoutLocked(start: newPages, end: maxPages - 1, timeoutNanos: timeoutNanos)
         inode.pointee.sizePages = newPages
+        // truncate_pagecache: unmap_mapping_range with even_cows, so the
+        // private COW copies of pages past the new end go too.
+        unmapMappingPages(mapping, newPages, 0, evenCows: true)
         truncatePagecache(from: newPages)
         freeBlocks(from: newPages, to: maxPages)
     }

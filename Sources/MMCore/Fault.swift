@@ -527,7 +527,8 @@ func wpPageCopy(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     if !pfnIsZero {
         // __wp_page_copy_user: the old page's bytes (a pfn without a page,
         // or with no bytes in the port, leaves the new page cleared).
-        let copied = oldPage.map { copyUserHighpage(k, dst: newFolio.head, src: $0) } ?? false
+        var copied = false
+        if let oldPage { copied = copyUserHighpage(k, dst: newFolio.head, src: oldPage) }
         if !copied { clearUserHighpage(k, newFolio.head) }
     }
     let slot = vmfSlot(vmf)

@@ -231,7 +231,7 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
             while a < end && n < mmuGatherBatch {
                 let pte = entryTable(pmde) + pteIndex(a)
                 let cur = dax_load_u64(pte)
-                if entryNone(cur) || !evenCows && !zapKeepsNothing(k, vma, cur) {
+                if entryNone(cur) || !evenCows && !shouldZapEntry(k, vma, cur) {
                     a += UInt64(pageSize)
                     continue
                 }
@@ -276,7 +276,7 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
 /// device-private, device-exclusive or migration entry, and hwpoison
 /// entries are not).
 @inline(__always)
-func zapKeepsNothing(_ k: KernelRef, _ vma: VMARef, _ e: PTEntry) -> Bool {
+func shouldZapEntry(_ k: KernelRef, _ vma: VMARef, _ e: PTEntry) -> Bool {
     if entryPresent(e) {
         guard let page = vmNormalPage(k, vma, e) else { return true }
         return shouldZapFolio(false, page.folio)

@@ -138,6 +138,22 @@ struct FSDaxCowTests {
         #expect(rig.kernel.drainReports().isEmpty)
     }
 
+    @Test("truncate_pagecache unmaps with even_cows: a truncate drops the private COW copies past the new end (MM_ANONPAGES back to 0, the page freed) and keeps those before it")
+    func truncateDropsCows() throws {
+        let rig = try FSRig()
+        let f = try rig.fs.create(name: "t", maxSize: 4 << 20)
+        try f.allocate(pgoff: 0, pages: 16)
+        let addr = try rig.mm.mmap(f.mmapRequest(length: 64 << 10, shared: false))
+        #expect(rig.mm.handleFault(addr, write: true) & DAX_VM_FAULT_ERROR == 0)
+        #expect(rig.mm.handleFault(addr + 8 * 4096, write: true) & DAX_VM_FAULT_ERROR == 0)
+        #expect(rig.mm.rssAnonPages == 2 && rig.kernel.ramStats!.allocatedPages == 2)
+        try f.truncate(to: 4 * 4096)
+        #expect(Self.pte(rig.mm, addr + 8 * 4096) == 0 && entryPresent(Self.pte(rig.mm, addr)))
+        #expect(rig.mm.rssAnonPages == 1 && rig.kernel.ramStats!.allocatedPages == 1)
+        #expect(rig.mm.handleFault(addr + 8 * 4096, write: false) == DAX_VM_FAULT_SIGBUS, "past the end")
+        #expect(rig.kernel.drainReports().isEmpty)
+    }
+
     @Test("fork of a private fs-dax mapping with a COW copy: the anon page is shared read-only (refcount 2), the file page gets a reference and a mapcount (MM_FILEPAGES 1 in the child); a child write copies again")
     func forkPrivateFsdax() throws {
         let rig = try FSRig()

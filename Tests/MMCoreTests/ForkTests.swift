@@ -123,6 +123,25 @@ struct ForkTests {
         #expect(k.drainReports().isEmpty)
     }
 
+    @Test("copy_huge_pmd: the huge zero PMD is copied as it is (read-only, no rss, no reference); a child write splits it and copies one zeroed page")
+    func forkHugeZero() throws {
+        let k = try makeKernel()
+        let (mm, a) = try AnonFaultTests.anonMM(k, length: 4 * MiB, hugepage: true)
+        #expect(mm.handleFault(a, write: false) == 0)
+        #expect(mm.handleFault(a + UInt64(pmdSize), write: true) == 0)
+        let hz = AnonFaultTests.pmd(mm, a)
+        #expect(isHugeZeroPfn(k.ref, entryPfn(hz)))
+        let c = try mm.fork()
+        let cz = AnonFaultTests.pmd(c, a)
+        #expect(entryLeaf(cz) && entryPfn(cz) == entryPfn(hz) && !entryWrite(cz))
+        #expect(c.rssAnonPages == Int64(hpagePmdNr))
+        let alloc0 = k.ramStats!.allocatedPages
+        #expect(c.handleFault(a + 4096, write: true) == 0)
+        #expect(!entryLeaf(AnonFaultTests.pmd(c, a)) && entryLeaf(AnonFaultTests.pmd(mm, a)))
+        #expect(c.rssAnonPages == Int64(hpagePmdNr) + 1 && k.ramStats!.allocatedPages == alloc0 + 1)
+        #expect(k.drainReports().isEmpty)
+    }
+
     @Test("do_huge_pmd_wp_page after fork: once the child is gone the parent's write reuses the THP PMD in place (refcount 1: folio_move_anon_rmap, head PageAnonExclusive), nothing allocated")
     func forkThpReuseWhole() throws {
         let k = try makeKernel()
