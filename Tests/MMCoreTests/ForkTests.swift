@@ -6,6 +6,8 @@ import Testing
 @testable import MMCore
 import CDaxMM
 import DAXBase
+import MMTestChecks
+import MMTestSupport
 
 @Suite("fork: dup_mmap and copy_page_range")
 struct ForkTests {
@@ -140,6 +142,31 @@ struct ForkTests {
         #expect(!entryLeaf(AnonFaultTests.pmd(c, a)) && entryLeaf(AnonFaultTests.pmd(mm, a)))
         #expect(c.rssAnonPages == Int64(hpagePmdNr) + 1 && k.ramStats!.allocatedPages == alloc0 + 1)
         #expect(k.drainReports().isEmpty)
+    }
+
+    @Test("vma_needs_copy with VM_MIXEDMAP: a shared device-dax PTE is copied at fork (file folio +1 reference, +1 mapcount, MM_FILEPAGES 1 in the child, the child's entry clean, the parent's still writable), a DAX PMD is not (it refaults); the invariants hold over both mms")
+    func forkMixedmapFile() throws {
+        let (rig, a) = try vmaFixture(order: pmdOrder, bytes: 4 << 20, length: 4 << 20, extraFlags: DAX_VM_MIXEDMAP)
+        #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
+        let pmdFolio = rig.folio(pgoff: 0)
+        #expect(pmdFolio.entireMapcount == 1)
+        // A PTE mapping in the second PMD (a 4K insert).
+        let b = a + UInt64(pmdSize)
+        let f = rig.folio(pgoff: UInt64(hpagePmdNr) + 3)
+        VMAKit.write(rig.mm) {
+            let vma = rig.mm.findVMA(b)!
+            #expect(VMAKit.withVMF(vma, b + 3 * 4096) { vmfInsertPageMkwrite($0, f.head, write: true) } == DAX_VM_FAULT_NOPAGE)
+        }
+        let ref0 = f.refCount, map0 = f.mapcount, pref0 = pmdFolio.refCount
+        let c = try rig.mm.fork()
+        let ce = AnonFaultTests.pte(c, b + 3 * 4096), pe = AnonFaultTests.pte(rig.mm, b + 3 * 4096)
+        #expect(entryPfn(ce) == pageToPfn(rig.kernel.ref, f.head) && !entryDirty(ce) && entryWrite(ce))
+        #expect(entryWrite(pe), "a shared mapping is not write-protected")
+        #expect(f.refCount == ref0 + 1 && f.mapcount == map0 + 1 && c.rssFilePages == 1)
+        #expect(AnonFaultTests.pmd(c, a) == 0 && pmdFolio.refCount == pref0, "the DAX PMD refaults in the child")
+        expectInvariants(rig.kernel, mms: [rig.mm, c], pgmaps: rig.pgmaps)
+        try c.munmap(b, UInt64(pmdSize))
+        #expect(f.refCount == ref0 && f.mapcount == map0)
     }
 
     @Test("do_huge_pmd_wp_page after fork: once the child is gone the parent's write reuses the THP PMD in place (refcount 1: folio_move_anon_rmap, head PageAnonExclusive), nothing allocated")
