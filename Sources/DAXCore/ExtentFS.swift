@@ -277,6 +277,9 @@ public final class DaxFile: @unchecked Sendable {
         defer { dax_up_write(&mapping.pointee.invalidateLock) }
         try breakLayoutLocked(start: newPages, end: maxPages - 1, timeoutNanos: timeoutNanos)
         inode.pointee.sizePages = newPages
+        // truncate_pagecache: unmap_mapping_range with even_cows, so the
+        // private COW copies of pages past the new end go too.
+        unmapMappingPages(mapping, newPages, 0, evenCows: true)
         truncatePagecache(from: newPages)
         freeBlocks(from: newPages, to: maxPages)
     }
@@ -304,7 +307,7 @@ public final class DaxFile: @unchecked Sendable {
     public func truncateWithoutBreakingLayouts(to bytes: UInt64) {
         let newPages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
         inode.pointee.sizePages = newPages
-        unmapMappingPages(mapping, newPages, maxPages - newPages)
+        unmapMappingPages(mapping, newPages, maxPages - newPages, evenCows: true)   // truncate_pagecache
         truncatePagecache(from: newPages)
         freeBlocks(from: newPages, to: maxPages)
     }

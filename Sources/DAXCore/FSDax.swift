@@ -265,10 +265,11 @@ public func daxBusyPage(_ k: KernelRef, _ e: UInt64) -> Page? {
 }
 
 /// unmap_mapping_pages on the file's address_space: zap every user mapping
-/// of file pages [start, start+nr) in every VMA of the file's i_mmap.
+/// of file pages [start, start+nr) in every VMA of the file's i_mmap. fs/dax
+/// passes even_cows false: private COW copies stay mapped.
 @inline(__always)
-package func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64) {
-    MMCore.unmapMappingPages(m.pointee.file!, start, nr)
+package func unmapMappingPages(_ m: DaxMappingRef, _ start: UInt64, _ nr: UInt64, evenCows: Bool = false) {
+    MMCore.unmapMappingPages(m.pointee.file!, start, nr, evenCows: evenCows)
 }
 
 /// dax_layout_busy_page_range: unmap the range, then return the first busy

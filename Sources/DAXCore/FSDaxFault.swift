@@ -171,6 +171,9 @@ func daxFaultIter(_ inode: DaxInodeRef, _ vmf: VMFaultRef, _ iomap: DaxIomap, _ 
     let k = m.pointee.kernel
     let vma = vmf.pointee.vma!
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
+    if !pmd, let cow = vmf.pointee.cow_page {
+        return daxFaultCowPage(inode, vmf, iomap, Page(cow))
+    }
     if !write && (iomap.kind == .hole || iomap.kind == .unwritten) {
         if pmd { return DAX_VM_FAULT_FALLBACK }   // no huge zero folio in the port
         // dax_load_hole: the zero entry and the shared zero page.
@@ -195,6 +198,27 @@ func daxFaultIter(_ inode: DaxInodeRef, _ vmf: VMFaultRef, _ iomap: DaxIomap, _ 
     return insertWithTemporaryRef(vmf, k, pfn: mapPfn, pmd: pmd, write: write)
 }
 
+/// dax_fault_cow_page: a write fault on a private mapping (do_cow_fault
+/// handed over vmf->cow_page): the file block's bytes are copied into the
+/// cow page (copy_cow_page_dax, through the direct map of the pmem pfn; a
+/// device the port has no bytes for leaves it cleared), a hole or an
+/// unwritten extent clears it; finish_fault maps it as an exclusive anon
+/// page. No DAX entry is inserted: the file is not written. Returns
+/// VM_FAULT_DONE_COW once mapped, else finish_fault's answer.
+@inline(__always)
+func daxFaultCowPage(_ inode: DaxInodeRef, _ vmf: VMFaultRef, _ iomap: DaxIomap, _ cow: Page) -> UInt32 {
+    let k = inode.pointee.mapping.pointee.kernel
+    switch iomap.kind {
+    case .hole, .unwritten:
+        clearUserHighpage(k, cow)
+    case .mapped:
+        let pfn = inode.pointee.basePfn + iomap.block
+        if !copyUserHighpage(k, dst: cow, src: pfnToPage(k, pfn)) { clearUserHighpage(k, cow) }
+    }
+    let ret = finishFault(vmf)
+    return ret == 0 ? DAX_VM_FAULT_DONE_COW : ret
+}
+
 /// dax_iomap_pte_fault
 @inline(__always)
 public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
@@ -203,15 +227,14 @@ public func daxIomapPteFault(_ vmf: VMFaultRef) -> UInt32 {
     let m = inode.pointee.mapping
     let index = vmf.pointee.pgoff
     if index >= inode.pointee.sizePages { return DAX_VM_FAULT_SIGBUS }
-    if vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0 && vma.pointee.vm_flags & DAX_VM_SHARED == 0 {
-        return DAX_VM_FAULT_SIGBUS   // the COW copy path makes anonymous pages: outside the port
-    }
     let (entry, slotOpt, code) = grabMappingEntry(m, index, order: 0)
     if code != 0 { return code }
     let slot = slotOpt!
     defer { unlockSlot(m, slot) }
     if let pmd = vmf.pointee.pmd, entryLeaf(dax_load_u64(pmd)) { return DAX_VM_FAULT_NOPAGE }
-    let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
+    // IOMAP_WRITE only for a write that goes to the file: a private
+    // write fault (vmf->cow_page) reads the block and copies it.
+    let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0 && vmf.pointee.cow_page == nil
     var iomap = callIomapBegin(inode, index, 1, write)
     if iomap.error != 0 { return daxFaultReturn(iomap.error) }
     if iomap.kind == .mapped && iomap.pages < 1 { return daxFaultReturn(-EIO) }   // the kernel WARNs: fs corruption

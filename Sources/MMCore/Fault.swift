@@ -35,8 +35,13 @@ public func handleMMFault(_ mm: MMRef, _ address: UInt64, _ flags: UInt32,
     guard let vma = vmaLookup(mm, address) else { return DAX_VM_FAULT_SIGSEGV }
     let write = flags & DAX_FAULT_FLAG_WRITE != 0
     let vmFlags = vma.pointee.vm_flags
-    // access_error
-    if write ? vmFlags & DAX_VM_WRITE == 0 : vmFlags & (DAX_VM_READ | DAX_VM_WRITE | DAX_VM_EXEC) == 0 {
+    if flags & DAX_FAULT_FLAG_REMOTE == 0 {
+        // access_error (the arch fault handler's; GUP's faultin_page calls
+        // handle_mm_fault directly, after check_vma_flags decided)
+        if write ? vmFlags & DAX_VM_WRITE == 0 : vmFlags & (DAX_VM_READ | DAX_VM_WRITE | DAX_VM_EXEC) == 0 {
+            return DAX_VM_FAULT_SIGSEGV
+        }
+    } else if !sanitizeFaultFlags(vma, flags) {
         return DAX_VM_FAULT_SIGSEGV
     }
     var vmf = dax_vm_fault()
@@ -47,6 +52,25 @@ public func handleMMFault(_ mm: MMRef, _ address: UInt64, _ flags: UInt32,
     vmf.flags = flags
     vmf.slot = slot &+ 1   // in [1, DAX_NR_SLOTS + 1]
     return withUnsafeMutablePointer(to: &vmf) { handleMMFaultVmf(mm, $0) }
+}
+
+/// sanitize_fault_flags: FAULT_FLAG_UNSHARE only without FAULT_FLAG_WRITE
+/// and only in a COW mapping; a write only where VM_MAYWRITE.
+@inline(__always)
+func sanitizeFaultFlags(_ vma: VMARef, _ flags: UInt32) -> Bool {
+    let f = vma.pointee.vm_flags
+    if flags & DAX_FAULT_FLAG_UNSHARE != 0 {
+        if flags & DAX_FAULT_FLAG_WRITE != 0 { return false }
+        if !isCowMapping(f) { return false }
+    }
+    if flags & DAX_FAULT_FLAG_WRITE != 0 && f & DAX_VM_MAYWRITE == 0 { return false }
+    return true
+}
+
+/// is_cow_mapping: private and may become writable.
+@inline(__always)
+public func isCowMapping(_ vmFlags: UInt64) -> Bool {
+    vmFlags & (DAX_VM_SHARED | DAX_VM_MAYWRITE) == DAX_VM_MAYWRITE
 }
 
 /// __handle_mm_fault
@@ -153,6 +177,7 @@ func handlePteFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
         return doSwapPage(mm, vmf)
     }
     let write = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0
+    let unshare = vmf.pointee.flags & DAX_FAULT_FLAG_UNSHARE != 0
     let ptl = pteLockptr(k, dax_load_u64(pmd))
     dax_spin_lock(ptl)
     let cur = dax_load_u64(pte)
@@ -160,7 +185,7 @@ func handlePteFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
         dax_spin_unlock(ptl)
         return 0   // changed under us: the access is retried
     }
-    if write && !entryWrite(cur) {
+    if (write || unshare) && !entryWrite(cur) {
         return doWpPage(mm, vmf, ptl)   // drops ptl
     }
     ptepSetAccessFlags(vmf.pointee.vma, addr, pte, write ? entryMkdirty(entryMkyoung(cur)) : entryMkyoung(cur))
@@ -210,16 +235,17 @@ func doAnonymousPage(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     return 0
 }
 
-/// do_fault: do_read_fault / do_shared_fault through ->fault. A DAX handler
+/// do_fault: do_read_fault / do_shared_fault through ->fault, and
+/// do_cow_fault for a write to a private file mapping. A DAX handler
 /// installs the entry itself and returns VM_FAULT_NOPAGE; a handler that
 /// returns a referenced page in vmf->page gets it mapped by finish_fault.
 @inline(__always)
 func doFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     let vma = vmf.pointee.vma!
     guard let ops = vma.pointee.vm_ops, let fault = ops.pointee.fault else { return DAX_VM_FAULT_SIGBUS }
+    vmf.pointee.cow_page = nil
     if vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0 && vma.pointee.vm_flags & DAX_VM_SHARED == 0 {
-        // do_cow_fault would copy into an anonymous page: outside the port.
-        return DAX_VM_FAULT_SIGBUS
+        return doCowFault(mm, vmf, fault)
     }
     vmf.pointee.page = nil
     var ret = fault(vmf)
@@ -236,43 +262,135 @@ func doFault(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     return ret
 }
 
+/// do_cow_fault: a write fault on a none PTE of a private file mapping. The
+/// VMA's anon_vma is published (vmf_anon_prepare), a new order-0 folio is
+/// vmf->cow_page, ->fault runs: a handler that filled and mapped the copy
+/// itself (fs-dax: dax_fault_cow_page) returns VM_FAULT_DONE_COW; one that
+/// returned the file page in vmf->page has it copied here and the copy
+/// mapped by finish_fault (anon, exclusive, MM_ANONPAGES), then the file
+/// page's reference put. No memory: VM_FAULT_OOM.
+@inline(__always)
+func doCowFault(_ mm: MMRef, _ vmf: VMFaultRef,
+                _ fault: @convention(c) (VMFaultRef?) -> UInt32) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let k = mm.pointee.kernel!
+    guard anonVMAPrepare(vma) != nil else { return DAX_VM_FAULT_OOM }
+    guard let folio = folioAlloc(k, order: 0, zero: false) else { return DAX_VM_FAULT_OOM }
+    vmf.pointee.cow_page = folio.raw
+    vmf.pointee.page = nil
+    var ret = fault(vmf)
+    if ret & (DAX_VM_FAULT_ERROR | DAX_VM_FAULT_NOPAGE | DAX_VM_FAULT_RETRY) != 0 {
+        folioPut(k, folio)
+        return ret
+    }
+    if ret & DAX_VM_FAULT_DONE_COW != 0 { return ret }
+    guard let raw = vmf.pointee.page else {
+        folioPut(k, folio)
+        return DAX_VM_FAULT_SIGBUS
+    }
+    let src = Page(raw)
+    if !copyUserHighpage(k, dst: folio.head, src: src) { clearUserHighpage(k, folio.head) }
+    ret |= finishFaultLocked(mm, vmf, folio.head, cow: true)
+    folioPut(k, src.folio)   // unlock_page + put_page of the file page
+    if ret & (DAX_VM_FAULT_ERROR | DAX_VM_FAULT_NOPAGE | DAX_VM_FAULT_RETRY) != 0 { folioPut(k, folio) }
+    return ret
+}
+
 /// finish_fault: map the page the handler returned with a reference.
 @inline(__always)
 func finishFault(_ mm: MMRef, _ vmf: VMFaultRef, _ page: Page) -> UInt32 {
+    let ret = finishFaultLocked(mm, vmf, page, cow: false)
+    if ret == DAX_VM_FAULT_NOPAGE {
+        folioPut(mm.pointee.kernel, page.folio)   // raced: someone mapped it
+    }
+    return ret
+}
+
+/// finish_fault for a handler that fills vmf->cow_page itself (fs/dax.c's
+/// dax_fault_cow_page): maps the cow page of a write fault on a private
+/// mapping as an exclusive anon page. 0 when mapped; VM_FAULT_NOPAGE when
+/// the PTE was filled meanwhile (the caller's do_cow_fault puts the page).
+@inline(__always)
+public func finishFault(_ vmf: VMFaultRef) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let mm = vma.pointee.vm_mm!
+    let cow = vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0 && vma.pointee.vm_flags & DAX_VM_SHARED == 0
+    guard let raw = cow ? vmf.pointee.cow_page : vmf.pointee.page else { return DAX_VM_FAULT_SIGBUS }
+    guard vmf.pointee.pte != nil || pteForVmf(mm, vmf) else { return DAX_VM_FAULT_OOM }
+    return finishFaultLocked(mm, vmf, Page(raw), cow: cow)
+}
+
+/// The PTE slot of a vmf a handler got without the fault walk (pte_alloc).
+@inline(__always)
+func pteForVmf(_ mm: MMRef, _ vmf: VMFaultRef) -> Bool {
+    let addr = vmf.pointee.address
+    guard let pud = pudAlloc(mm, addr), let pmd = pmdAlloc(mm, pud, addr),
+          let pte = pteAlloc(mm, pmd, addr) else { return false }
+    vmf.pointee.pmd = pmd
+    vmf.pointee.pte = pte
+    return true
+}
+
+/// finish_fault / set_pte_range for one page: a file page gets the file
+/// rmap and MM_FILEPAGES; the cow page of a private write fault
+/// (`cow`) folio_add_new_anon_rmap with RMAP_EXCLUSIVE and MM_ANONPAGES.
+/// A PTE filled meanwhile: VM_FAULT_NOPAGE, nothing taken (the caller puts).
+@inline(__always)
+func finishFaultLocked(_ mm: MMRef, _ vmf: VMFaultRef, _ page: Page, cow: Bool) -> UInt32 {
     let vma = vmf.pointee.vma!
     let k = mm.pointee.kernel!
     guard let pmd = vmf.pointee.pmd, let pte = vmf.pointee.pte else { return DAX_VM_FAULT_OOM }
+    let slot = vmfSlot(vmf)
     let ptl = pteLockptr(k, dax_load_u64(pmd))
     dax_spin_lock(ptl)
     if !entryNone(dax_load_u64(pte)) {
         dax_spin_unlock(ptl)
-        folioPut(k, page.folio)   // raced: someone mapped it
         return DAX_VM_FAULT_NOPAGE
     }
     var e = pfnEntry(pageToPfn(k, page), vma.pointee.vm_page_prot) | PT.accessed
     if vmf.pointee.flags & DAX_FAULT_FLAG_WRITE != 0 {
         e = maybeMkwrite(entryMkdirty(e), vma)
     }
-    folioAddFileRmapPte(k, page.folio, page)
-    addMMCounter(mm, DAX_MM_FILEPAGES, 1)
+    if cow {
+        folioAddNewAnonRmap(k, page.folio, vma, vmf.pointee.address, .exclusive, slot: slot)
+        addMMCounter(mm, DAX_MM_ANONPAGES, 1, slot: slot)
+    } else {
+        folioAddFileRmapPte(k, page.folio, page, slot: slot)
+        addMMCounter(mm, DAX_MM_FILEPAGES, 1, slot: slot)
+    }
     setPteAt(mm, vmf.pointee.address, pte, e)   // the handler's reference now belongs to the PTE
     dax_spin_unlock(ptl)
     return 0
 }
 
-/// do_wp_page for shared mappings (called with the PTE lock held; drops it).
-/// FS DAX pages and special entries go through wp_pfn_shared (->pfn_mkwrite),
-/// other pages through wp_page_shared (->page_mkwrite).
+/// do_wp_page (called with the PTE lock held; drops it). Shared mappings:
+/// FS DAX pages and special entries go through wp_pfn_shared
+/// (->pfn_mkwrite), other pages through wp_page_shared (->page_mkwrite).
+/// Private mappings: an anon page that is PageAnonExclusive, or that
+/// wp_can_reuse_anon_folio finds is only ours, is reused in place
+/// (wp_page_reuse; an unshare fault just marks it exclusive); anything else
+/// (the zero page, a file page, a shared anon page) is copied by
+/// wp_page_copy.
 @inline(__always)
 func doWpPage(_ mm: MMRef, _ vmf: VMFaultRef, _ ptl: UnsafeMutablePointer<UInt32>) -> UInt32 {
     let vma = vmf.pointee.vma!
     let k = mm.pointee.kernel!
+    let unshare = vmf.pointee.flags & DAX_FAULT_FLAG_UNSHARE != 0
     let entry = dax_load_u64(vmf.pointee.pte)
     let page = vmNormalPage(k, vma, entry)
     vmf.pointee.page = page?.raw
     guard vma.pointee.vm_flags & (DAX_VM_SHARED | DAX_VM_MAYSHARE) != 0 else {
+        // Private mapping: reuse an exclusive anon page, else copy.
+        if let page, page.folio.isAnon,
+           page.isAnonExclusive || wpCanReuseAnonFolio(mm, page.folio, vma) {
+            if !page.isAnonExclusive { page.set(DAX_PG_anon_exclusive) }
+            if !unshare { wpPageReuse(vmf) }
+            dax_spin_unlock(ptl)
+            return 0
+        }
+        if let page { page.folio.refInc() }   // folio_get: held across the copy
         dax_spin_unlock(ptl)
-        return DAX_VM_FAULT_SIGBUS   // COW into anonymous memory: outside the port
+        return wpPageCopy(mm, vmf)
     }
     let ops = vma.pointee.vm_ops
     if page == nil || page!.folio.isFsdax {
@@ -297,6 +415,157 @@ func doWpPage(_ mm: MMRef, _ vmf: VMFaultRef, _ ptl: UnsafeMutablePointer<UInt32
     }
     wpPageReuse(vmf)
     dax_spin_unlock(ptl)
+    return 0
+}
+
+/// wp_can_reuse_anon_folio: whether a private write may keep an anon folio
+/// that is not PageAnonExclusive (PTE lock held). A small folio: its only
+/// reference is our mapping's (refcount 1, checked again under the folio
+/// lock taken with trylock), then folio_move_anon_rmap to this VMA's
+/// anon_vma. A large PTE-mapped folio: __wp_can_reuse_large_anon_folio.
+@inline(__always)
+func wpCanReuseAnonFolio(_ mm: MMRef, _ folio: Folio, _ vma: VMARef) -> Bool {
+    if folio.isLarge { return wpCanReuseLargeAnonFolio(mm, folio, vma) }
+    if folio.refCount > 3 { return false }
+    if folio.refCount > 1 { return false }   // no swapcache in the port
+    guard folioTrylock(folio) else { return false }
+    guard folio.refCount == 1 else {
+        folioUnlock(mm.pointee.kernel, folio)
+        return false
+    }
+    folioMoveAnonRmap(folio, vma)
+    folioUnlock(mm.pointee.kernel, folio)
+    return true
+}
+
+/// __wp_can_reuse_large_anon_folio: a large anon folio mapped by PTEs is
+/// ours alone when every reference is a mapping (folio_large_mapcount ==
+/// refcount, more than one page mapped) and no other mm maps it. The
+/// kernel answers the last question with the folio's MM-ID tracking
+/// (folio_test_anon_maybe_mapped_shared); the port, which keeps no MM IDs,
+/// walks the VMAs of the folio's anon_vma and looks for a PTE of another
+/// mm mapping one of its pages.
+@inline(__always)
+func wpCanReuseLargeAnonFolio(_ mm: MMRef, _ folio: Folio, _ vma: VMARef) -> Bool {
+    let large = folio.mapcount
+    if large <= 1 { return false }
+    if large != folio.refCount { return false }
+    if folio.entireMapcount > 0 { return false }
+    return !anonFolioMappedByOtherMM(mm, folio)
+}
+
+/// Whether a VMA of another mm than `mm` maps a page of `folio` (the
+/// port's stand-in for folio_test_anon_maybe_mapped_shared): each VMA
+/// chained to the folio's anon_vma, the folio's range in it, PTEs read
+/// without their locks (a racing change only makes the answer stale, as
+/// the kernel's tracking may be).
+func anonFolioMappedByOtherMM(_ mm: MMRef, _ folio: Folio) -> Bool {
+    guard let av = folio.anonVMA else { return false }
+    let k = mm.pointee.kernel!
+    let first = pageToPfn(k, folio.head)
+    let last = first + UInt64(folio.nrPages)
+    let sem = dax_anon_vma_rwsem(av)!
+    dax_down_read(sem)
+    defer { dax_up_read(sem) }
+    for i in 0..<Int(av.pointee.nr_vmas) {
+        guard let v = av.pointee.vmas[i], v.pointee.vm_mm != mm,
+              let base = vmaAddress(v, folio.index, folio.nrPages) else { continue }
+        let other = v.pointee.vm_mm!
+        for j in 0..<folio.nrPages {
+            let a = base &+ UInt64(j << pageShift)
+            guard a >= v.pointee.vm_start, a < v.pointee.vm_end else { continue }
+            let w = walk(other, a)
+            var e: PTEntry = 0
+            if let pte = w.pte {
+                e = dax_load_u64(pte)
+            } else if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
+                e = dax_load_u64(pmd)
+            }
+            if entryNone(e) { continue }
+            let pfn: UInt64
+            if entryPresent(e) {
+                pfn = entryPfn(e)
+            } else {
+                let se = pteToSwpEntry(e)
+                guard isPfnSwapEntry(se) else { continue }
+                pfn = swpOffsetPfn(se)
+            }
+            if pfn >= first && pfn < last { return true }
+        }
+    }
+    return false
+}
+
+/// wp_page_copy: the faulting PTE gets a new exclusive anon page (zeroed
+/// for the zero page, else a copy of the old page), under an
+/// MMU_NOTIFY_CLEAR range over the page. If the PTE is unchanged: rss (a
+/// file page moves from MM_FILEPAGES to MM_ANONPAGES, the zero page adds to
+/// MM_ANONPAGES, an anon page changes nothing), the new PTE young and dirty
+/// and writable with VM_WRITE (an unshare fault keeps it read-only with the
+/// old soft-dirty and uffd-wp bits), ptep_clear_flush then
+/// folio_add_new_anon_rmap(RMAP_EXCLUSIVE), the old page's rmap removed
+/// (file or anon). After the unlock and range end, the old page loses the
+/// mapping's reference and do_wp_page's. No memory: VM_FAULT_OOM.
+@inline(__always)
+func wpPageCopy(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
+    let vma = vmf.pointee.vma!
+    let k = mm.pointee.kernel!
+    let unshare = vmf.pointee.flags & DAX_FAULT_FLAG_UNSHARE != 0
+    let oldPage = vmf.pointee.page.map { Page($0) }
+    let oldFolio = oldPage?.folio
+    let orig = vmf.pointee.orig_pte
+    let addr = vmf.pointee.address
+    guard anonVMAPrepare(vma) != nil else {
+        if let oldFolio { folioPut(k, oldFolio) }
+        return DAX_VM_FAULT_OOM
+    }
+    let pfnIsZero = isZeroPfn(entryPfn(orig))
+    guard let newFolio = folioAlloc(k, order: 0, zero: pfnIsZero) else {
+        if let oldFolio { folioPut(k, oldFolio) }
+        return DAX_VM_FAULT_OOM
+    }
+    if !pfnIsZero {
+        // __wp_page_copy_user: the old page's bytes (a pfn without a page,
+        // or with no bytes in the port, leaves the new page cleared).
+        var copied = false
+        if let oldPage { copied = copyUserHighpage(k, dst: newFolio.head, src: oldPage) }
+        if !copied { clearUserHighpage(k, newFolio.head) }
+    }
+    let slot = vmfSlot(vmf)
+    var put: Folio? = newFolio
+    withMMUNotifierRange(.clear, mm, addr, addr + UInt64(pageSize)) {
+        guard let pmd = vmf.pointee.pmd, let pte = vmf.pointee.pte else { return }
+        let pmde = dax_load_u64(pmd)
+        guard entryPresent(pmde), !entryLeaf(pmde) else { return }
+        let ptl = pteLockptr(k, pmde)
+        dax_spin_lock(ptl)
+        if dax_load_u64(pte) == orig {
+            if let oldFolio {
+                if !oldFolio.isAnon {
+                    addMMCounter(mm, DAX_MM_FILEPAGES, -1, slot: slot)
+                    addMMCounter(mm, DAX_MM_ANONPAGES, 1, slot: slot)
+                }
+            } else {
+                addMMCounter(mm, DAX_MM_ANONPAGES, 1, slot: slot)
+            }
+            var e = entryMkyoung(pfnEntry(pageToPfn(k, newFolio.head), vma.pointee.vm_page_prot))
+            if unshare {
+                if pteSoftDirty(orig) { e = pteMksoftDirty(e) }
+                if pteUffdWp(orig) { e = pteMkuffdWp(e) }
+            } else {
+                e = maybeMkwrite(entryMkdirty(e), vma)
+            }
+            _ = ptepGetAndClear(mm, addr, pte)   // ptep_clear_flush
+            flushTlbRange(vma, addr, addr + UInt64(pageSize))
+            folioAddNewAnonRmap(k, newFolio, vma, addr, .exclusive, slot: slot)
+            setPteAt(mm, addr, pte, e)
+            if let oldFolio, let oldPage { folioRemoveRmapPte(k, oldFolio, oldPage) }
+            put = oldFolio   // the old mapping's reference
+        }
+        dax_spin_unlock(ptl)
+    }
+    if let put { folioPut(k, put) }
+    if let oldFolio { folioPut(k, oldFolio) }   // do_wp_page's folio_get
     return 0
 }
 

@@ -91,6 +91,48 @@ public func folioIsLongtermPinnable(_ k: KernelRef, _ folio: Folio) -> Bool {
     folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_PCI_P2PDMA.rawValue)
 }
 
+/// is_zero_folio: the shared zero page or the huge zero folio, which GUP
+/// never pin-counts (both stay for as long as the kernel runs).
+@inline(__always)
+public func isZeroFolio(_ k: KernelRef, _ folio: Folio) -> Bool {
+    let pfn = pageToPfn(k, folio.head)
+    return isZeroPfn(pfn) || isHugeZeroPfn(k, pfn)
+}
+
+/// gup_must_unshare: a FOLL_PIN without FOLL_WRITE of a page mapped
+/// read-only must first unshare it (a FAULT_FLAG_UNSHARE fault) when the
+/// page is anon and not PageAnonExclusive, so the pinned page is the one
+/// the process keeps; a page that is not anon needs it only for a
+/// FOLL_LONGTERM pin in a COW mapping (or with no VMA known: GUP-fast).
+/// FOLL_GET never unshares.
+@inline(__always)
+public func gupMustUnshare(_ vma: VMARef?, _ flags: GupFlags, _ page: Page) -> Bool {
+    guard flags.contains(.pin), !flags.contains(.write) else { return false }
+    if !page.folio.isAnon {
+        guard flags.contains(.longterm) else { return false }
+        guard let vma else { return true }
+        return isCowMapping(vma.pointee.vm_flags)
+    }
+    return !page.isAnonExclusive
+}
+
+/// can_follow_write_pte / can_follow_write_pmd: a FOLL_WRITE lookup may use
+/// a read-only entry only with FOLL_FORCE, in a private mapping that may
+/// be written (VM_MAYWRITE) but is not VM_WRITE (a writable one takes the
+/// write fault), once the COW fault made the page an exclusive anon page
+/// (PageAnonExclusive) and no uffd-wp protection asks for a fault.
+@inline(__always)
+func canFollowWriteEntry(_ e: PTEntry, _ page: Page?, _ vma: VMARef, _ flags: GupFlags) -> Bool {
+    if entryWrite(e) { return true }
+    guard flags.contains(.force) else { return false }
+    let vf = vma.pointee.vm_flags
+    if vf & (DAX_VM_MAYSHARE | DAX_VM_SHARED) != 0 { return false }
+    if vf & DAX_VM_MAYWRITE == 0 { return false }
+    if vf & DAX_VM_WRITE != 0 { return false }
+    guard let page, page.folio.isAnon, page.isAnonExclusive else { return false }
+    return !pteUffdWp(e)
+}
+
 /// try_grab_folio: the caller holds the PT lock (or a stable reference).
 @inline(__always)
 public func tryGrabFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags: GupFlags) -> Int32 {
@@ -102,7 +144,7 @@ public func tryGrabFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags:
     if flags.contains(.get) {
         folio.refAdd(refs)
     } else if flags.contains(.pin) {
-        if isZeroPfn(pageToPfn(k, folio.head)) { return 0 }
+        if isZeroFolio(k, folio) { return 0 }
         if folio.hasPincount {
             folio.refAdd(refs)
             dax_atomic_add(dax_page_pincount(folio.raw + 1), refs)
@@ -148,7 +190,7 @@ public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flag
     }
     if isP2PDMA(page.folio) && !flags.contains(.pciP2PDMA) { return nil }
     if flags.contains(.get) { return tryGetFolio(k, page, refs) }
-    if isZeroPfn(pageToPfn(k, page)) { return page.folio }
+    if isZeroFolio(k, page.folio) { return page.folio }
     // try_get_folio(refs), then folio_ref_add(refs * (GUP_PIN_COUNTING_BIAS
     // - 1)) on a small folio: the port adds the whole refs * BIAS in the one
     // try-add (the same final count and the same refusal of a free folio,
@@ -172,7 +214,7 @@ public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flag
 public func gupPutFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags: GupFlags) {
     var r = refs
     if flags.contains(.pin) {
-        if isZeroPfn(pageToPfn(k, folio.head)) { return }
+        if isZeroFolio(k, folio) { return }
         modNodeStat(k, DAX_NR_FOLL_PIN_RELEASED, Int64(refs))
         if folio.hasPincount {
             let left = dax_atomic_sub_return(dax_page_pincount(folio.raw + 1), refs)
@@ -188,7 +230,7 @@ public func gupPutFolio(_ k: KernelRef, _ folio: Folio, _ refs: Int32, _ flags: 
 @inline(__always)
 public func unpinUserPage(_ k: KernelRef, _ page: Page) {
     let folio = page.folio
-    if !folio.maybeDmaPinned && !isZeroPfn(pageToPfn(k, page)) {
+    if !folio.maybeDmaPinned && !isZeroFolio(k, folio) {
         vmReport(k, page, rule: "VM_WARN_ON_FOLIO(!folio_maybe_dma_pinned(folio))", function: "unpin_user_page")
     }
     gupPutFolio(k, folio, 1, .pin)
@@ -306,9 +348,11 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
     defer { dax_spin_unlock(ptl) }
     let e = dax_load_u64(pte)
     guard entryPresent(e) else { return nil }
-    if write && !entryWrite(e) { return nil }   // fault to break write protection
+    let normal = vmNormalPage(k, vma, e)
+    // can_follow_write_pte: else fault to break write protection (COW).
+    if write && !canFollowWriteEntry(e, normal, vma, flags) { return nil }
     let page: Page
-    if let p = vmNormalPage(k, vma, e) {
+    if let p = normal {
         page = p
     } else if isZeroPfn(entryPfn(e)) {
         page = pfnToPage(k, 0)
@@ -316,6 +360,11 @@ func followPageMask(_ mm: MMRef, _ vma: VMARef, _ addr: UInt64, _ flags: GupFlag
         // follow_pfn_pte: a proper entry with no page to hand out (special,
         // or no struct page).
         err = -EEXIST
+        return nil
+    }
+    // gup_must_unshare: -EMLINK asks the caller for an unshare fault.
+    if !entryWrite(e) && gupMustUnshare(vma, flags, page) {
+        err = -EMLINK
         return nil
     }
     let rc = tryGrabFolio(k, page.folio, 1, flags)
@@ -341,7 +390,19 @@ func followHuge(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ lock: Unsafe
     defer { dax_spin_unlock(lock) }
     let e = dax_load_u64(entry)
     guard entryLeaf(e) else { return nil }
-    if write && !entryWrite(e) { return nil }
+    guard pfnValid(k, entryPfn(e)) else {
+        if write && !entryWrite(e) { return nil }
+        err = -EFAULT
+        return nil
+    }
+    // pmd_page: the checks look at the head page (which carries a
+    // PMD-mapped THP's PageAnonExclusive).
+    let headPage = pfnToPage(k, entryPfn(e))
+    if write && !canFollowWriteEntry(e, headPage, vma, flags) { return nil }
+    if !entryWrite(e) && gupMustUnshare(vma, flags, headPage) {
+        err = -EMLINK
+        return nil
+    }
     let pfn = entryPfn(e) + ((addr & (size - 1)) >> UInt64(pageShift))
     guard pfnValid(k, pfn) else { err = -EFAULT; return nil }
     let page = pfnToPage(k, pfn)
@@ -398,6 +459,12 @@ func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: G
                 page = p
                 break
             }
+            var unshare = false
+            if err == -EMLINK {
+                // gup_must_unshare said so: faultin_page with FAULT_FLAG_UNSHARE.
+                unshare = true
+                err = 0
+            }
             if err != 0 {
                 // -EEXIST (follow_pfn_pte) fails the call only when pages
                 // were asked for; a populate-style walk moves on.
@@ -408,6 +475,7 @@ func getUserPagesLocked(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: G
             // faultin_page
             var ff: UInt32 = DAX_FAULT_FLAG_REMOTE
             if flags.contains(.write) { ff |= DAX_FAULT_FLAG_WRITE }
+            if unshare { ff |= DAX_FAULT_FLAG_UNSHARE }
             let ret = handleMMFault(mm, addr, ff)
             if ret & DAX_VM_FAULT_ERROR != 0 { return i > 0 ? i : Int(vmFaultToErrno(ret)) }
             tries += 1
@@ -533,10 +601,6 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
         // write-protected ones for a write go to the slow path.
         if e & PT.user == 0 { return i }
         if write && !entryWrite(e) { return i }
-        // gup_fast_folio_allowed: a writable long-term pin of a file mapping
-        // goes to the slow path, which decides whether the file needs dirty
-        // tracking (every folio of the port is file-backed).
-        if flags.contains(.pin) && flags.contains(.longterm) && write { return i }
         let pfn = entryPfn(e) + ((addr & (size - 1)) >> UInt64(pageShift))
         guard pfnValid(k, pfn) else { return i }
         // Every page of this entry that the request covers, in one grab.
@@ -544,7 +608,8 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
         let refs = min(inEntry, nrPages - i)
         let page = pfnToPage(k, pfn)
         guard let folio = tryGrabFolioFast(k, page, Int32(refs), flags) else { return i }
-        if dax_load_u64(entryp) != e {
+        if !gupFastFolioAllowed(folio, flags) || dax_load_u64(entryp) != e
+            || !entryWrite(e) && gupMustUnshare(nil, flags, size == UInt64(pageSize) ? page : folio.head) {
             gupPutFolio(k, folio, Int32(refs), flags)
             return i
         }
@@ -554,6 +619,18 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
     return i
 }
 
+/// gup_fast_folio_allowed: a writable long-term pin (FOLL_PIN |
+/// FOLL_LONGTERM | FOLL_WRITE) is allowed here only for an anon folio; a
+/// file folio (or one whose mapping is gone) goes to the slow path, which
+/// decides whether the file needs dirty tracking. Anything else is allowed.
+@inline(__always)
+func gupFastFolioAllowed(_ folio: Folio, _ flags: GupFlags) -> Bool {
+    guard flags.contains(.pin) && flags.contains(.longterm) && flags.contains(.write) else { return true }
+    let mapping = dax_load_u64(&folio.raw.pointee.mapping)
+    if mapping == 0 { return false }
+    return mapping & DAX_PAGE_MAPPING_ANON != 0
+}
+
 /// gup_fast_pte_range over `nr` consecutive PTEs from `ptep` (mapping
 /// `addr` on): the same checks gupFast makes of each entry, one small grab
 /// per entry. Returns how many pages it pinned (stops at the first refusal).
@@ -561,7 +638,6 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
 func gupFastPteRange(_ k: KernelRef, _ ptep: EntryPtr, _ addr: UInt64, _ nr: Int, _ flags: GupFlags,
                      _ pages: PageArray) -> Int {
     let write = flags.contains(.write)
-    if flags.contains(.pin) && flags.contains(.longterm) && write { return 0 }
     for j in 0..<nr {
         let entryp = ptep + j
         let e = dax_load_u64(entryp)
@@ -571,7 +647,8 @@ func gupFastPteRange(_ k: KernelRef, _ ptep: EntryPtr, _ addr: UInt64, _ nr: Int
         guard pfnValid(k, pfn) else { return j }
         let page = pfnToPage(k, pfn)
         guard let folio = tryGrabFolioFast(k, page, 1, flags) else { return j }
-        if dax_load_u64(entryp) != e {
+        if !gupFastFolioAllowed(folio, flags) || dax_load_u64(entryp) != e
+            || !entryWrite(e) && gupMustUnshare(nil, flags, page) {
             gupPutFolio(k, folio, 1, flags)
             return j
         }
@@ -610,7 +687,7 @@ public func pinUserPagesFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ fla
 
 /// folio_add_pin: one more pin on an already pinned folio.
 public func folioAddPin(_ k: KernelRef, _ folio: Folio) {
-    if isZeroPfn(pageToPfn(k, folio.head)) { return }
+    if isZeroFolio(k, folio) { return }
     if folio.hasPincount {
         if folio.pincount < 1 { vmReport(k, folio.head, rule: "WARN_ON_ONCE(atomic_read(&folio->_pincount) < 1)", function: "folio_add_pin") }
         folio.refInc()

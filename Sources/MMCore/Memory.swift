@@ -200,15 +200,23 @@ let mmuGatherBatch = 64
 @inline(__always)
 public func mmCounter(_ folio: Folio) -> dax_mm_counter { folio.isAnon ? DAX_MM_ANONPAGES : DAX_MM_FILEPAGES }
 
+/// should_zap_folio: with zap_details.even_cows false (unmap_mapping_pages
+/// for a file's pages only), the anon pages of a private mapping (COW
+/// copies) stay; everything else goes.
+@inline(__always)
+func shouldZapFolio(_ evenCows: Bool, _ folio: Folio) -> Bool { evenCows || !folio.isAnon }
+
 /// zap_pte_range over [addr, end) inside one PTE table. Empty entries are
 /// skipped; each batch's cleared range is flushed before its folio puts.
 /// Non-present entries (zap_nonpresent_ptes): a device-private or
 /// device-exclusive entry holds a mapping and a reference like a present
 /// PTE, so it loses its rmap, rss and reference; a migration entry only its
 /// rss (the migration holds the rest); hwpoison and marker entries are just
-/// cleared.
+/// cleared. `evenCows` false (zap_details.even_cows) keeps anon folios
+/// (should_zap_folio) and hwpoison entries (should_zap_cows).
 @inline(__always)
-func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64, _ end: UInt64) {
+func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64, _ end: UInt64,
+                 evenCows: Bool = true) {
     let mm = vma.pointee.vm_mm!
     let pmde = dax_load_u64(pmd)
     guard entryPresent(pmde), !entryLeaf(pmde) else { return }
@@ -222,7 +230,8 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
             dax_spin_lock(ptl)
             while a < end && n < mmuGatherBatch {
                 let pte = entryTable(pmde) + pteIndex(a)
-                if entryNone(dax_load_u64(pte)) {
+                let cur = dax_load_u64(pte)
+                if entryNone(cur) || !evenCows && !shouldZapEntry(k, vma, cur) {
                     a += UInt64(pageSize)
                     continue
                 }
@@ -262,9 +271,28 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
     }
 }
 
+/// With zap_details.even_cows false: whether the entry is zapped (the
+/// zero page and file pages are; anon folios, present or behind a
+/// device-private, device-exclusive or migration entry, and hwpoison
+/// entries are not).
+@inline(__always)
+func shouldZapEntry(_ k: KernelRef, _ vma: VMARef, _ e: PTEntry) -> Bool {
+    if entryPresent(e) {
+        guard let page = vmNormalPage(k, vma, e) else { return true }
+        return shouldZapFolio(false, page.folio)
+    }
+    let entry = pteToSwpEntry(e)
+    if isHwpoisonEntry(entry) { return false }
+    if let page = pfnSwapEntryToPage(k, entry), isMigrationEntry(entry) || swapEntryHoldsMapping(entry) {
+        return shouldZapFolio(false, page.folio)
+    }
+    return true
+}
+
 /// zap_pmd_range
 @inline(__always)
-func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64, _ end: UInt64) {
+func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64, _ end: UInt64,
+                 evenCows: Bool = true) {
     var a = addr
     while a < end {
         let next = min(roundDown(a, UInt64(pmdSize)) + UInt64(pmdSize), end)
@@ -282,14 +310,15 @@ func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64,
         }
         let e2 = dax_load_u64(pmd)
         if entryPresent(e2) && !entryLeaf(e2) {
-            zapPteRange(k, vma, pmd, a, next)
+            zapPteRange(k, vma, pmd, a, next, evenCows: evenCows)
         }
         a = next
     }
 }
 
-/// unmap_page_range for [start, end) of `vma`.
-public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64) {
+/// unmap_page_range for [start, end) of `vma`; `evenCows` is
+/// zap_details.even_cows (false: anon COW pages stay).
+public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, evenCows: Bool = true) {
     let k = mm.pointee.kernel!
     var a = max(start, vma.pointee.vm_start)
     let stop = min(end, vma.pointee.vm_end)
@@ -306,7 +335,7 @@ public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt
                     splitHugePud(k, vma, pud, a)
                 }
             } else if entryPresent(e) {
-                zapPmdRange(k, vma, pud, a, next)
+                zapPmdRange(k, vma, pud, a, next, evenCows: evenCows)
             }
         }
         a = next
@@ -324,11 +353,11 @@ public func zapPageRange(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
 }
 
 /// zap_page_range_single for one VMA: unmap_page_range inside an
-/// MMU_NOTIFY_CLEAR range.
+/// MMU_NOTIFY_CLEAR range (`evenCows`: zap_details.even_cows).
 @inline(__always)
-public func zapPageRangeSingle(_ vma: VMARef, _ start: UInt64, _ end: UInt64) {
+public func zapPageRangeSingle(_ vma: VMARef, _ start: UInt64, _ end: UInt64, evenCows: Bool = true) {
     let mm = vma.pointee.vm_mm!
-    withMMUNotifierRange(.clear, mm, start, end) { zapVMARange(mm, vma, start, end) }
+    withMMUNotifierRange(.clear, mm, start, end) { zapVMARange(mm, vma, start, end, evenCows: evenCows) }
 }
 
 /// Splits (for DAX: unmaps) a huge PUD or PMD entry that straddles `addr`

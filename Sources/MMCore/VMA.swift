@@ -180,11 +180,13 @@ func unlinkFileVMA(_ vma: VMARef) {
 
 /// unmap_mapping_pages: zaps every user mapping of file pages
 /// [start, start + nr) in every VMA of the file's i_mmap; nr 0 (or a range
-/// that wraps) means to the end of the file. The i_mmap lock is held for
-/// read across the walk, so no VMA is unlinked and freed under it; the
-/// references dropped by the zap are gone when this returns. Allocates
+/// that wraps) means to the end of the file. `evenCows` false
+/// (zap_details.even_cows) leaves the private COW copies (anon pages of
+/// private VMAs) mapped: only the file's own pages go. The i_mmap lock is
+/// held for read across the walk, so no VMA is unlinked and freed under it;
+/// the references dropped by the zap are gone when this returns. Allocates
 /// nothing: fs-dax calls it from its fault path.
-public func unmapMappingPages(_ file: FileRef, _ start: UInt64, _ nr: UInt64) {
+public func unmapMappingPages(_ file: FileRef, _ start: UInt64, _ nr: UInt64, evenCows: Bool = true) {
     let first = start
     var last = start &+ nr &- 1
     if last < first { last = UInt64.max }
@@ -200,17 +202,17 @@ public func unmapMappingPages(_ file: FileRef, _ start: UInt64, _ nr: UInt64) {
         guard zba <= zea else { continue }
         let a0 = vma.pointee.vm_start + ((zba - vba) << UInt64(pageShift))
         let a1 = vma.pointee.vm_start + ((zea - vba + 1) << UInt64(pageShift))
-        zapPageRangeSingle(vma, a0, a1)
+        zapPageRangeSingle(vma, a0, a1, evenCows: evenCows)
     }
 }
 
 /// unmap_mapping_range: the byte form. `holebegin` is rounded down and
 /// `holelen` up to pages; a length of 0 unmaps to the end of the file.
-/// `evenCows` asks for private COW copies too: the port makes none (both
-/// drivers refuse to COW a DAX page into anonymous memory), so every page a
-/// VMA of the file maps is the file's and is zapped either way.
+/// `evenCows` asks for the private COW copies too (truncate); false zaps
+/// only the file's pages and leaves the anon copies a private mapping made
+/// of them (should_zap_folio).
 public func unmapMappingRange(_ file: FileRef, holebegin: UInt64, holelen: UInt64, evenCows: Bool) {
     let hba = holebegin >> UInt64(pageShift)
     let hlen = (holelen >> UInt64(pageShift)) + (holelen & UInt64(pageSize - 1) != 0 ? 1 : 0)
-    unmapMappingPages(file, hba, hlen)
+    unmapMappingPages(file, hba, hlen, evenCows: evenCows)
 }

@@ -534,7 +534,13 @@ struct GupFastRuleTests {
         #expect(VMAKit.counters(rig, f) == before)
         let n = pinUserPagesFast(rig.mm.ref, a, 1, [.write, .longterm], pages)
         #expect(n == Int(-EFAULT))
-        #expect(VMAKit.counters(rig, f) == before)
+        // gup_fast_pte_range grabs the folio (try_grab_folio_fast) before
+        // gup_fast_folio_allowed refuses a file folio and puts it back: the
+        // pin counters see one acquisition and one release.
+        var after = before
+        after.pinAcquired += 1
+        after.pinReleased += 1
+        #expect(VMAKit.counters(rig, f) == after)
         if n > 0 { unpinUserPages(rig.kernel.ref, pages, n) }
         #expect(f.refCount == before.ref)
         rig.check()
