@@ -99,6 +99,22 @@ enum MMSuite {
                   "make_device_exclusive on a THP: FOLL_SPLIT_PMD PTE-maps it first, the entry carries the subpage's pfn and soft-dirty, a tail page never reaches rmap_walk, reference/mapcount/rss/PageAnonExclusive kept, the CPU fault restores after MMU_NOTIFY_CLEAR (read-only after mprotect), zap drops the reference, non-anon -EOPNOTSUPP") { t in
             try deviceExclusiveScenario(t)
         },
+        CheckTest("mm-cow", suite: .mm, anchor: "selftest: cow (mm/cow.c)", timeout: 60,
+                  "do_wp_page: a write after a zero-page read copies into a new exclusive anon folio (MM_ANONPAGES +1, MMU_NOTIFY_CLEAR); the huge zero PMD splits then copies one page; an exclusive page is reused in place with no allocation; a page shared after fork is copied by the writer and the other mm keeps its page and bytes") { t in
+            try cowScenario(t)
+        },
+        CheckTest("mm-fork", suite: .mm, anchor: "selftest: cow (mm/cow.c)", timeout: 60,
+                  "dup_mmap/copy_page_range: anon pages shared read-only with PageAnonExclusive cleared (refcount/mapcount +1, NR_ANON_MAPPED unchanged, MM_ANONPAGES in both); a pinned page and a pinned THP are copied; a THP is shared whole; shared device-dax/fs-dax VMAs are not copied; a device-exclusive entry is restored first; MMU_NOTIFY_PROTECTION_PAGE on the parent") { t in
+            try forkScenario(t)
+        },
+        CheckTest("mm-gup-unshare", suite: .mm, anchor: "selftest: cow (mm/cow.c)", timeout: 60,
+                  "gup_must_unshare: a R/O FOLL_PIN of a shared anon page faults with FAULT_FLAG_UNSHARE so the pinned page is exclusive (GUP-fast refuses, the slow path unshares); FOLL_GET does not; FOLL_FORCE writes through a read-only private mapping; FOLL_WRITE on a read-only shared PTE copies") { t in
+            try gupUnshareScenario(t)
+        },
+        CheckTest("mm-fsdax-private-cow", suite: .mm, anchor: "new", timeout: 60,
+                  "fs-dax MAP_PRIVATE: a read maps the file page read-only (MM_FILEPAGES), a write copies it (wp_page_copy: MM_FILEPAGES -1, MM_ANONPAGES +1, the fs-dax folio idle); a write to a never-read page or a hole copies (dax_fault_cow_page, VM_FAULT_DONE_COW); the blocks keep their data; truncate drops COW copies past EOF, hole punch keeps them") { t in
+            try fsdaxPrivateCowScenario(t)
+        },
         CheckTest("mm-property", suite: .mm, anchor: "new", timeout: PropertyRun.timeout,
                   "seeded random sequences of faults, pins, unpins, zaps, mprotect, munmap, truncate, break_layout and hole punch over device-dax and fs-dax, with the port's invariants after every step (DAXMM_PROPERTY_STEPS steps, DAXMM_PROPERTY_SEED; a failure names seed and step)") { t in
             try mmPropertyScenario(t, run: PropertyRun(variables: t.environment.variables))
