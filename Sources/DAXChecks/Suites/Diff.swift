@@ -57,5 +57,9 @@ enum DiffSuite {
                   "munmap of one 4K page of a THP: 511 pages stay mapped with their pfns, the THP is PTE-mapped (AnonHugePages 0 / __split_huge_pmd_locked), every remaining page exclusively mapped on both sides") { t in
             try DiffAnon.thpSplit(t)
         },
+        CheckTest("diff-fsdax-private-cow", suite: .diff, gates: [.root, .pmemBlockDevice, .program("mkfs.ext4")], anchor: "new", timeout: 180,
+                  "MAP_PRIVATE of an fs-dax file (ext4 -o dax / the port's file in a private window): a read maps the file's pmem page, the write that follows and a write to a never-read page map anon copies outside pmem (pagemap, kpageflags ANON, smaps Rss/Anonymous / the translation, MM_FILEPAGES, MM_ANONPAGES), the file keeps its bytes, the mapping sees the new ones") { t in
+            try DiffPrivateCow.run(t)
+        },
     ]
 }
