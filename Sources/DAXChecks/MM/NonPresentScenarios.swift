@@ -545,6 +545,39 @@ func deviceExclusiveScenario(_ t: TestContext) throws {
     try t.must("munmap the file") { try m.mm.munmap(fa, 64 << 10) }
     try t.must("unmount") { try fs.unmount(timeoutNanos: 1_000_000_000) }
 
+    // hmm-tests exclusive_cow: fork after make_device_exclusive restores
+    // the entry (copy_nonpresent_pte -> try_restore_exclusive_pte) and the
+    // page is then COW-shared like any other.
+    let ca = try t.must("mmap 64 KiB private anonymous") { try m.map(64 << 10) }
+    t.expectFault(m.mm.handleFault(ca, write: true), 0, "write fault")
+    let cf = try t.require(m.folio(at: ca), "the page to make device-exclusive")
+    let cpfn = pageToPfn(k, cf.head)
+    pfnAddress(k, cpfn)!.storeBytes(of: 0xc0_ffee, as: UInt64.self)
+    let dc = try t.must("make_device_exclusive") { try m.mm.makeDeviceExclusive(ca, owner: owner) }
+    m.mm.releaseDeviceExclusive(dc)
+    t.expect(isSwapPte(m.pte(ca)), "a device-exclusive entry before fork")
+    _ = rec.take()
+    var child: MM? = try t.must("fork") { try m.mm.fork() }
+    let (forkEvents, _) = rec.take()
+    t.expect(forkEvents.contains(NotifierEvent(.protectionPage, ca, ca + (64 << 10))),
+             "fork's MMU_NOTIFY_PROTECTION_PAGE over the VMA covers the restore: \(forkEvents)")
+    let cpe = m.pte(ca)
+    let cce = child!.withUnsafeRecord { walk($0, ca).pte.map { dax_load_u64($0) } ?? 0 }
+    t.expect(entryPresent(cpe) && entryPfn(cpe) == cpfn && !entryWrite(cpe),
+             "the parent's entry is restored, then write-protected by the COW copy: \(hex(cpe))")
+    t.expect(entryPresent(cce) && entryPfn(cce) == cpfn && !entryWrite(cce), "the child maps the same page read-only: \(hex(cce))")
+    t.expectFolio(cf, AnonFolioState(refcount: 2, mapcount: 2, exclusivePages: 0), "COW-shared: refcount and mapcount 2, AnonExclusive cleared")
+    t.expectEqual(child!.rssAnonPages, 1 + Int64(nr) - 1, "the child's MM_ANONPAGES: the shared page and the 511 pages of the THP still mapped")
+    t.expectAnonConsistent(m, mms: [m.mm, child!], pgmaps: [fs.pgmap], after: "fork after make_device_exclusive")
+    t.expectFault(m.mm.handleFault(ca, write: true), 0, "the parent's write")
+    let npe = m.pte(ca)
+    t.expect(entryWrite(npe) && entryPfn(npe) != cpfn, "the parent writes into a copy: \(hex(npe))")
+    t.expectEqual(pfnAddress(k, entryPfn(npe))!.load(as: UInt64.self), 0xc0_ffee, "the copy has the data (hmm-tests exclusive_cow)")
+    t.expectFolio(cf, AnonFolioState(refcount: 1, mapcount: 1, exclusivePages: 0), "the old page stays with the child")
+    child = nil
+    t.expectEqual(m.allocated, base.allocated + 1, "the child's exit frees the old page (the parent keeps its copy)")
+    try t.must("munmap the COW region") { try m.mm.munmap(ca, 64 << 10) }
+
     try t.must("munmap") { try m.mm.munmap(a, len) }
     t.expectTotals(m, AnonTotals(rssAnon: 0, rssFile: 0, anonMapped: 0, anonThps: 0, allocated: 0), "everything freed")
     t.expectAnonConsistent(m, pgmaps: [fs.pgmap], after: "munmap")

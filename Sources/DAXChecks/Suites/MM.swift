@@ -96,7 +96,7 @@ enum MMSuite {
             try mmuNotifierScenario(t)
         },
         CheckTest("mm-device-exclusive", suite: .mm, anchor: "new (seed: make_device_exclusive / page_make_device_exclusive_one discussion); selftest: hmm-tests (exclusive_*)", timeout: 60,
-                  "make_device_exclusive on a THP: FOLL_SPLIT_PMD PTE-maps it first, the entry carries the subpage's pfn and soft-dirty, a tail page never reaches rmap_walk, reference/mapcount/rss/PageAnonExclusive kept, the CPU fault restores after MMU_NOTIFY_CLEAR (read-only after mprotect), zap drops the reference, non-anon -EOPNOTSUPP") { t in
+                  "make_device_exclusive on a THP: FOLL_SPLIT_PMD PTE-maps it first, the entry carries the subpage's pfn and soft-dirty, a tail page never reaches rmap_walk, reference/mapcount/rss/PageAnonExclusive kept, the CPU fault restores after MMU_NOTIFY_CLEAR (read-only after mprotect), zap drops the reference, non-anon -EOPNOTSUPP; exclusive_cow: fork restores the entry and COW-shares the page") { t in
             try deviceExclusiveScenario(t)
         },
         CheckTest("mm-cow", suite: .mm, anchor: "selftest: cow (mm/cow.c)", timeout: 60,
