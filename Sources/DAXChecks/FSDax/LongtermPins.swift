@@ -21,10 +21,11 @@
 // The port: a Binding in fs-dax mode over an emulated device, a port VMA of
 // the same flags over the port's file, pre-faulted through the port's
 // handle_mm_fault, and the port's pin_user_pages_fast with FOLL_WRITE |
-// FOLL_LONGTERM. The port has no anonymous memory (do_cow_fault is outside
-// it: a write fault of a private mapping is VM_FAULT_SIGBUS), so a private
-// port mapping is pre-faulted by reads; the kernel's side of that comparison
-// is the same private mapping pre-faulted by reads too.
+// FOLL_LONGTERM. Both sides are pre-faulted by writes, as the selftest's
+// memset does: in a private mapping the port copies on write as the kernel
+// does (do_cow_fault -> dax_fault_cow_page), so both hold anonymous copies
+// there and the same pin is compared on the same state. A private mapping
+// pre-faulted by reads (the file's pages mapped read-only) is compared too.
 
 import CDaxMM
 import DAXBase
@@ -244,24 +245,24 @@ enum FSDaxLongterm {
                 // pins of any fs-dax mapping get EOPNOTSUPP from
                 // check_vma_flags, which it reports as a failure), so only
                 // the comparison with the port below is checked.
-                // The port on a VMA of the same flags.
-                let portPrefaultWrite = c.shared
+                // The port on a VMA of the same flags, pre-faulted the same
+                // way (a private one holds anonymous copies on both sides).
                 var notes: [String] = []
-                let p = try port.pin(c, pin, length: length, prefaultWrite: portPrefaultWrite, notes: &notes)
-                var sameState = k
-                if !portPrefaultWrite {
-                    // Private: the port cannot hold the anonymous copies the
-                    // selftest's memset makes; compare on a read pre-fault.
-                    var probe: [String] = []
-                    let w = try port.pin(c, pin, length: length, prefaultWrite: true, notes: &probe)
-                    t.log("\(what): port with a write pre-fault: \(probe.joined(separator: "; ")) -> \(name(w))")
-                    sameState = try KernelLongterm.pin(c, pin, dir: dir, length: length, prefaultWrite: false, gupTest: gup)
-                    t.log("\(what), pre-faulted by reads: kernel \(kernel): \(name(sameState))")
-                }
+                let p = try port.pin(c, pin, length: length, prefaultWrite: true, notes: &notes)
                 t.log("\(what): port: \(notes.joined(separator: "; "))")
-                t.compare("\(what)\(portPrefaultWrite ? "" : ", pre-faulted by reads"): errno of the long-term pin",
-                          port: name(p), kernel: name(sameState))
-                summary.append("\(pin) \(c.tag): \(name(k))\(portPrefaultWrite ? "" : " (read pre-fault: \(name(sameState)))")")
+                t.compare("\(what): errno of the long-term pin", port: name(p), kernel: name(k))
+                var readState = ""
+                if !c.shared {
+                    // Private, pre-faulted by reads: the file's pages are
+                    // mapped read-only on both sides.
+                    var probe: [String] = []
+                    let r = try port.pin(c, pin, length: length, prefaultWrite: false, notes: &probe)
+                    let kr = try KernelLongterm.pin(c, pin, dir: dir, length: length, prefaultWrite: false, gupTest: gup)
+                    t.log("\(what), pre-faulted by reads: kernel \(kernel): \(name(kr)); port: \(probe.joined(separator: "; "))")
+                    t.compare("\(what), pre-faulted by reads: errno of the long-term pin", port: name(r), kernel: name(kr))
+                    readState = " (read pre-fault: \(name(kr)))"
+                }
+                summary.append("\(pin) \(c.tag): \(name(k))\(readState)")
             }
         }
         t.log("kernel \(kernel), \(fs) -o dax: " + summary.joined(separator: ", "))
