@@ -5,7 +5,9 @@
 // MADV_HUGEPAGE mapping beside them (anon PTE and THP faults, the huge zero
 // folio, partial munmaps that split THPs, MADV_DONTNEED zaps,
 // make_device_exclusive with its release and the CPU faults that restore
-// the entries, GUP gets of anon pages); after every step the
+// the entries, GUP gets of anon pages, writes to read-only anon pages
+// (do_wp_page's copy or reuse), mprotect read-only and back, and fork of
+// the whole mm with writes in both and the child's exit); after every step the
 // port's invariants (MMCore/Invariants.swift, rule 1 as an equality
 // against the references the sequence holds) and no debug report. It is the
 // generator of Tests/DAXCoreTests/DAXPropertyTests.swift widened to
@@ -238,16 +240,19 @@ func mmPropertyScenario(_ t: TestContext, run: PropertyRun, rules: KernelRules =
             var handled = true
             switch op {
             case 0..<28:
-                var write = Int.random(in: 0..<4, using: &rng) != 0   // mostly writes: reads map the zero pages
-                let l = anonLeaf()
-                if write && l.present && !l.writable {
-                    // A write to a read-only anon page (the zero pages) is
-                    // do_wp_page's COW, which these steps leave out.
-                    write = false
-                }
+                // Mostly writes: reads map the zero pages, and a write to a
+                // read-only page (a zero page, a page write-protected by a
+                // fork or an mprotect) is do_wp_page's copy or reuse.
+                let write = Int.random(in: 0..<4, using: &rng) != 0
                 what = "\(write ? "write" : "read") fault anon+\(hex(off))"
                 let ret = mm.handleFault(addr, write: write)
-                if ret & DAX_VM_FAULT_ERROR != 0 { unexpected(vmFaultName(ret)) }
+                if write && !region.writable {
+                    if ret != DAX_VM_FAULT_SIGSEGV { unexpected("\(vmFaultName(ret)), expected VM_FAULT_SIGSEGV") }
+                } else if ret & DAX_VM_FAULT_ERROR != 0 {
+                    unexpected(vmFaultName(ret))
+                } else if write && !(anonLeaf().present && anonLeaf().writable) {
+                    unexpected("no writable entry after the write fault")
+                }
             case 28..<36:
                 let l = anonLeaf()
                 guard l.present && l.writable else { what = "make_device_exclusive skipped (no writable page)"; break }
@@ -268,8 +273,30 @@ func mmPropertyScenario(_ t: TestContext, run: PropertyRun, rules: KernelRules =
                 let got = mm.withUnsafeRecord { getUserPages($0, addr, 1, [], pages) }
                 if got != 1 { unexpected("returned \(got), expected 1") }
                 for i in 0..<max(got, 0) { held.append(Held(page: Page(pages[i]!), pin: false, weight: 1)) }
-            case 68..<74:
-                what = "mprotect skipped (anon: making the pages writable again is do_wp_page's anon reuse)"
+            case 95..<100:
+                // dup_mmap of the whole mm, writes in both, the child's exit.
+                what = "fork, writes in both, exit of the child"
+                do {
+                    var child: MM? = try mm.fork()
+                    var ledger: RefLedger = [:]
+                    for h in held { ledger[pageToPfn(k, h.page.folio.head), default: 0] += h.weight }
+                    let own = rssProblems(kernel, child!) + rssProblems(kernel, mm)
+                    var p = own + invariants(mms: [mm, child!], pgmaps: pgmaps, ledger: ledger)
+                        .filter { !($0.rule == 14 && own.isEmpty) }.map(\.description)
+                    if let first = p.first { unexpected("after fork: \(first)"); break }
+                    if region.writable {
+                        for _ in 0..<4 {
+                            let o = UInt64.random(in: 0..<(region.length >> UInt64(pageShift)), using: &rng) << UInt64(pageShift)
+                            guard !region.inHole(o) else { continue }
+                            let who = Bool.random(using: &rng) ? child! : mm
+                            let ret = who.handleFault(base + o, write: true)
+                            if ret & DAX_VM_FAULT_ERROR != 0 { unexpected("write fault anon+\(hex(o)) in the \(who === mm ? "parent" : "child"): \(vmFaultName(ret))") }
+                        }
+                    }
+                    p = rssProblems(kernel, child!) + rssProblems(kernel, mm)
+                    if let first = p.first { unexpected("after the writes: \(first)") }
+                    child = nil
+                } catch { unexpected("\(error)") }
             default:
                 handled = false
             }
