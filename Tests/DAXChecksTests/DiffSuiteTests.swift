@@ -8,7 +8,7 @@ import Testing
 @Suite("daxmm test: the diff suite and the real-device dax tests")
 struct DiffSuiteTests {
     @Test func namesSuitesAndGates() {
-        #expect(DiffSuite.tests.count == 13)
+        #expect(DiffSuite.tests.count == 14)
         for t in DiffSuite.tests {
             #expect(t.suite == .diff && t.name.hasPrefix("diff-"), "\(t.name)")
             // Pagemap pfns, kpageflags, ndctl and io_uring as root: every one needs it.
@@ -19,6 +19,21 @@ struct DiffSuiteTests {
         }
         let all = CheckRegistry.all().map(\.name)
         for t in DiffSuite.tests + DaxMigratedSuite.tests { #expect(all.contains(t.name), "\(t.name) is not registered") }
+    }
+
+    /// diff-fsdax-private-cow's pmem test: the "Persistent Memory"
+    /// resources of /proc/iomem, at any level, and nothing when the
+    /// addresses are hidden (0-0).
+    @Test func persistentMemoryFromIomem() {
+        let text = """
+        00000000-00000fff : Reserved
+        00100000-3ffdffff : System RAM
+        100000000-1ffffffff : Persistent Memory
+          100000000-11fffffff : namespace0.0
+        240000000-27fffffff : Persistent Memory (legacy)
+        """
+        #expect(persistentMemoryRanges(iomem: text) == [0x1_0000_0000...0x1_ffff_ffff, 0x2_4000_0000...0x2_7fff_ffff])
+        #expect(persistentMemoryRanges(iomem: "00000000-00000000 : Persistent Memory\n").isEmpty)
     }
 
     /// diff-data probes each device's first, second and last extent at

@@ -43,7 +43,12 @@ struct PrivatePageView: Equatable, CustomStringConvertible {
 /// The physical ranges /proc/iomem names "Persistent Memory" (needs root
 /// to show the addresses).
 func persistentMemoryRanges() -> [ClosedRange<UInt64>] {
-    guard let text = readProcText("/proc/iomem") else { return [] }
+    readProcText("/proc/iomem").map(persistentMemoryRanges(iomem:)) ?? []
+}
+
+/// The "Persistent Memory" ranges of /proc/iomem's text (any nesting
+/// level; a range shown as 0-0 to an unprivileged reader is left out).
+func persistentMemoryRanges(iomem text: String) -> [ClosedRange<UInt64>] {
     var out: [ClosedRange<UInt64>] = []
     for line in text.split(separator: "\n") where line.contains("Persistent Memory") {
         let parts = line.split(separator: ":", maxSplits: 1)
