@@ -266,8 +266,14 @@ public final class DaxFile: @unchecked Sendable {
         }
     }
 
-    /// Truncate to `bytes`: break the layout of the cut range (waiting for
+    /// Truncate to `bytes`: break the layout of the whole file (waiting for
     /// busy pages), then truncate the page cache and free the blocks.
+    ///
+    /// The whole file, as ext4 (ext4_break_layouts) and XFS
+    /// (xfs_break_dax_layouts) do through dax_break_layout_inode: a PMD
+    /// entry straddling the cut may have a page outside the cut range mapped
+    /// by a PTE (a PTE fault inside a PMD entry maps its subpage), and the
+    /// entry's folio must be idle before the entry is dropped.
     public func truncate(to bytes: UInt64, timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
         let newPages = (bytes + UInt64(pageSize) - 1) >> UInt64(pageShift)
         guard newPages <= inode.pointee.sizePages else { return try extend(to: bytes) }
@@ -275,7 +281,7 @@ public final class DaxFile: @unchecked Sendable {
         // so no fault can map the range again in between.
         dax_down_write(&mapping.pointee.invalidateLock)
         defer { dax_up_write(&mapping.pointee.invalidateLock) }
-        try breakLayoutLocked(start: newPages, end: maxPages - 1, timeoutNanos: timeoutNanos)
+        try breakLayoutLocked(start: 0, end: maxPages - 1, timeoutNanos: timeoutNanos)
         inode.pointee.sizePages = newPages
         // truncate_pagecache: unmap_mapping_range with even_cows, so the
         // private COW copies of pages past the new end go too.
@@ -291,12 +297,14 @@ public final class DaxFile: @unchecked Sendable {
         }
     }
 
-    /// Punch a hole: break the layout of the range, drop its entries and blocks.
+    /// Punch a hole: break the layout of the whole file (as ext4_punch_hole
+    /// and xfs_file_fallocate do: dax_break_layout_inode; see truncate),
+    /// drop the range's entries and blocks.
     public func punchHole(pgoff: UInt64, pages: UInt64, timeoutNanos: Int64 = 5_000_000_000) throws(FSError) {
         guard pages > 0 else { return }
         dax_down_write(&mapping.pointee.invalidateLock)
         defer { dax_up_write(&mapping.pointee.invalidateLock) }
-        try breakLayoutLocked(start: pgoff, end: pgoff + pages - 1, timeoutNanos: timeoutNanos)
+        try breakLayoutLocked(start: 0, end: maxPages - 1, timeoutNanos: timeoutNanos)
         truncatePagecache(from: pgoff, to: pgoff + pages)
         freeBlocks(from: pgoff, to: pgoff + pages)
     }

@@ -17,12 +17,15 @@ import MMTestSupport
 /// and 16 PTE-mapped pages; one page pinned (FOLL_PIN):
 ///  - dax_layout_busy_page_range names the pinned page's head;
 ///  - truncate to 2M with a bounded wait is refused (EBUSY naming the pfn,
-///    refcount 1024, pincount 0): the cut range is unmapped (its mapping
-///    references and rss gone) but i_size, the entries and the blocks stay;
+///    refcount 1024, pincount 0): the whole file is unmapped (ext4 and XFS
+///    break the layout of the whole inode, dax_break_layout_inode: the 2M
+///    extent below the cut loses its PMD too) but i_size, the entries and
+///    the blocks stay;
 ///  - a truncate that waits sleeps on the page until the unpin's last put
-///    wakes it, then completes: size 2M, the cut entries gone, their 16
-///    blocks free, the pinned page idle (refcount 0, mapping NULL); the 2M
-///    extent below the cut keeps its PMD and reference;
+///    wakes it, then completes: size 2M, every entry of the file deleted
+///    (dax_break_layout deletes [0, LLONG_MAX] once nothing is busy), the
+///    cut's 16 blocks free, the pinned page idle (refcount 0, mapping
+///    NULL); the 2M extent below the cut faults its PMD back;
 ///  - hole punch over a pinned PMD folio likewise waits, then splits the
 ///    folio back to order 0 on the last disassociation (dax_folio_put) with
 ///    every page at refcount 0, and frees the 512 blocks.
@@ -68,7 +71,8 @@ func fsdaxBreakLayoutScenario(_ t: TestContext, rules: KernelRules = .kernel) th
     t.expectEqual(f.size, 4 << 20, "i_size after the refused truncate")
     t.expectEqual(f.nrpages, 512 + 16, "entries after the refused truncate (dax_break_layout deletes only when nothing is busy)")
     t.expectEqual(m.fs.freeBlocks, free0, "no block freed by the refused truncate")
-    t.expect(big.refCount == 1 && big.mapcount == 1 && leaf(m.mm, a)?.level == .pmd, "the extent below the cut keeps its PMD")
+    t.expect(big.refCount == 0 && big.mapcount == 0 && leaf(m.mm, a) == nil && m.mm.rssFilePages == 0,
+             "the whole file's layout was broken: the extent below the cut lost its PMD too (refcount \(big.refCount), mapcount \(big.mapcount))")
     t.expectPortConsistent(k, mms: [m.mm], pgmaps: m.pgmaps, ledger: [victimPfn: Int64(rules.pinCountingBias)], after: "the refused truncate")
 
     // A truncate that waits, then the unpin.
@@ -83,34 +87,38 @@ func fsdaxBreakLayoutScenario(_ t: TestContext, rules: KernelRules = .kernel) th
     t.expect(worker.join(seconds: 30), "truncate did not finish after the unpin")
     t.expectEqual(done.value, "ok", "truncate after the unpin")
     t.expectEqual(f.size, 2 << 20, "i_size after the truncate")
-    t.expectEqual(f.nrpages, 512, "entries after the truncate (the cut range's deleted)")
+    t.expectEqual(f.nrpages, 0, "entries after the truncate (dax_break_layout_inode deleted every entry of the file)")
     t.expectEqual(m.fs.freeBlocks, free0 + 16, "the cut range's 16 blocks are free")
     t.expect((512..<528).allSatisfy { f.block(at: UInt64($0)) == nil && f.entry(at: UInt64($0)) == 0 }, "no block or entry past the cut")
     t.expect(victim.refCount == 0 && victim.mapping == 0, "page 515 idle and unassociated: refcount \(victim.refCount), mapping \(hex(victim.mapping))")
-    t.expect(big.refCount == 1 && big.mapcount == 1 && m.mm.rssFilePages == 512, "the 2M extent still mapped once")
+    t.expect(big.refCount == 0 && big.mapcount == 0 && m.mm.rssFilePages == 0, "the 2M extent unmapped and idle")
     t.expectFault(m.mm.handleFault(cut, write: false), DAX_VM_FAULT_SIGBUS, "fault past the new EOF")
     t.expectPortConsistent(k, mms: [m.mm], pgmaps: m.pgmaps, after: "the truncate")
+    t.expect(m.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0, "PMD write fault on the extent again")
+    let big2 = try t.require(f.folio(at: 0), "no block at page 0 after the truncate").head.folio
+    t.expect(big2.order == pmdOrder && big2.refCount == 1 && big2.mapcount == 1 && m.mm.rssFilePages == 512,
+             "the 2M extent mapped by a PMD again: order \(big2.order), refcount \(big2.refCount)")
 
     // Hole punch over the PMD folio while it is pinned.
     let pmdPins = try t.must("pin_user_pages of 2 pages of the PMD folio") { try m.mm.pinPages(a + 8 * 4096, count: 2, flags: [.write]) }
-    t.expect(big.refCount == 1 + 2 && big.pincount == 2, "the PMD folio pinned twice: refcount \(big.refCount), pincount \(big.pincount)")
-    let bigPfn = k.withUnsafeRecord { pageToPfn($0, big.head) }
+    t.expect(big2.refCount == 1 + 2 && big2.pincount == 2, "the PMD folio pinned twice: refcount \(big2.refCount), pincount \(big2.pincount)")
+    let bigPfn = k.withUnsafeRecord { pageToPfn($0, big2.head) }
     t.expectErrno("hole punch over the pinned PMD folio with a bounded wait", EBUSY) {
         try f.punchHole(pgoff: 0, pages: UInt64(hpagePmdNr), timeoutNanos: 20_000_000)
     }
-    t.expect(big.order == pmdOrder && f.nrpages == 512 && m.fs.freeBlocks == free0 + 16, "nothing punched while pinned")
+    t.expect(big2.order == pmdOrder && f.nrpages == 512 && m.fs.freeBlocks == free0 + 16, "nothing punched while pinned")
     t.expect(leaf(m.mm, a) == nil && m.mm.rssFilePages == 0, "but the PMD is unmapped")
     t.expectPortConsistent(k, mms: [m.mm], pgmaps: m.pgmaps, ledger: [bigPfn: 2], after: "the refused hole punch")
     let punched = SharedBox<String?>(nil)
     let puncher = CheckThread {
         do { try f.punchHole(pgoff: 0, pages: UInt64(hpagePmdNr), timeoutNanos: 20_000_000_000); punched.value = "ok" } catch { punched.value = "\(error)" }
     }
-    let waiting = waitUntilSleeping(k, on: UnsafeRawPointer(big.raw), seconds: 10) { punched.value != nil }
+    let waiting = waitUntilSleeping(k, on: UnsafeRawPointer(big2.raw), seconds: 10) { punched.value != nil }
     t.expect(waiting && punched.value == nil, "hole punch waits on the pinned folio: \(punched.value ?? "still waiting")")
     m.mm.unpin(pmdPins)
     t.expect(puncher.join(seconds: 30), "hole punch did not finish after the unpin")
     t.expectEqual(punched.value, "ok", "hole punch after the unpin")
-    let head = big.head
+    let head = big2.head
     t.expect(!head.isHead && (0..<hpagePmdNr).allSatisfy { head.advanced(by: $0).refcountRaw == 0 && !head.advanced(by: $0).isTail },
              "dax_folio_put split the folio back to 512 idle order-0 pages")
     t.expectEqual(f.nrpages, 0, "no entry left")
