@@ -151,9 +151,11 @@ enum EntryKit {
         #expect(reports.isEmpty, "\(reports.map(\.description).joined(separator: "\n"))", sourceLocation: sourceLocation)
     }
 
-    /// The folio mapped (present) at `a`.
+    /// The folio mapped (present, by a PTE or a PMD) at `a`.
     static func folio(_ mm: MM, _ a: UInt64) -> Folio {
-        pfnToPage(mm.kernel.ref, entryPfn(pte(mm, a))).folio
+        let pmd = AnonFaultTests.pmd(mm, a)
+        let e = entryLeaf(pmd) ? pmd : pte(mm, a)
+        return pfnToPage(mm.kernel.ref, entryPfn(e)).folio
     }
 }
 
