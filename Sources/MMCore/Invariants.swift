@@ -113,6 +113,7 @@ public func invariants(mms: [MM], pgmaps: [DevPagemap], ledger: RefLedger? = nil
     // Count entries per folio and per page from the page tables.
     var entries: [UInt64: Int64] = [:]        // head pfn -> all entries (M)
     var entire: [UInt64: Int64] = [:]         // head pfn -> PMD+PUD entries
+    var deviceEntries: [UInt64: Int64] = [:]  // head pfn -> device-private/exclusive entries
     var ptePerPage: [UInt64: Int64] = [:]     // pfn -> PTEs (and device entries) mapping it
     var mmsPerPage: [UInt64: Set<Int>] = [:]  // pfn -> MMs whose PTEs map it
     var mmsPerHead: [UInt64: Set<Int>] = [:]  // head pfn -> MMs whose PMDs/PUDs map it
@@ -171,6 +172,7 @@ public func invariants(mms: [MM], pgmaps: [DevPagemap], ledger: RefLedger? = nil
                     if swapEntryHoldsMapping(entry) {
                         countRss(folio, 1)
                         entries[head, default: 0] += 1
+                        deviceEntries[head, default: 0] += 1
                         ptePerPage[pfn, default: 0] += 1
                         mmsPerPage[pfn, default: []].insert(mmID)
                         if folio.isAnon {
@@ -258,7 +260,9 @@ public func invariants(mms: [MM], pgmaps: [DevPagemap], ledger: RefLedger? = nil
         }
         // Mapcounts match the page tables (rules 1 and 9).
         if Int64(folio.mapcount) != M {
-            report(9, "folio_mapcount \(folio.mapcount) != entries \(M)")
+            let dev = deviceEntries[pfn] ?? 0
+            report(9, dev == 0 ? "folio_mapcount \(folio.mapcount) != present entries \(M)"
+                               : "folio_mapcount \(folio.mapcount) != present and device entries \(M)")
         }
         if folio.isLarge && Int64(folio.entireMapcount) != (entire[pfn] ?? 0) {
             report(9, "entire_mapcount \(folio.entireMapcount) != PMD+PUD entries \(entire[pfn] ?? 0)")

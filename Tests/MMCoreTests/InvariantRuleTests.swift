@@ -43,7 +43,7 @@ struct InvariantRuleTests {
         folioPut(k.ref, folio)
 
         dax_atomic_add(dax_page_mapcount(folio.raw), 1)
-        Self.expectRule(Self.violations([mm]), 9, head: head, "folio_mapcount 2 != entries 1")
+        Self.expectRule(Self.violations([mm]), 9, head: head, "folio_mapcount 2 != present and device entries 1")
         dax_atomic_add(dax_page_mapcount(folio.raw), -1)
         #expect(Self.violations([mm]).isEmpty)
         try mm.munmap(a, 64 * KiB)
