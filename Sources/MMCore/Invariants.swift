@@ -4,10 +4,13 @@
 // reads under.
 //
 // For a folio: R is its refcount, M the entries mapping any part of it
-// (present PTEs/PMDs/PUDs, device-private and device-exclusive entries), base its type's idle refcount (1 for GENERIC, 0 for
-// FS_DAX, PRIVATE, COHERENT and P2PDMA).
+// (present PTEs/PMDs/PUDs, device-private and device-exclusive entries),
+// base its type's idle refcount (1 for GENERIC, 0 for FS_DAX, PRIVATE,
+// COHERENT, P2PDMA and the page allocator's folios).
 //  1. Reference accounting: R = base + M + GUP gets + pin refs + transient
-//     refs; every present entry, PTE, PMD or PUD, adds one ref and one mapcount.
+//     refs; every present entry, PTE, PMD or PUD, and every device-private
+//     or device-exclusive entry adds one ref and one mapcount; a migration
+//     entry adds neither (the migration holds its own reference).
 //  2. Free iff zero: free_zone_device_folio runs exactly on a transition to
 //     0, and R never falls below base. folio_get and try_grab_folio refuse 0.
 //  3. Idle fs-dax: dax_page_is_idle iff R == 0, which implies M == 0 and no pins.
@@ -62,8 +65,8 @@
 //     folio (make_device_exclusive), a device-private entry a
 //     device-private page.
 //
-// For anon folios of the page allocator's zone base is 0: the folio
-// allocation's reference becomes the first mapping's.
+// For the page allocator's folios base is 0: the allocation's reference
+// becomes the first mapping's.
 
 import CDaxMM
 import DAXBase
