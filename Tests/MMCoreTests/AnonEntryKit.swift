@@ -260,6 +260,27 @@ final class NotifierLog: @unchecked Sendable {
         return 0
     }
 
+    /// Subscribes to `mm` at once (stop() unsubscribes).
+    convenience init(_ mm: MM) throws {
+        self.init()
+        subscription = (mm, try mm.registerMMUNotifier(ops, context: context))
+    }
+    private var subscription: (MM, MMUNotifierHandle)?
+
+    func stop() {
+        if let (mm, h) = subscription { mm.unregisterMMUNotifier(h) }
+        subscription = nil
+    }
+
+    /// The ranges started, as (event, start, end).
+    var ranges: [(event: MMUNotifierEvent, start: UInt64, end: UInt64)] {
+        starts.compactMap { c in c.event.map { ($0, c.start, c.end) } }
+    }
+
+    func has(_ event: MMUNotifierEvent, _ start: UInt64, _ end: UInt64) -> Bool {
+        ranges.contains { $0.event == event && $0.start == start && $0.end == end }
+    }
+
     var calls: [Call] { state.withLock { $0 } }
     var ignored: Int { ignoredCount.withLock { $0 } }
     func clear() { state.withLock { $0.removeAll() } }

@@ -8,41 +8,6 @@ import Testing
 import CDaxMM
 import DAXBase
 
-/// Records the mmu notifier ranges raised in an mm (event, start, end).
-final class NotifierLog {
-    nonisolated(unsafe) static let ops: UnsafeMutablePointer<dax_mmu_notifier_ops> = {
-        let p = UnsafeMutablePointer<dax_mmu_notifier_ops>.allocate(capacity: 1)
-        p.initialize(to: dax_mmu_notifier_ops(
-            release: nil,
-            invalidate_range_start: { ctx, range in
-                let log = Unmanaged<NotifierLog>.fromOpaque(ctx!).takeUnretainedValue()
-                let r = range!.pointee
-                log.ranges.append((MMUNotifierEvent(rawValue: UInt32(r.event))!, r.start, r.end))
-                return 0
-            },
-            invalidate_range_end: nil))
-        return p
-    }()
-
-    var ranges: [(event: MMUNotifierEvent, start: UInt64, end: UInt64)] = []
-    private var handle: MMUNotifierHandle?
-    private let mm: MM
-
-    init(_ mm: MM) throws {
-        self.mm = mm
-        handle = try mm.registerMMUNotifier(NotifierLog.ops, context: Unmanaged.passUnretained(self).toOpaque())
-    }
-
-    func stop() {
-        if let handle { mm.unregisterMMUNotifier(handle) }
-        handle = nil
-    }
-
-    func has(_ event: MMUNotifierEvent, _ start: UInt64, _ end: UInt64) -> Bool {
-        ranges.contains { $0.event == event && $0.start == start && $0.end == end }
-    }
-}
-
 /// The bytes of a page through the port's direct map.
 func pageBytes(_ k: Kernel, _ pfn: UInt64) -> UnsafeMutablePointer<UInt8> {
     pfnAddress(k.ref, pfn)!.assumingMemoryBound(to: UInt8.self)
