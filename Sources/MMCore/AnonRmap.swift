@@ -231,18 +231,36 @@ public func folioAddAnonRmapPmd(_ k: KernelRef, _ folio: Folio, _ page: Page, _ 
 /// folio_try_dup_anon_rmap_ptes/pmd at fork: the child gets a mapping of
 /// the same pages. A page that is PageAnonExclusive loses the flag (both
 /// processes now map it; the next write of either copies). Fails (-EBUSY)
-/// when a page is exclusive and the folio may be pinned: the child must get
-/// a copy instead (copy_present_page), so the pinned page stays exclusive.
+/// when a page is exclusive and the folio may be pinned
+/// (folio_needs_cow_for_dma: the source mm took a FOLL_PIN once,
+/// MMF_HAS_PINNED, and folio_maybe_dma_pinned; never for a device-private
+/// folio): the child must get a copy instead (copy_present_page), so the
+/// pinned page stays exclusive.
 @inline(__always)
-public func folioTryDupAnonRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _ level: RmapLevel) -> Int32 {
+public func folioTryDupAnonRmap(_ k: KernelRef, _ folio: Folio, _ page: Page, _ nr: Int, _ level: RmapLevel,
+                                srcMM: MMRef) -> Int32 {
     var anyExclusive = false
     let n = level == .pte ? nr : 1
     for i in 0..<n where Page(page.raw + i).isAnonExclusive { anyExclusive = true }
-    if anyExclusive && folio.maybeDmaPinned { return -EBUSY }
+    let devicePrivate = folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_PRIVATE.rawValue)
+    if anyExclusive && !devicePrivate && folioNeedsCowForDma(srcMM, folio) { return -EBUSY }
     for i in 0..<n { Page(page.raw + i).clear(DAX_PG_anon_exclusive) }
     let (nrMapped, pmd) = folioAddRmap(k, folio, page, nr, level)
     folioModStat(k, nrMapped, pmd, anon: true)
     return 0
+}
+
+/// folio_needs_cow_for_dma: the mm ever took a FOLL_PIN (MMF_HAS_PINNED)
+/// and the folio may be pinned now.
+@inline(__always)
+public func folioNeedsCowForDma(_ mm: MMRef, _ folio: Folio) -> Bool {
+    dax_load_u32(dax_mm_has_pinned(mm)) != 0 && folio.maybeDmaPinned
+}
+
+/// mm_set_has_pinned_flag: set once, on the first FOLL_PIN of the mm.
+@inline(__always)
+func mmSetHasPinnedFlag(_ mm: MMRef) {
+    if _slowPath(dax_load_u32(dax_mm_has_pinned(mm)) == 0) { dax_store_u32(dax_mm_has_pinned(mm), 1) }
 }
 
 /// folio_try_share_anon_rmap_pte / _pmd: clears PageAnonExclusive before an

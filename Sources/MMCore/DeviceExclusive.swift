@@ -238,9 +238,10 @@ public enum PteMarker {
 ///   - migration: migration_entry_wait: sleeps until the folio is unlocked
 ///     (the migration done), then 0 (the access is retried);
 ///   - device-exclusive: remove_device_exclusive_entry;
-///   - device-private: a reference is taken under the PTE lock (the entry
-///     must still be there), then the pgmap's migrate_to_ram brings the
-///     page back (its return is the fault's);
+///   - device-private: under the PTE lock (the entry must still be there)
+///     the page is locked with trylock (busy: 0, retried) and referenced,
+///     then the pgmap's migrate_to_ram brings the page back with the page
+///     locked (its return is the fault's);
 ///   - hwpoison: VM_FAULT_HWPOISON;
 ///   - markers: poisoned VM_FAULT_HWPOISON, guard VM_FAULT_SIGSEGV, an
 ///     uffd-wp marker alone is a missing page (0 after clearing it: the
@@ -275,17 +276,26 @@ func doSwapPage(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
             return 0
         }
         let folio = page.folio
+        // The page lock keeps a concurrent migration off the page; busy:
+        // the fault is retried.
+        guard folioTrylock(folio) else {
+            dax_spin_unlock(ptl)
+            return 0
+        }
         folio.refInc()   // get_page while the entry pins it
         dax_spin_unlock(ptl)
         var ret = DAX_VM_FAULT_SIGBUS
         if let pgmap = folio.pgmap, let migrate = pgmap.pointee.migrate_to_ram {
             ret = migrate(UnsafeMutableRawPointer(vmf))
         }
+        folioUnlock(k, folio)
         folioPut(k, folio)
         return ret
     }
     if isHwpoisonEntry(entry) { return DAX_VM_FAULT_HWPOISON }
     if isPteMarkerEntry(entry) {
+        // handle_pte_marker: an empty marker is a bug (SIGBUS).
+        if entry.offset == 0 { return DAX_VM_FAULT_SIGBUS }
         if entry.offset & PteMarker.poisoned != 0 { return DAX_VM_FAULT_HWPOISON }
         if entry.offset & PteMarker.guardRegion != 0 { return DAX_VM_FAULT_SIGSEGV }
         if let pmd = vmf.pointee.pmd, let ptep = vmf.pointee.pte {

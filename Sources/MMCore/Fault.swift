@@ -91,8 +91,8 @@ func handleMMFaultVmf(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
         if ret & DAX_VM_FAULT_FALLBACK == 0 { return ret }
     } else if entryLeaf(pude) {
         if write && !entryWrite(pude) {
-            // wp_huge_pud
-            if huge {
+            // wp_huge_pud: ->huge_fault only in a shared mapping
+            if huge && vma.pointee.vm_flags & (DAX_VM_SHARED | DAX_VM_MAYSHARE) != 0 {
                 let ret = vma.pointee.vm_ops.pointee.huge_fault(vmf, UInt32(pudOrder))
                 if ret & DAX_VM_FAULT_FALLBACK == 0 { return ret }
             }
@@ -440,60 +440,51 @@ func wpCanReuseAnonFolio(_ mm: MMRef, _ folio: Folio, _ vma: VMARef) -> Bool {
 
 /// __wp_can_reuse_large_anon_folio: a large anon folio mapped by PTEs is
 /// ours alone when every reference is a mapping (folio_large_mapcount ==
-/// refcount, more than one page mapped) and no other mm maps it. The
-/// kernel answers the last question with the folio's MM-ID tracking
-/// (folio_test_anon_maybe_mapped_shared); the port, which keeps no MM IDs,
-/// walks the VMAs of the folio's anon_vma and looks for a PTE of another
-/// mm mapping one of its pages.
+/// refcount, more than one page mapped, none by a PMD) and every mapping is
+/// in this mm. The kernel answers the last question with the folio's MM-ID
+/// tracking (folio_test_anon_maybe_mapped_shared); the port, which keeps no
+/// MM IDs, counts the entries of the faulting VMA that map the folio's
+/// pages where its index puts them, and reuses only when they are all its
+/// mappings. That reads only this mm's page tables (mmap_lock held, so none
+/// is freed) and takes no lock: a racing zap in this mm can only make the
+/// counts disagree, which copies. A folio also mapped by another VMA of the
+/// same mm (after a partial mremap) is copied where the kernel would reuse
+/// it: the port errs on the side of the copy.
 @inline(__always)
 func wpCanReuseLargeAnonFolio(_ mm: MMRef, _ folio: Folio, _ vma: VMARef) -> Bool {
     let large = folio.mapcount
     if large <= 1 { return false }
     if large != folio.refCount { return false }
     if folio.entireMapcount > 0 { return false }
-    return !anonFolioMappedByOtherMM(mm, folio)
+    return anonFolioMappingsInVMA(mm, folio, vma) == large
 }
 
-/// Whether a VMA of another mm than `mm` maps a page of `folio` (the
-/// port's stand-in for folio_test_anon_maybe_mapped_shared): each VMA
-/// chained to the folio's anon_vma, the folio's range in it, PTEs read
-/// without their locks (a racing change only makes the answer stale, as
-/// the kernel's tracking may be).
-func anonFolioMappedByOtherMM(_ mm: MMRef, _ folio: Folio) -> Bool {
-    guard let av = folio.anonVMA else { return false }
+/// The entries of `vma` (present, or device-exclusive/private: they keep
+/// the mapping) that map a page of `folio`, looked for where the folio's
+/// index places its pages in the VMA. Unlocked reads; see above.
+func anonFolioMappingsInVMA(_ mm: MMRef, _ folio: Folio, _ vma: VMARef) -> Int32 {
     let k = mm.pointee.kernel!
+    guard let base = vmaAddress(vma, folio.index, folio.nrPages) else { return 0 }
     let first = pageToPfn(k, folio.head)
     let last = first + UInt64(folio.nrPages)
-    let sem = dax_anon_vma_rwsem(av)!
-    dax_down_read(sem)
-    defer { dax_up_read(sem) }
-    for i in 0..<Int(av.pointee.nr_vmas) {
-        guard let v = av.pointee.vmas[i], v.pointee.vm_mm != mm,
-              let base = vmaAddress(v, folio.index, folio.nrPages) else { continue }
-        let other = v.pointee.vm_mm!
-        for j in 0..<folio.nrPages {
-            let a = base &+ UInt64(j << pageShift)
-            guard a >= v.pointee.vm_start, a < v.pointee.vm_end else { continue }
-            let w = walk(other, a)
-            var e: PTEntry = 0
-            if let pte = w.pte {
-                e = dax_load_u64(pte)
-            } else if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
-                e = dax_load_u64(pmd)
-            }
-            if entryNone(e) { continue }
-            let pfn: UInt64
-            if entryPresent(e) {
-                pfn = entryPfn(e)
-            } else {
-                let se = pteToSwpEntry(e)
-                guard isPfnSwapEntry(se) else { continue }
-                pfn = swpOffsetPfn(se)
-            }
-            if pfn >= first && pfn < last { return true }
+    var n: Int32 = 0
+    for j in 0..<folio.nrPages {
+        let a = base &+ UInt64(j << pageShift)
+        guard a >= vma.pointee.vm_start, a < vma.pointee.vm_end, let pte = walk(mm, a).pte else { continue }
+        let e = dax_load_u64(pte)
+        let pfn: UInt64
+        if entryPresent(e) {
+            pfn = entryPfn(e)
+        } else if isSwapPte(e) {
+            let se = pteToSwpEntry(e)
+            guard swapEntryHoldsMapping(se) else { continue }
+            pfn = swpOffsetPfn(se)
+        } else {
+            continue
         }
+        if pfn >= first && pfn < last { n += 1 }
     }
-    return false
+    return n
 }
 
 /// wp_page_copy: the faulting PTE gets a new exclusive anon page (zeroed

@@ -112,6 +112,8 @@ func copyHugePmd(_ dst: VMARef, _ src: VMARef, _ dstPmd: EntryPtr, _ srcPmd: Ent
     let srcMM = src.pointee.vm_mm!
     let dstMM = dst.pointee.vm_mm!
     let k = srcMM.pointee.kernel!
+    // pte_alloc_one: the child's PMD gets its deposited table too.
+    guard let pgtable = ptAllocTable(k) else { return -ENOMEM }
     let dstPtl = pmdLockptr(k, dstPmd)
     let srcPtl = pmdLockptr(k, srcPmd)
     dax_spin_lock(dstPtl)
@@ -120,20 +122,24 @@ func copyHugePmd(_ dst: VMARef, _ src: VMARef, _ dstPmd: EntryPtr, _ srcPmd: Ent
     guard entryLeaf(pmd) else {
         dax_spin_unlock(srcPtl)
         dax_spin_unlock(dstPtl)
+        ptFreeTable(k, pgtable)
         return -EAGAIN
     }
     if !isHugeZeroPfn(k, entryPfn(pmd)) {
         let folio = pfnToPage(k, entryPfn(pmd)).folio
         folio.refInc()
-        if folioTryDupAnonRmap(k, folio, folio.head, hpagePmdNr, .pmd) != 0 {
+        if folioTryDupAnonRmap(k, folio, folio.head, hpagePmdNr, .pmd, srcMM: srcMM) != 0 {
             dax_spin_unlock(srcPtl)
             dax_spin_unlock(dstPtl)
             folioPut(k, folio)
+            ptFreeTable(k, pgtable)
             splitHugePmd(k, src, srcPmd, haddr)
             return -EAGAIN
         }
         addMMCounter(dstMM, DAX_MM_ANONPAGES, Int64(hpagePmdNr))
     }
+    pgtableTransHugeDeposit(k, dstPmd, pgtable)
+    dax_atomic64_add(dax_mm_pgtables_bytes(dstMM), Int64(pageSize))   // mm_inc_nr_ptes
     if entryWrite(pmd) {
         setPmdAt(srcMM, haddr, srcPmd, entryWrprotect(pmd))   // pmdp_set_wrprotect
     }
@@ -213,7 +219,7 @@ func copyPresentPte(_ dst: VMARef, _ src: VMARef, _ dstPte: EntryPtr, _ srcPte: 
         let folio = page.folio
         folio.refInc()   // folio_get
         if folio.isAnon {
-            if folioTryDupAnonRmap(k, folio, page, 1, .pte) != 0 {
+            if folioTryDupAnonRmap(k, folio, page, 1, .pte, srcMM: srcMM) != 0 {
                 folioPut(k, folio)
                 return copyPresentPage(dst, src, dstPte, srcPte, addr, page, &rss)
             }
@@ -293,7 +299,7 @@ func copyNonpresentPte(_ dst: VMARef, _ src: VMARef, _ dstPte: EntryPtr, _ srcPt
             folio.refInc()
             if folio.isAnon {
                 rss.anon += 1
-                _ = folioTryDupAnonRmap(k, folio, page, 1, .pte)   // cannot fail: never pinned
+                _ = folioTryDupAnonRmap(k, folio, page, 1, .pte, srcMM: srcMM)   // cannot fail: device-private
             } else {
                 rss.file += 1
                 folioAddFileRmapPte(k, folio, page)

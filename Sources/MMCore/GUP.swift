@@ -91,12 +91,13 @@ public func folioIsLongtermPinnable(_ k: KernelRef, _ folio: Folio) -> Bool {
     folio.pgmap?.pointee.type == Int32(DAX_MEMORY_DEVICE_PCI_P2PDMA.rawValue)
 }
 
-/// is_zero_folio: the shared zero page or the huge zero folio, which GUP
-/// never pin-counts (both stay for as long as the kernel runs).
+/// is_zero_folio: the shared zero page, which GUP never pin-counts (it
+/// stays for as long as the kernel runs). The huge zero folio is not one:
+/// is_zero_folio tests the small zero page only, so pins of a huge zero
+/// PMD count as on any large folio.
 @inline(__always)
 public func isZeroFolio(_ k: KernelRef, _ folio: Folio) -> Bool {
-    let pfn = pageToPfn(k, folio.head)
-    return isZeroPfn(pfn) || isHugeZeroPfn(k, pfn)
+    isZeroPfn(pageToPfn(k, folio.head))
 }
 
 /// gup_must_unshare: a FOLL_PIN without FOLL_WRITE of a page mapped
@@ -546,6 +547,7 @@ public func getUserPages(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: 
 public func pinUserPages(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray?) -> Int {
     let rc = isValidGupArgs(pages, flags, toSet: .pin)
     if rc != 0 { return Int(rc) }
+    mmSetHasPinnedFlag(mm)
     dax_down_read(dax_mm_mmap_lock(mm))
     defer { dax_up_read(dax_mm_mmap_lock(mm)) }
     return gupLongtermLocked(mm, start, nrPages, flags.union(.pin), pages)
@@ -682,6 +684,7 @@ public func getUserPagesFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ fla
 public func pinUserPagesFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ pages: PageArray) -> Int {
     let rc = isValidGupArgs(pages, flags, toSet: .pin)
     if rc != 0 { return Int(rc) }
+    mmSetHasPinnedFlag(mm)
     return internalGetUserPagesFast(mm, start, nrPages, flags.union(.pin), pages)
 }
 

@@ -204,6 +204,9 @@ func removeHugeEntry(_ k: KernelRef, _ vma: VMARef, _ entry: EntryPtr, _ addr: U
     case (_, false): e = pudpHugeGetAndClear(mm, haddr, entry)
     }
     var put: Folio? = nil
+    if level == .pmd && !split && vmaIsAnonymous(vma) {
+        zapDepositedTable(k, mm, entry)   // zap_deposited_table (anon THP or huge zero PMD)
+    }
     if entryPresent(e), let folio = hugeEntryFolio(k, vma, e) {
         if entryDirty(e) { folio.markDirty() }
         if entryYoung(e) { folio.markAccessed() }
@@ -260,6 +263,46 @@ public func splitHugePud(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr:
     }
 }
 
+// MARK: deposited page tables (mm/pgtable-generic.c: pgtable_trans_huge_deposit/withdraw)
+
+/// The head of the deposit list of the PMD table holding `pmd`: a word of
+/// the table's ptlock slot (the kernel keeps it in the table's struct
+/// ptdesc, pmd_huge_pte), guarded by the PMD lock.
+@inline(__always)
+func depositHead(_ k: KernelRef, _ pmd: EntryPtr) -> UnsafeMutablePointer<UInt64> {
+    UnsafeMutableRawPointer(ptlockOf(k, tableContaining: pmd) + 2).assumingMemoryBound(to: UInt64.self)
+}
+
+/// pgtable_trans_huge_deposit: an empty PTE table kept for the anon PMD
+/// mapping at `pmd`, so splitting it later never needs an allocation (PMD
+/// lock held). The table's first word links the list.
+@inline(__always)
+func pgtableTransHugeDeposit(_ k: KernelRef, _ pmd: EntryPtr, _ table: EntryPtr) {
+    let head = depositHead(k, pmd)
+    table.pointee = head.pointee
+    head.pointee = UInt64(UInt(bitPattern: table))
+}
+
+/// pgtable_trans_huge_withdraw: one deposited table of the PMD table
+/// holding `pmd`, zeroed (PMD lock held); nil when none is deposited.
+@inline(__always)
+func pgtableTransHugeWithdraw(_ k: KernelRef, _ pmd: EntryPtr) -> EntryPtr? {
+    let head = depositHead(k, pmd)
+    guard let table = EntryPtr(bitPattern: UInt(head.pointee)) else { return nil }
+    head.pointee = table.pointee
+    table.pointee = 0
+    return table
+}
+
+/// zap_deposited_table: the deposited table of a zapped anon PMD goes back
+/// to the pool (mm_dec_nr_ptes). PMD lock held.
+@inline(__always)
+func zapDepositedTable(_ k: KernelRef, _ mm: MMRef, _ pmd: EntryPtr) {
+    guard let table = pgtableTransHugeWithdraw(k, pmd) else { return }
+    ptFreeTable(k, table)
+    dax_atomic64_add(dax_mm_pgtables_bytes(mm), -Int64(pageSize))
+}
+
 // MARK: anon THP split (mm/huge_memory.c: __split_huge_pmd_locked for anon VMAs)
 
 /// Whether __split_huge_pmd_locked takes the anon path: the VMA is
@@ -278,26 +321,25 @@ func vmaIsAnonymousOrPrivateAnonPmd(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryP
 /// PTEs take HPAGE_PMD_NR - 1 more references (the PMD's becomes the first
 /// PTE's), the PMD's rmap goes (folio_remove_rmap_pmd: NR_ANON_THPS falls,
 /// NR_ANON_MAPPED and MM_ANONPAGES stay). A huge zero PMD becomes 512
-/// special PTEs of the small zero page. The PTE table comes from the pool
-/// before the PMD lock is taken (the kernel withdraws the table it deposited
-/// at fault time); with the pool exhausted the PMD stays and a report says
-/// so. The caller raises the MMU_NOTIFY_CLEAR range (splitHugePmd).
+/// special PTEs of the small zero page. The PTE table is the one the fault
+/// (or fork) deposited for this PMD (pgtable_trans_huge_withdraw), so the
+/// split cannot fail. The caller raises the MMU_NOTIFY_CLEAR range
+/// (splitHugePmd).
 func splitHugePmdAnon(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ haddr: UInt64) {
     let mm = vma.pointee.vm_mm!
-    guard let table = ptAllocTable(k) else {
-        let e = dax_load_u64(pmd)
-        if entryLeaf(e), pfnValid(k, entryPfn(e)) {
-            vmReport(k, pfnToPage(k, entryPfn(e)), rule: "pgtable_trans_huge_withdraw: no page table for the split",
-                     function: "__split_huge_pmd_locked")
-        }
-        return
-    }
     let ptl = pmdLockptr(k, pmd)
     dax_spin_lock(ptl)
     let old = dax_load_u64(pmd)
     guard entryLeaf(old) else {
         dax_spin_unlock(ptl)
-        ptFreeTable(k, table)
+        return
+    }
+    guard let table = pgtableTransHugeWithdraw(k, pmd) else {
+        if pfnValid(k, entryPfn(old)) {
+            vmReport(k, pfnToPage(k, entryPfn(old)), rule: "pgtable_trans_huge_withdraw: no deposited page table",
+                     function: "__split_huge_pmd_locked")
+        }
+        dax_spin_unlock(ptl)
         return
     }
     let pfn = entryPfn(old)
@@ -307,8 +349,7 @@ func splitHugePmdAnon(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ haddr: U
     if isHugeZeroPfn(k, pfn) {
         let zero = entryMkspecial(entryWrprotect(pfnEntry(0, vma.pointee.vm_page_prot)))
         for i in 0..<hpagePmdNr { setPteAt(mm, haddr + UInt64(i << pageShift), table + i, zero) }
-        pmdPopulate(mm, pmd, table)
-        dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))
+        pmdPopulate(mm, pmd, table)   // counted in pgtables_bytes since its deposit
         dax_spin_unlock(ptl)
         return
     }
@@ -326,8 +367,7 @@ func splitHugePmdAnon(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ haddr: U
     for i in 0..<hpagePmdNr {
         setPteAt(mm, haddr + UInt64(i << pageShift), table + i, pfnEntry(pfn + UInt64(i), bits))
     }
-    pmdPopulate(mm, pmd, table)
-    dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))
+    pmdPopulate(mm, pmd, table)   // counted in pgtables_bytes since its deposit
     folioRemoveRmapPmd(k, folio, head)
     dax_spin_unlock(ptl)
 }
@@ -365,15 +405,29 @@ func doHugePmdAnonymousPage(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     guard let pmd = vmf.pointee.pmd else { return DAX_VM_FAULT_FALLBACK }
     let haddr = roundDown(vmf.pointee.address, UInt64(pmdSize))
     let ptl = pmdLockptr(k, pmd)
+    // vmf_anon_prepare before either path: a VMA of huge zero PMDs only
+    // has its anon_vma too (so fork copies them: vma_needs_copy).
+    guard anonVMAPrepare(vma) != nil else { return DAX_VM_FAULT_OOM }
+    // pte_alloc_one: the table deposited with the PMD (a later split uses it).
+    guard let pgtable = ptAllocTable(k) else { return DAX_VM_FAULT_OOM }
     if vmf.pointee.flags & DAX_FAULT_FLAG_WRITE == 0 && k.pointee.thp_use_zero_page != 0 && k.pointee.huge_zero_pfn != 0 {
         let e = entryMkhuge(entryWrprotect(pfnEntry(k.pointee.huge_zero_pfn, vma.pointee.vm_page_prot))) | PT.accessed
         dax_spin_lock(ptl)
-        if entryNone(dax_load_u64(pmd)) { setPmdAt(mm, haddr, pmd, e) }
-        dax_spin_unlock(ptl)
+        if entryNone(dax_load_u64(pmd)) {
+            pgtableTransHugeDeposit(k, pmd, pgtable)
+            dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))   // mm_inc_nr_ptes
+            setPmdAt(mm, haddr, pmd, e)
+            dax_spin_unlock(ptl)
+        } else {
+            dax_spin_unlock(ptl)
+            ptFreeTable(k, pgtable)
+        }
         return 0
     }
-    guard anonVMAPrepare(vma) != nil else { return DAX_VM_FAULT_OOM }
-    guard let folio = folioAlloc(k, order: pmdOrder, zero: true) else { return DAX_VM_FAULT_FALLBACK }
+    guard let folio = folioAlloc(k, order: pmdOrder, zero: true) else {
+        ptFreeTable(k, pgtable)
+        return DAX_VM_FAULT_FALLBACK
+    }
     let slot = vmfSlot(vmf)
     var e = entryMkhuge(pfnEntry(pageToPfn(k, folio.head), vma.pointee.vm_page_prot)) | PT.accessed
     e = maybePmdMkwrite(entryMkdirty(e), vma)
@@ -381,8 +435,11 @@ func doHugePmdAnonymousPage(_ mm: MMRef, _ vmf: VMFaultRef) -> UInt32 {
     guard entryNone(dax_load_u64(pmd)) else {
         dax_spin_unlock(ptl)
         folioPut(k, folio)
+        ptFreeTable(k, pgtable)
         return 0
     }
+    pgtableTransHugeDeposit(k, pmd, pgtable)
+    dax_atomic64_add(dax_mm_pgtables_bytes(mm), Int64(pageSize))   // mm_inc_nr_ptes
     folioAddNewAnonRmap(k, folio, vma, haddr, .exclusive, slot: slot)
     addMMCounter(mm, DAX_MM_ANONPAGES, Int64(hpagePmdNr), slot: slot)
     setPmdAt(mm, haddr, pmd, e)

@@ -13,8 +13,8 @@
 // the fault and zap paths raise them from a signal handler.
 //
 // Where the core raises which event (each call site names it):
-//   UNMAP            munmap and exit_mmap (unmap_vmas), mremap's move of the
-//                    old range (move_page_tables)
+//   UNMAP            munmap (unmap_vmas), mremap's move of the old range
+//                    (move_page_tables)
 //   CLEAR            zap_page_range_single (zapPageRange, unmap_mapping_range
 //                    per VMA), __split_huge_pmd / __split_huge_pud, the COW
 //                    copy (wp_page_copy), the restore of a device-exclusive
@@ -22,7 +22,8 @@
 //   PROTECTION_VMA   mprotect (change_protection, once per change_pud_range)
 //   PROTECTION_PAGE  fork's write-protection of the parent (copy_page_range)
 //   EXCLUSIVE        make_device_exclusive, with the caller's owner
-//   RELEASE          exit_mmap calls ->release first (mmu_notifier_release)
+//   (release)        exit_mmap calls ->release first and unhooks every
+//                    subscriber (mmu_notifier_release): its UNMAP reaches none
 
 import CDaxMM
 
@@ -128,18 +129,29 @@ func withMMUNotifierRange<R>(_ event: MMUNotifierEvent, _ mm: MMRef, _ start: UI
     }
 }
 
-/// __mmu_notifier_release: exit_mmap tells every subscriber the address
-/// space is going (->release) before it unmaps anything; the subscription
-/// itself stays until unregistered.
+/// __mmu_notifier_release (mn_hlist_release): exit_mmap tells every
+/// subscriber the address space is going (->release) before it unmaps
+/// anything, and unhooks each one after its ->release (hlist_del_init_rcu),
+/// so the unmap that follows reaches none of them; a later unregister of
+/// such a subscription only waits. Returns when no callback is running.
 func mmuNotifierRelease(_ mm: MMRef) {
     guard mmHasNotifiers(mm) else { return }
-    let users = dax_mm_notifier_users(mm)
-    _ = dax_atomic64_add_return(users, 1)
-    defer { _ = dax_atomic64_add_return(users, -1) }
     let mask = dax_load_u32(dax_mm_notifier_mask(mm))
     let subs = dax_mm_notifiers(mm)!
     for i in 0..<Int(DAX_MMU_NOTIFIERS) where mask & (1 << UInt32(i)) != 0 {
         if let ops = subs[i].ops, let release = ops.pointee.release { release(subs[i].ctx, mm) }
+    }
+    dax_store_u32(dax_mm_notifier_mask(mm), 0)
+    waitNotifierUsers(mm)
+}
+
+/// synchronize_srcu for the subscriptions: waits for every caller that
+/// saw the old mask to leave its callbacks.
+func waitNotifierUsers(_ mm: MMRef) {
+    var spins = 0
+    while dax_atomic64_add_return(dax_mm_notifier_users(mm), 0) != 0 {
+        spins += 1
+        if spins < 64 { dax_cpu_relax() } else { sched_yield() }
     }
 }
 
@@ -173,7 +185,8 @@ extension MM {
     /// still alive: the subscriber must stop using it), the subscription
     /// goes, and when this returns no callback of it is still running (the
     /// synchronize_srcu of the kernel: zaps from unmap_mapping_range run
-    /// without mmap_lock, so the remover waits for callers to drain).
+    /// without mmap_lock, so the remover waits for callers to drain). A
+    /// subscription exit_mmap already released is gone: nothing is called.
     public func unregisterMMUNotifier(_ handle: MMUNotifierHandle) {
         lockWrite()
         defer { unlockWrite() }
@@ -183,11 +196,7 @@ extension MM {
         let subs = dax_mm_notifiers(ref)!
         if let ops = subs[handle.slot].ops, let release = ops.pointee.release { release(subs[handle.slot].ctx, ref) }
         dax_store_u32(dax_mm_notifier_mask(ref), mask & ~bit)
-        var spins = 0
-        while dax_atomic64_add_return(dax_mm_notifier_users(ref), 0) != 0 {
-            spins += 1
-            if spins < 64 { dax_cpu_relax() } else { sched_yield() }
-        }
+        waitNotifierUsers(ref)
         subs[handle.slot] = dax_mmu_subscription()
     }
 

@@ -216,7 +216,7 @@ func shouldZapFolio(_ evenCows: Bool, _ folio: Folio) -> Bool { evenCows || !fol
 /// (should_zap_folio) and hwpoison entries (should_zap_cows).
 @inline(__always)
 func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64, _ end: UInt64,
-                 evenCows: Bool = true) {
+                 evenCows: Bool = true, dropMarkers: Bool = true) {
     let mm = vma.pointee.vm_mm!
     let pmde = dax_load_u64(pmd)
     guard entryPresent(pmde), !entryLeaf(pmde) else { return }
@@ -231,7 +231,8 @@ func zapPteRange(_ k: KernelRef, _ vma: VMARef, _ pmd: EntryPtr, _ addr: UInt64,
             while a < end && n < mmuGatherBatch {
                 let pte = entryTable(pmde) + pteIndex(a)
                 let cur = dax_load_u64(pte)
-                if entryNone(cur) || !evenCows && !shouldZapEntry(k, vma, cur) {
+                if entryNone(cur) || !evenCows && !shouldZapEntry(k, vma, cur)
+                    || !dropMarkers && isSwapPte(cur) && keepsMarker(vma, cur) {
                     a += UInt64(pageSize)
                     continue
                 }
@@ -289,10 +290,23 @@ func shouldZapEntry(_ k: KernelRef, _ vma: VMARef, _ e: PTEntry) -> Bool {
     return true
 }
 
+/// zap_nonpresent_ptes' marker rules without ZAP_FLAG_DROP_MARKER
+/// (madvise(MADV_DONTNEED), unmap_mapping_range): a guard marker stays, an
+/// uffd-wp marker stays in a file VMA (an anon VMA drops it); munmap and
+/// exit_mmap drop every marker.
+@inline(__always)
+func keepsMarker(_ vma: VMARef, _ e: PTEntry) -> Bool {
+    let entry = pteToSwpEntry(e)
+    guard isPteMarkerEntry(entry) else { return false }
+    if entry.offset & PteMarker.guardRegion != 0 { return true }
+    if entry.offset & PteMarker.uffdWp != 0 { return !vmaIsAnonymous(vma) }
+    return false
+}
+
 /// zap_pmd_range
 @inline(__always)
 func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64, _ end: UInt64,
-                 evenCows: Bool = true) {
+                 evenCows: Bool = true, dropMarkers: Bool = true) {
     var a = addr
     while a < end {
         let next = min(roundDown(a, UInt64(pmdSize)) + UInt64(pmdSize), end)
@@ -310,7 +324,7 @@ func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64,
         }
         let e2 = dax_load_u64(pmd)
         if entryPresent(e2) && !entryLeaf(e2) {
-            zapPteRange(k, vma, pmd, a, next, evenCows: evenCows)
+            zapPteRange(k, vma, pmd, a, next, evenCows: evenCows, dropMarkers: dropMarkers)
         }
         a = next
     }
@@ -318,7 +332,8 @@ func zapPmdRange(_ k: KernelRef, _ vma: VMARef, _ pud: EntryPtr, _ addr: UInt64,
 
 /// unmap_page_range for [start, end) of `vma`; `evenCows` is
 /// zap_details.even_cows (false: anon COW pages stay).
-public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, evenCows: Bool = true) {
+public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt64, evenCows: Bool = true,
+                        dropMarkers: Bool = true) {
     let k = mm.pointee.kernel!
     var a = max(start, vma.pointee.vm_start)
     let stop = min(end, vma.pointee.vm_end)
@@ -335,7 +350,7 @@ public func zapVMARange(_ mm: MMRef, _ vma: VMARef, _ start: UInt64, _ end: UInt
                     splitHugePud(k, vma, pud, a)
                 }
             } else if entryPresent(e) {
-                zapPmdRange(k, vma, pud, a, next, evenCows: evenCows)
+                zapPmdRange(k, vma, pud, a, next, evenCows: evenCows, dropMarkers: dropMarkers)
             }
         }
         a = next
@@ -353,11 +368,15 @@ public func zapPageRange(_ mm: MMRef, _ start: UInt64, _ end: UInt64) {
 }
 
 /// zap_page_range_single for one VMA: unmap_page_range inside an
-/// MMU_NOTIFY_CLEAR range (`evenCows`: zap_details.even_cows).
+/// MMU_NOTIFY_CLEAR range (`evenCows`: zap_details.even_cows), without
+/// ZAP_FLAG_DROP_MARKER (guard markers, and uffd-wp markers of file VMAs,
+/// stay).
 @inline(__always)
 public func zapPageRangeSingle(_ vma: VMARef, _ start: UInt64, _ end: UInt64, evenCows: Bool = true) {
     let mm = vma.pointee.vm_mm!
-    withMMUNotifierRange(.clear, mm, start, end) { zapVMARange(mm, vma, start, end, evenCows: evenCows) }
+    withMMUNotifierRange(.clear, mm, start, end) {
+        zapVMARange(mm, vma, start, end, evenCows: evenCows, dropMarkers: false)
+    }
 }
 
 /// Splits (for DAX: unmaps) a huge PUD or PMD entry that straddles `addr`

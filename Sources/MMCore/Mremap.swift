@@ -53,6 +53,11 @@ private func movePageTablesLocked(_ mm: MMRef, _ src: VMARef, _ old: UInt64, _ d
                 dax_spin_lock(l1)
                 if l2 != l1 { dax_spin_lock(l2) }
                 let e = pmdpHugeGetAndClear(mm, oa, pmd)
+                // pmd_move_must_withdraw: an anon PMD's deposited table
+                // follows it to the new PMD table.
+                if l2 != l1 && vmaIsAnonymous(src), let t = pgtableTransHugeWithdraw(k, pmd) {
+                    pgtableTransHugeDeposit(k, npmd, t)
+                }
                 setPmdAt(mm, na, npmd, entryNone(e) ? e : moveSoftDirtyPte(e))   // move_soft_dirty_pmd
                 if l2 != l1 { dax_spin_unlock(l2) }
                 dax_spin_unlock(l1)

@@ -798,7 +798,9 @@ struct dax_mm {
 	 * notifier_users drain (callers inside a callback). Changed under
 	 * mmap_lock for write. */
 	uint32_t notifier_mask;
-	uint32_t _pad2;
+	/* MMF_HAS_PINNED: a FOLL_PIN was taken in this mm once (fork then
+	 * copies maybe-pinned anon pages instead of sharing them). */
+	uint32_t has_pinned;
 	int64_t notifier_users;
 	struct dax_mmu_subscription notifiers[DAX_MMU_NOTIFIERS];
 	/* rss counters (mm->rss_stat, percpu counters), item enum dax_mm_counter */
@@ -919,6 +921,7 @@ DAX_MM_INLINE const struct dax_arch_ops *dax_mm_arch_ops(struct dax_mm *p) { ret
 DAX_MM_INLINE void dax_mm_set_arch_ops(struct dax_mm *p, const struct dax_arch_ops *ops) { __atomic_store_n(&p->arch, ops, __ATOMIC_SEQ_CST); }
 DAX_MM_INLINE int64_t *dax_mm_arch_users(struct dax_mm *p) { return &p->arch_users; }
 DAX_MM_INLINE uint32_t *dax_mm_notifier_mask(struct dax_mm *p) { return &p->notifier_mask; }
+DAX_MM_INLINE uint32_t *dax_mm_has_pinned(struct dax_mm *p) { return &p->has_pinned; }
 DAX_MM_INLINE int64_t *dax_mm_notifier_users(struct dax_mm *p) { return &p->notifier_users; }
 DAX_MM_INLINE struct dax_mmu_subscription *dax_mm_notifiers(struct dax_mm *p) { return &p->notifiers[0]; }
 DAX_MM_INLINE struct dax_rwsem *dax_anon_vma_rwsem(struct dax_anon_vma *p) { return &p->rwsem; }
