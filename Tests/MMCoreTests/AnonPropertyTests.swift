@@ -63,7 +63,7 @@ struct AnonPropertyTests {
         }
 
         // What the sequence did, so a degenerate one fails.
-        var exclusives = 0, pinned = 0, thps = 0, moves = 0
+        var exclusives = 0, pinned = 0, thps = 0, moves = 0, wpFaults = 0
         for step in 0..<steps {
             let s = Int.random(in: 0..<slots.count, using: &rng)
             let slot = slots[s]
@@ -92,6 +92,7 @@ struct AnonPropertyTests {
                     // A write to a read-only entry of a writable private
                     // VMA: do_wp_page (or do_huge_pmd_wp_page) copies or
                     // reuses the page, and the entry is writable after it.
+                    wpFaults += 1
                     #expect(ret == 0, "step \(step): \(what) -> \(hex(UInt64(ret)))")
                     let pmd = AnonFaultTests.pmd(mm, addr)
                     let e = entryLeaf(pmd) ? pmd : EntryKit.pte(mm, addr)
@@ -170,8 +171,8 @@ struct AnonPropertyTests {
             }
         }
         if steps >= 1000 {
-            #expect(exclusives > 20 && pinned > 20 && thps > 5 && moves > 5,
-                    "exclusives \(exclusives) pins \(pinned) THP faults \(thps) mremaps \(moves)")
+            #expect(exclusives > 20 && pinned > 20 && thps > 5 && moves > 5 && wpFaults > 5,
+                    "exclusives \(exclusives) pins \(pinned) THP faults \(thps) mremaps \(moves) write faults on read-only entries \(wpFaults)")
         }
         for h in held { unpinUserPage(k, Page(h.page)) }
         for slot in slots { if let a = slot.addr { try mm.munmap(a, slot.length) } }
