@@ -1,8 +1,8 @@
 // The helpers of the anonymous-memory checks (the mm suite's anon,
 // non-present, notifier and device-exclusive scenarios, and the diff
 // suite's anon checks), on the host: the sysfs and kpageflags decoding, and
-// that the checks' own verdicts (the rss rule, the notifier recorder) fail
-// when the port is wrong.
+// that the verdicts they rely on (the invariant checker's rss rule, the
+// notifier recorder) fail when the port is wrong.
 
 import CDaxMM
 import DAXBase
@@ -42,29 +42,26 @@ struct AnonChecksTests {
         #expect(thpHead.description.hasPrefix("ANON|THP|COMPOUND_HEAD"))
     }
 
-    @Test("the rss rule finds an MM_ANONPAGES that counts a page no entry maps")
+    @Test("invariant 14 (add_mm_counter, mm_counter) finds an MM_ANONPAGES one page off, with a zero page and a device-exclusive entry mapped")
     func rssRuleFails() throws {
         let m = try AnonMachine()
         let a = try m.map(64 << 10)
         #expect(m.mm.handleFault(a, write: true) == 0)
-        #expect(rssProblems(m.kernel, m.mm).isEmpty)
-        let saved = m.pte(a)
-        #expect(entryPresent(saved))
-        // Clear the PTE behind the port's back: MM_ANONPAGES still says 1.
-        m.mm.lockWrite()
-        m.mm.withUnsafeRecord { mm in
-            if let pte = walk(mm, a).pte { dax_store_u64(pte, 0) }
-        }
-        m.mm.unlockWrite()
-        let problems = rssProblems(m.kernel, m.mm)
-        #expect(problems.count == 1 && problems[0].contains("MM_ANONPAGES 1 but its entries map 0 anon pages"), "\(problems)")
+        #expect(m.mm.handleFault(a + 4096, write: true) == 0)
+        #expect(m.mm.handleFault(a + 2 * 4096, write: false) == 0)   // the zero page: no rss
+        let dx = try m.mm.makeDeviceExclusive(a + 4096, owner: UnsafeMutableRawPointer(bitPattern: 0xd0))
+        m.mm.releaseDeviceExclusive(dx)                               // a device-exclusive entry keeps its rss
+        #expect(m.mm.rssAnonPages == 2 && m.mm.rss(DAX_MM_FILEPAGES) == 0)
+        let clean = invariants(mms: [m.mm], pgmaps: [], complete: true)
+        #expect(clean.isEmpty, "\(clean)")
+        // MM_ANONPAGES counts a page no entry maps.
+        m.mm.withUnsafeRecord { addMMCounter($0, DAX_MM_ANONPAGES, 1) }
+        let v = invariants(mms: [m.mm], pgmaps: [], complete: true)
+        #expect(v.count == 1 && v.first?.rule == 14, "\(v)")
+        #expect(v.first?.detail.contains("MM_ANONPAGES 3 but its entries map 2 anon pages") == true, "\(v)")
         // Put it back so the teardown's zap balances.
-        m.mm.lockWrite()
-        m.mm.withUnsafeRecord { mm in
-            if let pte = walk(mm, a).pte { dax_store_u64(pte, saved) }
-        }
-        m.mm.unlockWrite()
-        #expect(rssProblems(m.kernel, m.mm).isEmpty)
+        m.mm.withUnsafeRecord { addMMCounter($0, DAX_MM_ANONPAGES, -1) }
+        #expect(invariants(mms: [m.mm], pgmaps: [], complete: true).isEmpty)
     }
 
     @Test("the notifier recorder fails a check that expects a range the kernel does not raise")

@@ -13,15 +13,6 @@ import MMTestSupport
 import Glibc
 #endif
 
-/// Whether a write fault on a read-only anon PTE can break COW (do_wp_page
-/// for private anon VMAs): probed, so the tests that need it run once the
-/// port has it.
-let anonCowAvailable: Bool = {
-    guard let k = try? makeKernel(), let (mm, a) = try? AnonFaultTests.anonMM(k, length: 64 * KiB) else { return false }
-    _ = mm.handleFault(a, write: false)
-    return mm.handleFault(a, write: true) == 0
-}()
-
 /// What make_device_exclusive must leave unchanged on a page: the folio's
 /// refcount (but for the caller's reference) and mapcount, the page's
 /// PageAnonExclusive, MM_ANONPAGES, NR_ANON_MAPPED and NR_ANON_THPS.
@@ -187,8 +178,7 @@ struct DeviceExclusiveTests {
         try mm.munmap(b, 64 * KiB)
     }
 
-    @Test("make_device_exclusive of a read-only anon PTE (the zero page after a read fault): GUP FOLL_WRITE breaks COW first, then the new exclusive page becomes the entry",
-          .enabled(if: anonCowAvailable, "needs do_wp_page for private anon VMAs (COW)"))
+    @Test("make_device_exclusive of a read-only anon PTE (the zero page after a read fault): GUP FOLL_WRITE breaks COW first, then the new exclusive page becomes the entry")
     func readOnlyZeroPage() throws {
         let k = try makeKernel()
         let (mm, a) = try AnonFaultTests.anonMM(k, length: 64 * KiB)
@@ -203,7 +193,7 @@ struct DeviceExclusiveTests {
         EntryKit.check(k, [mm])
     }
 
-    @Test("make_device_exclusive needs a writable PTE: on a PTE write-protected by mprotect, GUP FOLL_WRITE faults; without COW for private anon VMAs the fault fails and nothing changes, with it the exclusive page is reused writable")
+    @Test("make_device_exclusive needs a writable PTE: on a PTE write-protected by mprotect, GUP FOLL_WRITE faults and do_wp_page reuses the PageAnonExclusive page (wp_page_reuse): the entry names the same pfn, nothing is copied or allocated, counters unchanged")
     func writeProtectedPte() throws {
         let k = try makeKernel()
         let (mm, a) = try AnonFaultTests.anonMM(k, length: 64 * KiB)
@@ -213,14 +203,16 @@ struct DeviceExclusiveTests {
         let e = EntryKit.pte(mm, a)
         #expect(entryPresent(e) && !entryWrite(e))
         let folio = EntryKit.folio(mm, a)
+        #expect(folio.head.isAnonExclusive, "the page stays PageAnonExclusive across mprotect")
         let before = ExclusiveCounters(k, mm, folio.head)
-        if anonCowAvailable {
-            mm.releaseDeviceExclusive(try mm.makeDeviceExclusive(a, owner: nil))
-            #expect(isDeviceExclusiveEntry(pteToSwpEntry(EntryKit.pte(mm, a))))
-        } else {
-            #expect(throws: MMError.self) { _ = try mm.makeDeviceExclusive(a, owner: nil) }
-            #expect(EntryKit.pte(mm, a) == e)
-        }
+        let allocated = k.ramStats!.allocatedPages
+        let p = try mm.makeDeviceExclusive(a, owner: nil)
+        #expect(p.page == folio.head, "GUP FOLL_WRITE returns the reused page, not a copy")
+        mm.releaseDeviceExclusive(p)
+        let x = EntryKit.pte(mm, a)
+        #expect(isSwapPte(x) && isDeviceExclusiveEntry(pteToSwpEntry(x)) && swpOffsetPfn(pteToSwpEntry(x)) == entryPfn(e),
+                "a device-exclusive entry for the same pfn: \(hex(x))")
+        #expect(k.ramStats!.allocatedPages == allocated, "wp_page_reuse allocates nothing")
         #expect(ExclusiveCounters(k, mm, folio.head) == before)
         EntryKit.check(k, [mm])
         try mm.munmap(a, 64 * KiB)

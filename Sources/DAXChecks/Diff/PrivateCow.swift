@@ -113,6 +113,7 @@ enum DiffPrivateCow {
         // The port: its file over an emulated device, a private window.
         let dev = try t.must("emulated device") { try EmulatedDevice(size: 16 << 20, align: .pte) }
         let b = try t.must("fs-dax binding") { try Binding(device: dev, mode: .fsdax, fileSize: UInt64(length)) }
+        t.track(b)
         let file = try t.require(b.file, "the fs-dax binding has no file")
         try t.must("fallocate the port's file") { try file.allocate(pgoff: 0, pages: UInt64(pages)) }
         do {
@@ -208,8 +209,8 @@ enum DiffPrivateCow {
         t.compare("the file's page 3 keeps its bytes", port: try portFileWord(3), kernel: fileWord(3))
         t.compare("the mapping's page 3 word", port: guardedAccess(pw.address(3 * 4096), write: false).value,
                   kernel: UnsafeRawPointer(bitPattern: UInt(kbase) + 3 * 4096)!.load(as: UInt64.self))
-        // The port's invariants over the binding, with the rss rule for
-        // MM_ANONPAGES and MM_FILEPAGES checked by rssProblems.
+        // The port's invariants over the binding (its only MM and pgmap, so
+        // the global anon counters too) after the copies.
         t.expectCowConsistent(b.kernel, mms: [b.mm], pgmaps: b.pgmap.map { [$0] } ?? [], after: "the private copy-on-write")
     }
 }

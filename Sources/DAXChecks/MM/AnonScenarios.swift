@@ -146,66 +146,17 @@ extension TestContext {
         return expect(got == want, "\(what): \(got), expected \(want)")
     }
 
-    /// The port's invariants over the machine's mm and no debug report.
-    /// The rss rule (invariant 14) is checked here for both counters,
-    /// MM_ANONPAGES and MM_FILEPAGES, by `rssProblems`; the checker's own
-    /// rule 14 is left out when it counts anon entries as file pages (a
-    /// checker that predates anonymous memory).
+    /// The port's invariants over the machine's mm (or `mms`) and no debug
+    /// report. `complete` says `mms` and `pgmaps` are every MM and pgmap of
+    /// the machine's kernel, so the global anon counters (rule 19) are
+    /// checked too; pass false while an MM or pgmap is left out.
     @discardableResult
     func expectAnonConsistent(_ m: AnonMachine, mms: [MM]? = nil, pgmaps: [DevPagemap] = [], ledger: RefLedger? = nil,
-                              after what: String) -> Bool {
-        let all = mms ?? [m.mm]
-        let own = all.flatMap { rssProblems(m.kernel, $0) }
-        let v = invariants(mms: all, pgmaps: pgmaps, ledger: ledger).filter { !($0.rule == 14 && own.isEmpty) }
-        let problems = own + v.map(\.description) + m.kernel.drainReports().map { "debug report:\n\($0)" }
+                              complete: Bool = true, after what: String) -> Bool {
+        let v = invariants(mms: mms ?? [m.mm], pgmaps: pgmaps, ledger: ledger, complete: complete)
+        let problems = v.map(\.description) + m.kernel.drainReports().map { "debug report:\n\($0)" }
         return expect(problems.isEmpty, "port after \(what): \(problems.joined(separator: "\n"))")
     }
-}
-
-/// Invariant 14 for anonymous and file memory: MM_ANONPAGES counts the
-/// pages of anon folios its entries map (present PTEs, PMDs other than the
-/// huge zero folio, and the migration, device-private and device-exclusive
-/// entries, which keep rss), MM_FILEPAGES the others; the zero pages count
-/// in neither (vm_normal_page). Empty when both agree.
-func rssProblems(_ kernel: Kernel, _ mm: MM) -> [String] {
-    let k = kernel.ref
-    var anon: Int64 = 0, file: Int64 = 0
-    mm.lockRead()
-    defer { mm.unlockRead() }
-    func count(_ pfn: UInt64, _ pages: Int64) {
-        guard pfnValid(k, pfn), !isZeroPfn(pfn), !isHugeZeroPfn(k, pfn) else { return }
-        if pfnToPage(k, pfn).folio.isAnon { anon += pages } else { file += pages }
-    }
-    for v in mm.vmaList() {
-        var a = v.pointee.vm_start
-        while a < v.pointee.vm_end {
-            let w = mm.withUnsafeRecord { walk($0, a) }
-            if let pud = w.pud, entryLeaf(dax_load_u64(pud)) {
-                count(entryPfn(dax_load_u64(pud)), Int64(pudSize / pageSize))
-                a = (a & ~(UInt64(pudSize) - 1)) + UInt64(pudSize)
-                continue
-            }
-            if let pmd = w.pmd, entryLeaf(dax_load_u64(pmd)) {
-                count(entryPfn(dax_load_u64(pmd)), Int64(hpagePmdNr))
-                a = (a & ~(UInt64(pmdSize) - 1)) + UInt64(pmdSize)
-                continue
-            }
-            if let pte = w.pte {
-                let e = dax_load_u64(pte)
-                if entryPresent(e) {
-                    if !entrySpecial(e) { count(entryPfn(e), 1) }
-                } else if isSwapPte(e) {
-                    let s = pteToSwpEntry(e)
-                    if isPfnSwapEntry(s) && !isHwpoisonEntry(s) { count(swpOffsetPfn(s), 1) }
-                }
-            }
-            a += UInt64(pageSize)
-        }
-    }
-    var out: [String] = []
-    if anon != mm.rssAnonPages { out.append("invariant 14: mm \(mm.withUnsafeRecord { $0.pointee.id }): MM_ANONPAGES \(mm.rssAnonPages) but its entries map \(anon) anon pages") }
-    if file != mm.rssFilePages { out.append("invariant 14: mm \(mm.withUnsafeRecord { $0.pointee.id }): MM_FILEPAGES \(mm.rssFilePages) but its entries map \(file) file pages") }
-    return out
 }
 
 // MARK: mm-anon-fault

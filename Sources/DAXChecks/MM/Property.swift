@@ -198,12 +198,8 @@ func mmPropertyScenario(_ t: TestContext, run: PropertyRun, rules: KernelRules =
     func check() -> String? {
         var ledger: RefLedger = [:]
         for h in held { ledger[pageToPfn(k, h.page.folio.head), default: 0] += h.weight }
-        // Invariant 14 (rss) for anon and file pages is rssProblems'; the
-        // checker's own rule 14 is left out when it counts anon entries as
-        // file pages (a checker that predates anonymous memory).
-        let own = rssProblems(kernel, mm)
-        let v = invariants(mms: [mm], pgmaps: pgmaps, ledger: ledger).filter { !($0.rule == 14 && own.isEmpty) }
-        let problems = own + v.map(\.description) + kernel.drainReports().map { "debug report:\n\($0)" }
+        let v = invariants(mms: [mm], pgmaps: pgmaps, ledger: ledger, complete: true)
+        let problems = v.map(\.description) + kernel.drainReports().map { "debug report:\n\($0)" }
         return problems.isEmpty ? nil : problems.prefix(3).joined(separator: "\n")
     }
 
@@ -280,9 +276,7 @@ func mmPropertyScenario(_ t: TestContext, run: PropertyRun, rules: KernelRules =
                     var child: MM? = try mm.fork()
                     var ledger: RefLedger = [:]
                     for h in held { ledger[pageToPfn(k, h.page.folio.head), default: 0] += h.weight }
-                    let own = rssProblems(kernel, child!) + rssProblems(kernel, mm)
-                    var p = own + invariants(mms: [mm, child!], pgmaps: pgmaps, ledger: ledger)
-                        .filter { !($0.rule == 14 && own.isEmpty) }.map(\.description)
+                    var p = invariants(mms: [mm, child!], pgmaps: pgmaps, ledger: ledger, complete: true).map(\.description)
                     if let first = p.first { unexpected("after fork: \(first)"); break }
                     if region.writable {
                         for _ in 0..<4 {
@@ -293,7 +287,7 @@ func mmPropertyScenario(_ t: TestContext, run: PropertyRun, rules: KernelRules =
                             if ret & DAX_VM_FAULT_ERROR != 0 { unexpected("write fault anon+\(hex(o)) in the \(who === mm ? "parent" : "child"): \(vmFaultName(ret))") }
                         }
                     }
-                    p = rssProblems(kernel, child!) + rssProblems(kernel, mm)
+                    p = invariants(mms: [mm, child!], pgmaps: pgmaps, ledger: ledger, complete: true).map(\.description)
                     if let first = p.first { unexpected("after the writes: \(first)") }
                     child = nil
                 } catch { unexpected("\(error)") }
