@@ -64,6 +64,12 @@
 //     names a pfn with a struct page; a device-exclusive entry an anon
 //     folio (make_device_exclusive), a device-private entry a
 //     device-private page.
+// 21. Writable anon mappings are exclusive (mm/memory.c wp_page_reuse,
+//     can_change_pte_writable; mm/rmap.c folio_try_dup_anon_rmap, which
+//     fork calls only after write-protecting): a present writable PTE of an
+//     anon folio maps a PageAnonExclusive page, a writable PMD an anon
+//     folio whose head is PageAnonExclusive. The COW guarantee: no process
+//     can write a page another one maps.
 //
 // For the page allocator's folios base is 0: the allocation's reference
 // becomes the first mapping's.
@@ -86,7 +92,7 @@ public struct InvariantViolation: Sendable, CustomStringConvertible {
 /// refs, transient holders), by head pfn: the G + pinRefs + T of rule 1.
 public typealias RefLedger = [UInt64: Int64]
 
-/// Checks rules 1, 2, 7, 9, 12, 14, 16, 17, 18 and 20 (and 10, no special
+/// Checks rules 1, 2, 7, 9, 12, 14, 16, 17, 18, 20 and 21 (and 10, no special
 /// entry maps a refcounted folio, unless the 6.15-as-merged mode is on; and
 /// 19 when `complete`); the others concern fs/dax entries, pins and pgmap
 /// refs, which the page tables do not show. The folios checked are those of
@@ -196,6 +202,11 @@ public func invariants(mms: [MM], pgmaps: [DevPagemap], ledger: RefLedger? = nil
                                                   detail: at))
                 }
                 if entrySpecial(e) && !vmaIsDax(vma) { continue }
+                // Rule 21
+                if folio.isAnon && entryWrite(e) && !(level == .pte ? page : folio.head).isAnonExclusive {
+                    out.append(InvariantViolation(rule: 21, dump: dumpPage(k, page, rule: "writable \(level == .pte ? "PTE" : "PMD") of an anon page that is not PageAnonExclusive", function: "invariants"),
+                                                  detail: at))
+                }
                 entries[head, default: 0] += 1
                 if folio.isAnon {
                     anonMaps[head, default: []].append(AnonMapping(mm: mmID, vma: vma, address: a, pfn: pfn, level: level))
