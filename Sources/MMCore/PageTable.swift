@@ -70,7 +70,11 @@ public enum PT {
 }
 
 /// The lowest-level protection bits a VMA's new entries start from.
+/// (vm_get_page_prot with x86-64's protection_map: PROT_WRITE alone reads
+/// too; no access at all is PAGE_NONE, which the port keeps present
+/// without _PAGE_USER.)
 @inline(__always) public func vmGetPageProt(_ vmFlags: UInt64, writenotify: Bool) -> UInt64 {
+    if vmFlags & (DAX_VM_READ | DAX_VM_WRITE | DAX_VM_EXEC) == 0 { return PT.present | PT.nx }
     var prot = PT.present | PT.user
     if vmFlags & DAX_VM_WRITE != 0 && vmFlags & DAX_VM_SHARED != 0 && !writenotify { prot |= PT.rw }
     if vmFlags & DAX_VM_EXEC == 0 { prot |= PT.nx }

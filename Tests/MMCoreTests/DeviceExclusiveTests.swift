@@ -193,19 +193,22 @@ struct DeviceExclusiveTests {
         EntryKit.check(k, [mm])
     }
 
-    @Test("make_device_exclusive needs a writable PTE: on a PTE write-protected by mprotect, GUP FOLL_WRITE faults and do_wp_page reuses the PageAnonExclusive page (wp_page_reuse): the entry names the same pfn, nothing is copied or allocated, counters unchanged")
+    @Test("make_device_exclusive needs a writable PTE: mprotect read-only then read-write makes an exclusive anon PTE writable at once (MM_CP_TRY_CHANGE_WRITABLE); after fork and the child's exit the parent's PTE is write-protected and not exclusive, GUP FOLL_WRITE faults and wp_can_reuse_anon_folio reuses the page (refcount 1): the entry names the same pfn, nothing is copied or allocated")
     func writeProtectedPte() throws {
         let k = try makeKernel()
         let (mm, a) = try AnonFaultTests.anonMM(k, length: 64 * KiB)
         #expect(mm.handleFault(a, write: true) == 0)
-        try mm.mprotect(a, 64 * KiB, [.read])
-        try mm.mprotect(a, 64 * KiB, [.read, .write])
-        let e = EntryKit.pte(mm, a)
-        #expect(entryPresent(e) && !entryWrite(e))
         let folio = EntryKit.folio(mm, a)
-        #expect(folio.head.isAnonExclusive, "the page stays PageAnonExclusive across mprotect")
-        let before = ExclusiveCounters(k, mm, folio.head)
+        try mm.mprotect(a, 64 * KiB, [.read])
+        #expect(!entryWrite(EntryKit.pte(mm, a)))
+        try mm.mprotect(a, 64 * KiB, [.read, .write])
+        #expect(entryWrite(EntryKit.pte(mm, a)), "can_change_pte_writable: an exclusive anon page is writable again without a fault")
+        do { _ = try mm.fork() }   // the child maps the page, then exits
+        let e = EntryKit.pte(mm, a)
+        #expect(entryPresent(e) && !entryWrite(e) && !folio.head.isAnonExclusive && folio.refCount == 1 && folio.mapcount == 1,
+                "after the child's exit: write-protected, shared no more, not exclusive")
         let allocated = k.ramStats!.allocatedPages
+        let rss = mm.rssAnonPages
         let p = try mm.makeDeviceExclusive(a, owner: nil)
         #expect(p.page == folio.head, "GUP FOLL_WRITE returns the reused page, not a copy")
         mm.releaseDeviceExclusive(p)
@@ -213,7 +216,7 @@ struct DeviceExclusiveTests {
         #expect(isSwapPte(x) && isDeviceExclusiveEntry(pteToSwpEntry(x)) && swpOffsetPfn(pteToSwpEntry(x)) == entryPfn(e),
                 "a device-exclusive entry for the same pfn: \(hex(x))")
         #expect(k.ramStats!.allocatedPages == allocated, "wp_page_reuse allocates nothing")
-        #expect(ExclusiveCounters(k, mm, folio.head) == before)
+        #expect(folio.head.isAnonExclusive && folio.refCount == 1 && folio.mapcount == 1 && mm.rssAnonPages == rss)
         EntryKit.check(k, [mm])
         try mm.munmap(a, 64 * KiB)
     }

@@ -132,7 +132,7 @@ struct GupTests {
         rig.check()
     }
 
-    @Test("check_vma_flags: a read without VM_READ (mprotect PROT_WRITE only) is -EFAULT unless FOLL_FORCE with VM_MAYREAD")
+    @Test("check_vma_flags: a read without VM_READ (mprotect PROT_WRITE only) is -EFAULT on the slow path unless FOLL_FORCE with VM_MAYREAD; GUP-fast, which checks the PTE only, takes it (PROT_WRITE maps readable on x86)")
     func readWithoutVmRead() throws {
         let (rig, a) = try vmaFixture(length: 64 << 10)
         #expect(rig.mm.handleFault(a, write: true) & DAX_VM_FAULT_ERROR == 0)
@@ -144,9 +144,15 @@ struct GupTests {
         VMAKit.read(rig.mm) {
             #expect(rig.mm.findVMA(a)!.pointee.vm_flags & DAX_VM_READ == 0)
         }
-        for (name, fn) in Self.entryPoints where name.hasPrefix("get") || name == "pin_user_pages" {
+        for (name, fn) in Self.entryPoints where name == "get_user_pages" || name == "pin_user_pages" {
             #expect(fn(rig.mm.ref, a, 1, [], pages) == Int(-EFAULT), "\(name)")
         }
+        #expect(VMAKit.counters(rig, f) == before)
+        // GUP-fast looks at the PTE only (pte_access_permitted), and x86's
+        // protection_map makes PROT_WRITE readable: the entry keeps
+        // _PAGE_USER, so the fast walk takes the page.
+        #expect(getUserPagesFast(rig.mm.ref, a, 1, [], pages) == 1)
+        putUserPages(rig.kernel.ref, pages, 1)
         #expect(VMAKit.counters(rig, f) == before)
         #expect(getUserPages(rig.mm.ref, a, 1, [.force], pages) == 1)
         #expect(f.refCount == before.ref + 1, "the PROT_NONE-style entry stays mapped: got (+1), no refault")
@@ -467,7 +473,10 @@ struct GupTests {
           arguments: [0, 9, 18])
     func writePinBreaksWriteProtect(order: Int) throws {
         let len: UInt64 = order == 0 ? 64 << 10 : UInt64(4096) << UInt64(order)
-        let (rig, a) = try vmaFixture(order: order, bytes: max(len, 4 << 20), length: len)
+        // A mapping with write notification (pfn_mkwrite): a read fault maps
+        // read-only, and mprotect back to read-write leaves a clean entry
+        // read-only (can_change_pte_writable wants it dirty).
+        let (rig, a) = try vmaFixture(order: order, bytes: max(len, 4 << 20), length: len, ops: .writenotify)
         #expect(rig.mm.handleFault(a, write: false) & DAX_VM_FAULT_ERROR == 0)
         try rig.mm.mprotect(a, len, [.read])
         try rig.mm.mprotect(a, len, [.read, .write])
@@ -487,10 +496,15 @@ struct GupTests {
         if order == 0 { after.ref += 1024 } else { after.ref += 1; after.pincount += 1 }
         #expect(VMAKit.counters(rig, f) == after)
         unpinUserPages(rig.kernel.ref, pages, 1)
-        // The same through the slow path.
+        // The same through the slow path. The entry is dirty now: mprotect
+        // back to read-write makes it writable at once
+        // (MM_CP_TRY_CHANGE_WRITABLE, can_change_pte_writable on a dirty
+        // shared entry), so the pin needs no fault.
         try rig.mm.mprotect(a, len, [.read])
-        try rig.mm.mprotect(a, len, [.read, .write])
         #expect(!entryWrite(entry()))
+        try rig.mm.mprotect(a, len, [.read, .write])
+        // change_huge_pud has no MM_CP_TRY_CHANGE_WRITABLE: a PUD stays read-only.
+        #expect(entryWrite(entry()) == (order != pudOrder))
         #expect(pinUserPages(rig.mm.ref, a, 1, [.write], pages + 1) == 1)
         #expect(entryWrite(entry()))
         unpinUserPages(rig.kernel.ref, pages + 1, 1)

@@ -85,14 +85,20 @@ func devdaxFaultScenario(_ t: TestContext, align: UInt64, rules: KernelRules = .
     t.expectEqual(folio.index, 0, "dax_set_mapping: folio->index is the pgoff")
     t.expectPortConsistent(m.kernel, mms: [m.mm], pgmaps: m.pgmaps, after: "the read fault")
 
-    // mprotect to read-write leaves the entry read-only; the write fault
-    // upgrades it in place.
+    // mprotect to read-write: change_protection's pte_modify takes the new
+    // vm_page_prot, PAGE_SHARED with _PAGE_RW (device-dax has no
+    // page_mkwrite/pfn_mkwrite, so no write notification): the entry is
+    // writable at once, still clean.
     try t.must("mprotect PROT_READ|PROT_WRITE") { try m.mm.mprotect(ro, align, [.read, .write]) }
     t.expectCounters(m.counters(folio), mapped, "after mprotect(PROT_READ|PROT_WRITE)")
-    t.expect(leaf(m.mm, at)?.writable == false, "mprotect does not make the entry writable (write access comes from the write fault)")
+    t.expect(leaf(m.mm, at)?.writable == true && leaf(m.mm, at)?.dirty == false,
+             "mprotect made the entry writable and left it clean (pte_modify with PAGE_SHARED)")
+    // The driver's write fault on the present entry (as a racing write
+    // fault reaches it): an upgrade in place, no new reference.
     if huge {
-        // handle_mm_fault: wp_huge_pmd/wp_huge_pud -> ->huge_fault -> insert_pmd/insert_pud(write) on the present entry.
-        t.expectFault(m.mm.handleFault(at, write: true), DAX_VM_FAULT_NOPAGE, "write fault on the read-only \(levelName(lvl))")
+        // ->huge_fault -> insert_pmd/insert_pud(write) on the present entry.
+        t.expectFault(callFault(m.mm, at, order: lvl == .pmd ? pmdOrder : pudOrder, write: true), DAX_VM_FAULT_NOPAGE,
+                      "->huge_fault(write) on the present \(levelName(lvl))")
     } else {
         // ->fault with FAULT_FLAG_WRITE on the present PTE: insert_page_into_pte_locked(mkwrite).
         t.expectFault(callFault(m.mm, ro, order: 0, write: true), DAX_VM_FAULT_NOPAGE, "__dev_dax_pte_fault(write) on the present PTE")
