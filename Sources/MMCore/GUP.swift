@@ -191,7 +191,9 @@ public func tryGrabFolioFast(_ k: KernelRef, _ page: Page, _ refs: Int32, _ flag
     }
     if isP2PDMA(page.folio) && !flags.contains(.pciP2PDMA) { return nil }
     if flags.contains(.get) { return tryGetFolio(k, page, refs) }
-    if isZeroFolio(k, page.folio) { return page.folio }
+    // is_zero_folio by the page's pfn (the zero page is an order-0 folio):
+    // no load of the page's compound head for it.
+    if isZeroPfn(pageToPfn(k, page)) { return page.folio }
     // try_get_folio(refs), then folio_ref_add(refs * (GUP_PIN_COUNTING_BIAS
     // - 1)) on a small folio: the port adds the whole refs * BIAS in the one
     // try-add (the same final count and the same refusal of a free folio,
@@ -621,6 +623,13 @@ func gupFast(_ mm: MMRef, _ start: UInt64, _ nrPages: Int, _ flags: GupFlags, _ 
     return i
 }
 
+/// gup_fast_folio_allowed and gup_must_unshare for GUP-fast's grab: true
+/// when the page must go to the slow path.
+@inline(never)
+func gupFastRefuses(_ folio: Folio, _ page: Page, _ flags: GupFlags) -> Bool {
+    !gupFastFolioAllowed(folio, flags) || gupMustUnshare(nil, flags, page)
+}
+
 /// gup_fast_folio_allowed: a writable long-term pin (FOLL_PIN |
 /// FOLL_LONGTERM | FOLL_WRITE) is allowed here only for an anon folio; a
 /// file folio (or one whose mapping is gone) goes to the slow path, which
@@ -640,6 +649,9 @@ func gupFastFolioAllowed(_ folio: Folio, _ flags: GupFlags) -> Bool {
 func gupFastPteRange(_ k: KernelRef, _ ptep: EntryPtr, _ addr: UInt64, _ nr: Int, _ flags: GupFlags,
                      _ pages: PageArray) -> Int {
     let write = flags.contains(.write)
+    // gup_fast_folio_allowed looks at the folio only for a writable
+    // long-term pin; the flags are the same for every entry.
+    let checkAllowed = flags.contains(.pin) && flags.contains(.longterm) && write
     for j in 0..<nr {
         let entryp = ptep + j
         let e = dax_load_u64(entryp)
@@ -649,8 +661,11 @@ func gupFastPteRange(_ k: KernelRef, _ ptep: EntryPtr, _ addr: UInt64, _ nr: Int
         guard pfnValid(k, pfn) else { return j }
         let page = pfnToPage(k, pfn)
         guard let folio = tryGrabFolioFast(k, page, 1, flags) else { return j }
-        if !gupFastFolioAllowed(folio, flags) || dax_load_u64(entryp) != e
-            || !entryWrite(e) && gupMustUnshare(nil, flags, page) {
+        // After the grab, as gup_fast_pte_range: the entry unchanged, then
+        // gup_fast_folio_allowed and gup_must_unshare, out of line (only a
+        // writable long-term pin or a read-only entry needs them).
+        if _slowPath(dax_load_u64(entryp) != e
+                     || (checkAllowed || !entryWrite(e)) && gupFastRefuses(folio, page, flags)) {
             gupPutFolio(k, folio, 1, flags)
             return j
         }

@@ -200,8 +200,9 @@ public func folioAlloc(_ k: KernelRef, order: Int, zero: Bool) -> Folio? {
 /// free_unref_folios / __free_pages_ok for a RAM folio whose last reference
 /// went: the records are reset (page->mapping and the anon state cleared,
 /// the compound pages broken up: free_pages_prepare) and the block goes
-/// back to the lists, merged with its buddies.
-@inline(__always)
+/// back to the lists, merged with its buddies. Out of line: every
+/// folio_put inlines the test that leads here.
+@inline(never)
 func freeRAMFolio(_ k: KernelRef, _ folio: Folio) {
     guard let z = k.pointee.ram else { return }
     let order = folio.order
