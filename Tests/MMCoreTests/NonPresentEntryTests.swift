@@ -24,6 +24,19 @@ struct NonPresentEntryTests {
         return (mm, a)
     }
 
+    /// An anon mapping with a device-exclusive entry at `a`, a writable
+    /// device-private entry (of a device-private pgmap's first page) at
+    /// a + 4K and a migration entry at a + 8K (its folio, locked and held by
+    /// the caller as the migration would, returned).
+    static func threeEntries(_ k: Kernel) throws -> (DevPagemap, MM, UInt64, Folio) {
+        let (pg, _) = try EntryKit.devicePrivatePgmap(k)
+        let (mm, a) = try Self.anon(k, written: [0, 2])
+        mm.releaseDeviceExclusive(try mm.makeDeviceExclusive(a, owner: nil))
+        try Self.nonePTE(mm, a + 4096)
+        EntryKit.installDevicePrivate(mm, a + 4096, page: pg.firstPage(), writable: true)
+        return (pg, mm, a, EntryKit.installMigration(mm, a + 8192))
+    }
+
     /// A none PTE in an existing table at `a` (a read fault's zero page,
     /// zapped).
     static func nonePTE(_ mm: MM, _ a: UInt64) throws {
@@ -119,12 +132,7 @@ struct NonPresentEntryTests {
     @Test("move_ptes: device-exclusive, device-private and migration entries move as they are, soft-dirty set, no counter moves; the rmap finds them at the new address (vma_address over the moved VMA)")
     func mremapMoves() throws {
         let k = try makeKernel()
-        let (pg, _) = try EntryKit.devicePrivatePgmap(k)
-        let (mm, a) = try Self.anon(k, written: [0, 2])
-        mm.releaseDeviceExclusive(try mm.makeDeviceExclusive(a, owner: nil))
-        try Self.nonePTE(mm, a + 4096)
-        EntryKit.installDevicePrivate(mm, a + 4096, page: pg.firstPage(), writable: true)
-        let mfolio = EntryKit.installMigration(mm, a + 8192)
+        let (pg, mm, a, mfolio) = try Self.threeEntries(k)
         let ledger: RefLedger = [pageToPfn(k.ref, mfolio.head): 1]
         let before = (0..<3).map { EntryKit.pte(mm, a + UInt64($0) * 4096) }
         #expect(before.allSatisfy { !pteSwpSoftDirty($0) })
@@ -163,12 +171,7 @@ struct NonPresentEntryTests {
     @Test("change_pte_range on non-present entries: a writable migration entry of an anon folio becomes readable-exclusive, a writable device-private entry readable, a device-exclusive entry is unchanged; nothing is counted")
     func mprotectRewrites() throws {
         let k = try makeKernel()
-        let (pg, _) = try EntryKit.devicePrivatePgmap(k)
-        let (mm, a) = try Self.anon(k, written: [0, 2])
-        mm.releaseDeviceExclusive(try mm.makeDeviceExclusive(a, owner: nil))
-        try Self.nonePTE(mm, a + 4096)
-        EntryKit.installDevicePrivate(mm, a + 4096, page: pg.firstPage(), writable: true)
-        let mfolio = EntryKit.installMigration(mm, a + 8192)
+        let (pg, mm, a, mfolio) = try Self.threeEntries(k)
         let ledger: RefLedger = [pageToPfn(k.ref, mfolio.head): 1]
         let dx0 = EntryKit.pte(mm, a)
         let m0 = pteToSwpEntry(EntryKit.pte(mm, a + 8192))

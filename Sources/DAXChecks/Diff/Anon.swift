@@ -56,22 +56,8 @@ struct KPageFlags: Equatable, CustomStringConvertible {
     static func count(pfn: UInt64) -> UInt64? { word("/proc/kpagecount", pfn: pfn) }
 }
 
-/// The whole text of a procfs or sysfs file (their stat size is 0 or a
-/// page, so it is read until EOF).
-func readProcText(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var data = [UInt8]()
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 { return nil }
-        if n == 0 { break }
-        data.append(contentsOf: buf[0..<n])
-    }
-    return String(decoding: data, as: UTF8.self)
-}
+/// The whole text of a procfs or sysfs file (Guest.readFile: read to EOF).
+func readProcText(_ path: String) -> String? { Guest.readFile(path) }
 
 /// The kernel's transparent_hugepage switches, from sysfs.
 struct KernelTHPSettings: Equatable {
