@@ -55,14 +55,9 @@ func anonVMAChainLink(_ av: AnonVMARef, _ vma: VMARef) {
     defer { dax_up_write(sem) }
     for i in 0..<Int(av.pointee.nr_vmas) where av.pointee.vmas[i] == vma { return }
     if av.pointee.nr_vmas == av.pointee.cap {
-        let cap = max(4, Int(av.pointee.cap) * 2)
-        let n = UnsafeMutablePointer<VMARef?>.allocate(capacity: cap)
-        if let old = av.pointee.vmas {
-            n.moveInitialize(from: old, count: Int(av.pointee.nr_vmas))
-            old.deallocate()
-        }
+        let (n, cap) = grownVMAArray(av.pointee.vmas, count: av.pointee.nr_vmas, capacity: av.pointee.cap, minimum: 4)
         av.pointee.vmas = n
-        av.pointee.cap = Int64(cap)
+        av.pointee.cap = cap
     }
     av.pointee.vmas[Int(av.pointee.nr_vmas)] = vma
     av.pointee.nr_vmas += 1

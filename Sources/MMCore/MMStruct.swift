@@ -414,12 +414,9 @@ public final class MM: @unchecked Sendable {
     func insertVMA(_ vma: VMARef, retain: [AnyObject], linkFile: Bool = true) {
         let m = ref
         if m.pointee.nr_vmas == m.pointee.vmas_cap {
-            let cap = Int(m.pointee.vmas_cap) * 2
-            let n = UnsafeMutablePointer<VMARef?>.allocate(capacity: cap)
-            n.moveInitialize(from: m.pointee.vmas, count: Int(m.pointee.nr_vmas))
-            m.pointee.vmas.deallocate()
+            let (n, cap) = grownVMAArray(m.pointee.vmas, count: m.pointee.nr_vmas, capacity: m.pointee.vmas_cap, minimum: 16)
             m.pointee.vmas = n
-            m.pointee.vmas_cap = Int64(cap)
+            m.pointee.vmas_cap = cap
         }
         var i = Int(m.pointee.nr_vmas)
         while i > 0, m.pointee.vmas[i - 1]!.pointee.vm_start > vma.pointee.vm_start {

@@ -142,17 +142,27 @@ public func linearPageIndex(_ vma: VMARef, _ addr: UInt64) -> UInt64 {
 func vmaLinkFileLocked(_ file: FileRef, _ vma: VMARef) {
     let f = file
     if f.pointee.i_mmap_nr == f.pointee.i_mmap_cap {
-        let cap = max(8, Int(f.pointee.i_mmap_cap) * 2)
-        let n = UnsafeMutablePointer<VMARef?>.allocate(capacity: cap)
-        if let old = f.pointee.i_mmap {
-            n.moveInitialize(from: old, count: Int(f.pointee.i_mmap_nr))
-            old.deallocate()
-        }
+        let (n, cap) = grownVMAArray(f.pointee.i_mmap, count: f.pointee.i_mmap_nr, capacity: f.pointee.i_mmap_cap, minimum: 8)
         f.pointee.i_mmap = n
-        f.pointee.i_mmap_cap = Int64(cap)
+        f.pointee.i_mmap_cap = cap
     }
     f.pointee.i_mmap[Int(f.pointee.i_mmap_nr)] = vma
     f.pointee.i_mmap_nr += 1
+}
+
+/// A C array of VMA pointers (a file's i_mmap, an anon_vma's VMAs, an mm's
+/// VMAs) that is full, moved into one of twice the capacity (at least
+/// `minimum`); the old one is freed. The caller holds the array's lock for
+/// write, so no reader is inside it.
+func grownVMAArray(_ old: UnsafeMutablePointer<VMARef?>?, count: Int64, capacity: Int64,
+                   minimum: Int) -> (UnsafeMutablePointer<VMARef?>, Int64) {
+    let cap = max(minimum, Int(capacity) * 2)
+    let n = UnsafeMutablePointer<VMARef?>.allocate(capacity: cap)
+    if let old {
+        n.moveInitialize(from: old, count: Int(count))
+        old.deallocate()
+    }
+    return (n, Int64(cap))
 }
 
 /// vma_link_file: a file VMA joins its file's i_mmap (mmap_lock held for write).
